@@ -1,0 +1,61 @@
+# cryptotune developer tasks. `make demo` and `make test` are the README's quick start.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PROTO_SRC := $(wildcard protos/cryptotune/proto/v1/*.proto)
+PROTO_OUT := client
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test test-fast lint format typecheck protos check-protos bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@UV=$$(command -v uv || echo "$(HOME)/.local/bin/uv"); \
+	  $$UV sync --extra daemon --quiet || { echo "make setup: 'uv sync' failed (see above)"; exit 1; }
+	@touch $@
+
+## setup: create .venv with uv (bootstrapped with pip when missing) and install daemon + dev tools
+setup: $(VENV)/.installed
+
+## demo: train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, with a live display
+demo: setup
+	$(VENV)/bin/cryptotune demo
+
+## test: the whole suite (unit + integration + slow), plus the generated-code freshness check
+test: setup check-protos
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check client daemon tests bench
+	$(VENV)/bin/ruff format --check client daemon tests bench
+
+format: setup
+	$(VENV)/bin/ruff format client daemon tests bench
+	$(VENV)/bin/ruff check --fix client daemon tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+## check-protos: fail when the committed generated code differs from what protoc makes now
+check-protos: setup
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp \
+	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) && \
+	diff -r -x __init__.py -x __pycache__ -x '*.pyc' $$tmp/cryptotune/proto/v1 client/cryptotune/proto/v1 >/dev/null \
+	  || { echo "check-protos: generated code in client/cryptotune/proto/v1 is stale; run 'make protos' and commit"; rm -rf $$tmp; exit 1; }; \
+	rm -rf $$tmp; echo "check-protos: generated code is up to date"
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

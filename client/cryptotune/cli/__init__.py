@@ -1,0 +1,1 @@
+"""The ``cryptotune`` command line (Click), a thin layer over the SDK."""

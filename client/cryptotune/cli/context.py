@@ -1,0 +1,89 @@
+"""Global CLI options, the SDK client they configure, and uniform error handling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from cryptotune.autostart import ensure_daemon
+from cryptotune.client import Client
+from cryptotune.errors import CryptotuneError, DaemonUnavailable
+from cryptotune.paths import default_address
+
+EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 3
+
+
+@dataclass
+class CliContext:
+    """What the global options say, plus the lazily connected client."""
+
+    address: str | None
+    token: str | None
+    json_output: bool
+    autostart: bool
+    out: Console = field(default_factory=lambda: Console(soft_wrap=True))
+    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        """The SDK client, connected to a daemon (auto-started if allowed)."""
+        if self._client is None:
+            client = Client(self.address, self.token)
+
+            def ping() -> bool:
+                try:
+                    client.ping(timeout=2.0)
+                except DaemonUnavailable:
+                    return False
+                return True
+
+            ensure_daemon(
+                client.address,
+                ping,
+                autostart=self.autostart,
+                announce=lambda line: self.err.print(Text(line, style="dim"), highlight=False),
+            )
+            self._client = client
+        return self._client
+
+    def emit_json(self, value: Any) -> None:
+        """Prints one JSON document on stdout."""
+        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+    def fail(self, message: str, code: str = "", exit_code: int = EXIT_FAILURE) -> NoReturn:
+        """Reports an error (JSON on stdout with --json, else red on stderr) and exits."""
+        if self.json_output:
+            self.emit_json({"error": {"code": code, "message": message}})
+        else:
+            self.err.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+        sys.exit(exit_code)
+
+
+def resolved_address(address: str | None) -> str:
+    """The address the client will use."""
+    return address or default_address()
+
+
+class CryptotuneGroup(click.Group):
+    """A Click group that turns SDK errors into clean messages and exit codes, never tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CryptotuneError as error:
+            cli: CliContext | None = ctx.find_object(CliContext)
+            exit_code = EXIT_UNAVAILABLE if isinstance(error, DaemonUnavailable) else EXIT_FAILURE
+            if cli is None:
+                click.echo(f"error: {error.message}", err=True)
+                sys.exit(exit_code)
+            cli.fail(error.message, error.code, exit_code)
+
+
+pass_cli = click.make_pass_decorator(CliContext)

@@ -1,0 +1,301 @@
+"""Job commands: train, status, watch, jobs, cancel, logs, export, demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+from rich.text import Text
+
+from cryptotune.cli.context import CliContext, pass_cli
+from cryptotune.cli.live import JobView, LiveDisplay
+from cryptotune.types import Job, JobEvent
+
+LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
+EXIT_JOB_FAILED = 1
+
+
+def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, object]:
+    size = data.stat().st_size if data.is_file() else 0
+    if cli_ctx.json_output or size < LARGE_UPLOAD_BYTES:
+        return None, None
+    bar = Progress(
+        TextColumn(f"uploading {data.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=cli_ctx.err, transient=True,
+    )
+    task = bar.add_task("upload", total=size)
+    return bar, task
+
+
+def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
+    """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
+    client = cli_ctx.client()
+    view = JobView(job_id=job.job_id, state=job.state)
+    display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
+    try:
+        return display.follow(view, client.watch(job.job_id, after_seq=after_seq))
+    except KeyboardInterrupt:
+        cli_ctx.err.print(
+            Text.assemble(
+                ("Detached; the job keeps running. ", "yellow"),
+                f"Re-attach with: cryptotune watch {job.pipeline_id} --since {view.last_seq}",
+            )
+        )
+        sys.exit(0)
+
+
+def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
+    out = cli_ctx.out
+    if job.state == "succeeded" and job.dry_run:
+        _print_plan(cli_ctx, job)
+    elif job.state == "succeeded":
+        out.print(Text.assemble(("✓ ", "bold green"), f"pipeline {job.pipeline_id} succeeded"))
+        out.print(f"  adapter: {Path(job.output_dir) / 'adapter'}")
+        out.print(f"  report:  {Path(job.output_dir) / 'report.md'}")
+    else:
+        out.print(Text.assemble(("✗ ", "bold red"), f"pipeline {job.pipeline_id} {job.state}: ",
+                                job.failure_reason or "no reason recorded"))
+        out.print(Text(f"  logs: cryptotune logs {job.job_id}", style="dim"))
+
+
+def _print_plan(cli_ctx: CliContext, job: Job) -> None:
+    plan = job.plan or {}
+    table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in plan.items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    cli_ctx.out.print(table)
+
+
+@click.command("train")
+@click.argument("data_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("training_output"), show_default=True,
+              help="Where the daemon writes adapter, checkpoints and report (resolved here).")
+@click.option("--pipeline-id", default=None, help="Name for the job: [A-Za-z0-9._-]{1,64}; generated if absent.")
+@click.option("--resume", default=None, metavar="ID[@STEP]",
+              help="Continue pipeline ID from its newest verified checkpoint (or STEP).")
+@click.option("--dry-run", is_flag=True, help="Plan only: samples, tokens, steps, batch, precision, memory.")
+@click.option("--detach", is_flag=True, help="Submit and return at once.")
+@pass_cli
+def train(
+    cli_ctx: CliContext, data_file: Path, config_file: Path, output_dir: Path, pipeline_id: str | None,
+    resume: str | None, dry_run: bool, detach: bool,
+) -> None:
+    """Train a LoRA adapter on DATA_FILE with CONFIG_FILE, following progress live."""
+    for path in (data_file, config_file):
+        if not path.is_file():
+            cli_ctx.fail(f"{path}: no such file")
+    client = cli_ctx.client()
+    bar, task = _upload_progress(cli_ctx, data_file)
+    if bar is not None:
+        bar.start()
+    try:
+        job = client.submit(
+            data_file, config_file, output_dir=output_dir, pipeline_id=pipeline_id, resume=resume,
+            dry_run=dry_run,
+            progress=(lambda sent, total: bar.update(task, completed=sent)) if bar is not None else None,  # type: ignore[arg-type]
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if detach:
+        if cli_ctx.json_output:
+            cli_ctx.emit_json({"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state})
+        else:
+            cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state}")
+            cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
+        return
+    if cli_ctx.json_output:
+        for _ in client.watch(job.job_id):
+            pass
+    else:
+        _follow(cli_ctx, job)
+    final = client.get_job(job.job_id)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(final.status_dict())
+    else:
+        _print_outcome(cli_ctx, final)
+    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+
+
+def _jobs_table(jobs: list[Job]) -> Table:
+    table = Table(title="Jobs")
+    for column in ("pipeline", "job", "state", "stage", "step", "loss", "output dir"):
+        table.add_column(column)
+    for job in jobs:
+        p = job.progress
+        table.add_row(
+            job.pipeline_id, job.job_id, Text(job.state, style=_state_style(job.state)), job.stage or "—",
+            f"{p.step}/{p.total_steps}" if p.total_steps else "—",
+            f"{p.loss:.4f}" if p.loss is not None else "—",
+            job.output_dir,
+        )
+    return table
+
+
+def _state_style(state: str) -> str:
+    return {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(state, "")
+
+
+def _job_detail(cli_ctx: CliContext, job: Job) -> None:
+    table = Table(title=f"{job.pipeline_id} ({job.job_id})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("state", Text(job.state, style=_state_style(job.state)))
+    table.add_row("stage", job.stage or "—")
+    table.add_row("stages", "  ".join(f"{s.name}:{s.state}" for s in job.stages))
+    p = job.progress
+    if p.total_steps:
+        table.add_row("progress", f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
+                      f"{p.loss if p.loss is not None else '—'}")
+    table.add_row("output dir", job.output_dir)
+    if job.resumed_from:
+        table.add_row("resumed from", job.resumed_from)
+    if job.failure_reason:
+        table.add_row("reason", Text(job.failure_reason, style="red"))
+    cli_ctx.out.print(table)
+
+
+@click.command("status")
+@click.argument("job", required=False)
+@pass_cli
+def status(cli_ctx: CliContext, job: str | None) -> None:
+    """Show JOB (job id, pipeline id or PIPELINE_DIR), or recent jobs without an argument."""
+    client = cli_ctx.client()
+    if job is None:
+        jobs = client.list_jobs(limit=20)
+        if cli_ctx.json_output:
+            cli_ctx.emit_json({"jobs": [j.status_dict() for j in jobs]})
+        else:
+            cli_ctx.out.print(_jobs_table(jobs) if jobs else "no jobs yet")
+        return
+    ref = str(Path(job).resolve()) if Path(job).is_dir() else job
+    found = client.get_job(ref)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(found.status_dict())
+    else:
+        _job_detail(cli_ctx, found)
+
+
+@click.command("jobs")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@pass_cli
+def jobs(cli_ctx: CliContext, limit: int) -> None:
+    """List recent jobs, newest first."""
+    found = cli_ctx.client().list_jobs(limit=limit)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json({"jobs": [j.status_dict() for j in found]})
+    else:
+        cli_ctx.out.print(_jobs_table(found) if found else "no jobs yet")
+
+
+@click.command("watch")
+@click.argument("job")
+@click.option("--since", type=click.IntRange(0), default=0, show_default=True,
+              help="Only events after this sequence number.")
+@pass_cli
+def watch(cli_ctx: CliContext, job: str, since: int) -> None:
+    """Stream JOB's events until it ends (Ctrl-C detaches)."""
+    client = cli_ctx.client()
+    found = client.get_job(job)
+    if cli_ctx.json_output:
+        _print_json_events(client.watch(found.job_id, after_seq=since))
+    else:
+        _follow(cli_ctx, found, after_seq=since)
+        _print_outcome(cli_ctx, client.get_job(found.job_id))
+    final = client.get_job(found.job_id)
+    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+
+
+def _print_json_events(events: Iterator[JobEvent]) -> None:
+    import json
+
+    try:
+        for event in events:
+            click.echo(json.dumps({"seq": event.seq, "type": event.type, "ts": event.ts, "job_id": event.job_id,
+                                   "data": event.data}, ensure_ascii=False))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@click.command("cancel")
+@click.argument("job")
+@pass_cli
+def cancel(cli_ctx: CliContext, job: str) -> None:
+    """Cancel JOB: its whole process tree is ended and its GPUs freed."""
+    found = cli_ctx.client().cancel(job)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(found.status_dict())
+    elif found.terminal and found.state != "cancelled":
+        cli_ctx.out.print(f"{found.pipeline_id} had already ended: {found.state}")
+    else:
+        cli_ctx.out.print(f"{found.pipeline_id} ({found.job_id}): {found.state}")
+
+
+@click.command("logs")
+@click.argument("job")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
+@pass_cli
+def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
+    """Print JOB's worker log."""
+    try:
+        for line in cli_ctx.client().logs(job, follow=follow):
+            click.echo(line)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@click.command("export")
+@click.argument("job")
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@pass_cli
+def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
+    """Copy JOB's adapter and report into DESTINATION on this machine."""
+    written = cli_ctx.client().export(job, destination)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json({"files": [str(p) for p in written]})
+    else:
+        cli_ctx.out.print(Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}"))
+
+
+@click.command("demo")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("cryptotune_demo"), show_default=True, help="Parent directory of the demo's output.")
+@pass_cli
+def demo(cli_ctx: CliContext, output_dir: Path) -> None:
+    """Train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, live."""
+    examples = resources.files("cryptotune") / "examples"
+    with resources.as_file(examples / "crypto_qa_zh.jsonl") as data, \
+            resources.as_file(examples / "demo_config.yaml") as config:
+        pipeline_id = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = output_dir / pipeline_id
+        if not cli_ctx.json_output:
+            cli_ctx.out.print(Text.assemble(
+                ("cryptotune demo: ", "bold"),
+                f"LoRA on builtin:tiny-qwen3 (random weights, real Qwen3 tokenizer) with {data.name}",
+            ))
+        client = cli_ctx.client()
+        job = client.submit(data, config, output_dir=target, pipeline_id=pipeline_id)
+        if cli_ctx.json_output:
+            for _ in client.watch(job.job_id):
+                pass
+        else:
+            _follow(cli_ctx, job)
+        final = client.get_job(job.job_id)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(final.status_dict())
+    else:
+        _print_outcome(cli_ctx, final)
+    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+
+
+COMMANDS = (train, status, watch, jobs, cancel, logs, export, demo)

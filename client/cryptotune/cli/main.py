@@ -1,0 +1,127 @@
+"""``cryptotune``: the command line. Every command calls the SDK and renders its result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.text import Text
+
+from cryptotune import __version__
+from cryptotune.cli import render
+from cryptotune.cli.context import CliContext, CryptotuneGroup, pass_cli
+from cryptotune.cli.job_commands import COMMANDS
+from cryptotune.paths import ADDRESS_ENV, TOKEN_ENV
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=CryptotuneGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--address",
+    envvar=ADDRESS_ENV,
+    metavar="ADDR",
+    help=f"Daemon address: unix:///path or host:port. Env: ${ADDRESS_ENV}. Default: the local user daemon.",
+)
+@click.option("--token", envvar=TOKEN_ENV, metavar="T", help=f"Bearer token for TCP daemons. Env: ${TOKEN_ENV}.")
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON document instead of tables.")
+@click.option(
+    "--no-autostart", is_flag=True, help="Never start a background daemon when none answers at the default address."
+)
+@click.version_option(__version__, prog_name="cryptotune")
+@click.pass_context
+def cli(ctx: click.Context, address: str | None, token: str | None, json_output: bool, no_autostart: bool) -> None:
+    """Fine-tune Qwen3 reasoning models on Chinese cryptography with LoRA, through the cryptotune daemon."""
+    ctx.obj = CliContext(address=address, token=token, json_output=json_output, autostart=not no_autostart)
+
+
+@cli.command("init-config")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("config.yaml"),
+    show_default=True, help="Where to write the template.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@pass_cli
+def init_config(cli_ctx: CliContext, output: Path, force: bool) -> None:
+    """Write a commented config template with every key at its default."""
+    if output.exists() and not force:
+        cli_ctx.fail(f"{output} already exists; pass --force to overwrite it or choose another --output")
+    text = cli_ctx.client().config_template()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        cli_ctx.fail(f"cannot write {output}: {error.strerror}")
+    if cli_ctx.json_output:
+        cli_ctx.emit_json({"path": str(output.resolve()), "bytes": len(text.encode())})
+    else:
+        cli_ctx.out.print(Text.assemble(("✓ ", "bold green"), f"wrote {output}"))
+        cli_ctx.out.print(Text(f"next: cryptotune validate-config {output}", style="dim"))
+
+
+@cli.command("validate-config")
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_cli
+def validate_config(cli_ctx: CliContext, config_file: Path) -> None:
+    """Check CONFIG_FILE: every error names its key path and line."""
+    result = cli_ctx.client().validate_config(config_file)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(result.to_dict())
+    else:
+        render.validation(cli_ctx.out, str(config_file), result)
+    sys.exit(0 if result.valid else 1)
+
+
+@cli.command("list-gpus")
+@pass_cli
+def list_gpus(cli_ctx: CliContext) -> None:
+    """List the daemon machine's GPUs and recommend training settings."""
+    result = cli_ctx.client().list_gpus()
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(
+            {"gpus": [g.to_dict() for g in result.gpus], "recommendation": result.recommendation.to_dict(),
+             "note": result.note}
+        )
+    else:
+        render.gpus(cli_ctx.out, result)
+
+
+@cli.command("inspect-data")
+@click.argument("data_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "file_format", type=click.Choice(["json", "jsonl"]), default=None,
+              help="Force the file format (default: detect).")
+@click.option("--sample", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Show N records with their exact training text.")
+@click.option("--max-seq-length", type=click.IntRange(0), default=0,
+              help="Token limit to check (default 2048).")
+@pass_cli
+def inspect_data(
+    cli_ctx: CliContext, data_file: Path, file_format: str | None, sample: int, max_seq_length: int
+) -> None:
+    """Validate DATA_FILE record by record and show statistics with the real Qwen3 tokenizer."""
+    if not data_file.is_file():
+        cli_ctx.fail(f"{data_file}: no such file")
+    result = cli_ctx.client().inspect_data(
+        data_file, sample=sample, format=file_format, max_seq_length=max_seq_length
+    )
+    if cli_ctx.json_output:
+        payload = result.to_dict()
+        payload["crypto_terms_top"] = [{"term": term, "count": count} for term, count in result.crypto_terms_top]
+        cli_ctx.emit_json(payload)
+    else:
+        render.inspection(cli_ctx.out, str(data_file), result)
+    sys.exit(1 if result.records_invalid or result.over_max_seq_length else 0)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cryptotune")
+
+
+if __name__ == "__main__":
+    main()

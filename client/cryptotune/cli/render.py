@@ -1,0 +1,119 @@
+"""Human-readable rendering of SDK results with rich (plain text when piped)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cryptotune import types as t
+
+
+def _where(line: int | None) -> str:
+    return f"line {line}" if line else "—"
+
+
+def validation(console: Console, name: str, result: t.ValidationResult) -> None:
+    """Prints config errors and warnings as tables, then a verdict."""
+    for title, issues, style in (("Errors", result.errors, "red"), ("Warnings", result.warnings, "yellow")):
+        if not issues:
+            continue
+        table = Table(title=f"{title} in {name}", title_style=f"bold {style}", show_lines=False)
+        table.add_column("line", justify="right", style="dim")
+        table.add_column("path", style=style)
+        table.add_column("problem")
+        for issue in issues:
+            table.add_row(_where(issue.line), issue.path or "(document)", Text(issue.message))
+        console.print(table)
+    if result.valid:
+        suffix = f" with {len(result.warnings)} warning(s)" if result.warnings else ""
+        console.print(Text.assemble(("✓ ", "bold green"), f"{name} is valid{suffix}"))
+    else:
+        console.print(Text.assemble(("✗ ", "bold red"), f"{name} has {len(result.errors)} error(s)"))
+
+
+def gpus(console: Console, result: t.GpuList) -> None:
+    """Prints the GPU table and the recommendation."""
+    if result.gpus:
+        table = Table(title="GPUs")
+        for column in ("#", "name", "memory used / total", "util", "temp", "uuid", "job"):
+            table.add_column(column)
+        for g in result.gpus:
+            table.add_row(
+                str(g.index),
+                g.name,
+                f"{g.memory_used_mb:,} / {g.memory_total_mb:,} MiB",
+                f"{g.utilization_percent}%" if g.utilization_percent >= 0 else "?",
+                f"{g.temperature_c}°C" if g.temperature_c >= 0 else "?",
+                g.uuid,
+                g.owner_job_id or "free",
+            )
+        console.print(table)
+    if result.note:
+        console.print(Text(result.note, style="yellow"))
+    r = result.recommendation
+    table = Table(title=f"Recommendation for {r.model}", show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    table.add_row("strategy", f"{r.strategy} × {r.world_size}")
+    table.add_row("per-device batch size", str(r.per_device_batch_size))
+    table.add_row("gradient accumulation", str(r.gradient_accumulation_steps))
+    table.add_row("precision", r.precision)
+    table.add_row("gradient checkpointing", "on" if r.gradient_checkpointing else "off")
+    console.print(table)
+    console.print(Text(r.reason, style="dim"))
+
+
+def inspection(console: Console, name: str, result: t.DataInspection) -> None:
+    """Prints data statistics, problems, warnings and samples."""
+    summary = Table(title=f"{name}  ({result.format}, {result.source_format})", show_header=False)
+    summary.add_column("what", style="bold")
+    summary.add_column("value")
+    summary.add_row("records", f"{result.records_total} total, {result.records_valid} valid, "
+                    f"{result.records_invalid} invalid")
+    summary.add_row("with thinking", f"{result.with_thinking} of {result.records_valid}")
+    summary.add_row("difficulty", ", ".join(f"{k}: {v}" for k, v in result.difficulty_counts.items()) or "—")
+    summary.add_row("duplicates", str(result.duplicates))
+    terms = ", ".join(f"{term} ({count})" for term, count in result.crypto_terms_top[:10])
+    summary.add_row("top crypto terms", terms or "—")
+    tl = result.token_lengths
+    summary.add_row(
+        f"tokens ({result.tokenizer})", f"min {tl.min} · p50 {tl.p50} · p90 {tl.p90} · p99 {tl.p99} · max {tl.max}"
+    )
+    for part in ("prompt", "reasoning", "answer"):
+        if part in result.token_lengths_by_part:
+            s = result.token_lengths_by_part[part]
+            summary.add_row(f"  {part}", f"p50 {s.p50} · p90 {s.p90} · max {s.max}")
+    over_style = "red" if result.over_max_seq_length else ""
+    summary.add_row("over max_seq_length", Text(f"{result.over_max_seq_length} (limit {result.max_seq_length})",
+                                                style=over_style))
+    console.print(summary)
+    _record_issues(console, "Problems", result.errors, "red")
+    _record_issues(console, "Warnings", result.warnings, "yellow")
+    for sample in result.samples:
+        console.rule(f"record {sample.index} (line {sample.line}, {sample.tokens} tokens)")
+        prompt_part = sample.rendered_text[: len(sample.rendered_text) - len(sample.trained_text) - 1]
+        if sample.rendered_text.endswith(sample.trained_text + "\n"):
+            console.print(Text(prompt_part, style="dim"), end="")
+            console.print(Text(sample.trained_text, style="green"))
+        else:
+            console.print(Text(sample.rendered_text))
+        console.print(Text("dim = prompt (masked), green = trained (carries the loss)", style="italic dim"))
+
+
+def _record_issues(console: Console, title: str, issues: list[t.RecordIssue], style: str) -> None:
+    if not issues:
+        return
+    table = Table(title=title, title_style=f"bold {style}")
+    table.add_column("line", justify="right", style="dim")
+    table.add_column("record", justify="right", style="dim")
+    table.add_column("field", style=style)
+    table.add_column("problem")
+    for issue in issues:
+        table.add_row(
+            str(issue.line) if issue.line else "—",
+            str(issue.index) if issue.index >= 0 else "file",
+            issue.field or "—",
+            Text(issue.message),
+        )
+    console.print(table)

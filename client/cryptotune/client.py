@@ -1,0 +1,349 @@
+"""The Python SDK: a typed client for the cryptotune daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from cryptotune import _convert
+from cryptotune import types as t
+from cryptotune.errors import CryptotuneError, InvalidArgument, from_rpc_error
+from cryptotune.paths import TOKEN_ENV, default_address
+from cryptotune.proto.v1 import (
+    config_pb2,
+    config_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    gpu_pb2,
+    gpu_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
+)
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+# Generous but bounded: inspection of a 100k-record file tokenises everything.
+DEFAULT_TIMEOUT_S = 600.0
+_T = TypeVar("_T")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(address: str) -> str:
+    target = address.split("://", 1)[-1]
+    if target.startswith("["):
+        return target[1 : target.index("]")]
+    return target.rsplit(":", 1)[0]
+
+
+def _sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class Client:
+    """A connection to a cryptotune daemon.
+
+    Args:
+        address: ``unix:///path/to.sock`` or ``host:port``; defaults to ``$CRYPTOTUNE_ADDRESS`` or
+            the local user daemon's socket.
+        token: bearer token for TCP listeners; defaults to ``$CRYPTOTUNE_TOKEN``.
+        tls_ca: PEM file of the CA that signed the daemon's certificate (non-loopback TCP).
+        timeout: per-call deadline in seconds for unary calls.
+
+    Example:
+        >>> from cryptotune import Client
+        >>> with Client() as client:
+        ...     print(client.list_gpus().recommendation)
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        tls_ca: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.address = address or default_address()
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._timeout = timeout
+        self._channel = self._open_channel(tls_ca)
+        self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
+        self._data = data_pb2_grpc.DataServiceStub(self._channel)
+        self._gpus = gpu_pb2_grpc.GpuServiceStub(self._channel)
+        self._jobs = job_pb2_grpc.JobServiceStub(self._channel)
+
+    def _open_channel(self, tls_ca: str | Path | None) -> grpc.Channel:
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ]
+        if self.address.startswith("unix:"):
+            return grpc.insecure_channel(self.address, options=options)
+        if tls_ca is not None or not _is_loopback(_host_of(self.address)):
+            root = Path(tls_ca).read_bytes() if tls_ca is not None else None
+            return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root), options=options)
+        return grpc.insecure_channel(self.address, options=options)
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._token}")] if self._token else []
+
+    def _call(self, method: Callable[..., _T], request: Any, timeout: float | None = None) -> _T:
+        try:
+            return method(request, timeout=timeout or self._timeout, metadata=self._metadata())
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.address) from None
+
+    def _stream(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
+        try:
+            yield from method(request, metadata=self._metadata())
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.address) from None
+
+    def ping(self, timeout: float = 2.0) -> str:
+        """Asks the daemon's standard health service; returns its status name (e.g. "SERVING")."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- config -------------------------------------------------------------------------------
+
+    def config_template(self) -> str:
+        """The commented YAML config template with every key at its default."""
+        return self._call(self._config.GetTemplate, config_pb2.GetTemplateRequest()).yaml
+
+    def config_schema(self) -> dict[str, Any]:
+        """The config's JSON schema."""
+        import json
+
+        text = self._call(self._config.GetJsonSchema, config_pb2.GetJsonSchemaRequest()).json
+        value = json.loads(text)
+        return value if isinstance(value, dict) else {}
+
+    def validate_config(self, path_or_text: str | Path) -> t.ValidationResult:
+        """Validates a config file (a path) or YAML text.
+
+        A ``str`` is read as a path unless it contains a newline or a ``:`` (then it is YAML).
+        """
+        text, name = _read_config(path_or_text)
+        response = self._call(
+            self._config.ValidateConfig, config_pb2.ValidateConfigRequest(text=text, source_name=name)
+        )
+        return t.ValidationResult(
+            valid=response.valid,
+            errors=[_convert.config_issue(i) for i in response.errors],
+            warnings=[_convert.config_issue(i) for i in response.warnings],
+        )
+
+    # -- GPUs ---------------------------------------------------------------------------------
+
+    def list_gpus(self) -> t.GpuList:
+        """The daemon machine's GPUs and a recommendation for the default model."""
+        return _convert.gpu_list(self._call(self._gpus.ListGpus, gpu_pb2.ListGpusRequest()))
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def upload(self, path: str | Path, progress: ProgressCallback | None = None) -> str:
+        """Uploads a file to the daemon's content-addressed store; returns its sha256 digest.
+
+        A file the daemon already holds is not sent again.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidArgument(f"{path}: no such file")
+        digest, size = _sha256_of(path)
+        stat = self._call(self._data.StatBlob, data_pb2.StatBlobRequest(digest=digest))
+        if stat.exists:
+            if progress:
+                progress(size, size)
+            return digest
+
+        def chunks() -> Iterator[data_pb2.UploadChunk]:
+            yield data_pb2.UploadChunk(
+                header=data_pb2.UploadHeader(display_name=path.name, size=size, sha256=digest)
+            )
+            sent = 0
+            with path.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                    sent += len(chunk)
+                    yield data_pb2.UploadChunk(data=chunk)
+                    if progress:
+                        progress(sent, size)
+
+        response = self._call(self._data.Upload, chunks())
+        return response.digest
+
+    def inspect_data(
+        self,
+        path: str | Path,
+        sample: int = 0,
+        *,
+        format: str | None = None,
+        max_seq_length: int = 0,
+        model: str = "",
+    ) -> t.DataInspection:
+        """Uploads (if needed) and inspects a training data file.
+
+        Args:
+            path: JSON array or JSONL file (native, alpaca, sharegpt or OpenAI messages records).
+            sample: how many records to return with their exact training text.
+            format: "json" or "jsonl" to force the file format; None auto-detects.
+            max_seq_length: token limit to check against (0: the default, 2048).
+            model: model whose tokenizer to use (default: Qwen3's).
+        """
+        if sample < 0:
+            raise InvalidArgument("sample must be >= 0")
+        digest = self.upload(path)
+        request = data_pb2.InspectDataRequest(
+            digest=digest,
+            display_name=Path(path).name,
+            format=format or "",
+            sample=sample,
+            max_seq_length=max_seq_length,
+            model=model,
+        )
+        return _convert.inspection(self._call(self._data.InspectData, request))
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        data: str | Path,
+        config: str | Path,
+        *,
+        output_dir: str | Path | None = None,
+        pipeline_id: str | None = None,
+        resume: str | None = None,
+        dry_run: bool = False,
+        request_id: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> t.Job:
+        """Uploads the data and submits a training job.
+
+        Args:
+            data: training data file.
+            config: config file path or YAML text.
+            output_dir: where the daemon writes the adapter and report; default
+                ``./training_output`` resolved on this machine.
+            pipeline_id: a unique name for the job (``[A-Za-z0-9._-]{1,64}``).
+            resume: ``PIPELINE_ID`` or ``PIPELINE_ID@STEP`` to continue.
+            dry_run: plan only (init, data_prep, config_gen); train nothing.
+            request_id: idempotency key; a retried submit with the same key returns the same job.
+            progress: upload progress callback ``(sent_bytes, total_bytes)``.
+        """
+        text, config_name = _read_config(config)
+        digest = self.upload(data, progress)
+        out = Path(output_dir) if output_dir is not None else Path("training_output")
+        request = job_pb2.SubmitJobRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            data_digest=digest,
+            data_name=Path(data).name,
+            config_yaml=text,
+            config_name=config_name,
+            output_dir=str(out.expanduser().resolve()),
+            pipeline_id=pipeline_id or "",
+            resume=resume or "",
+            dry_run=dry_run,
+        )
+        return _convert.job(self._call(self._jobs.SubmitJob, request).job)
+
+    def get_job(self, job: str) -> t.Job:
+        """A job by job id or pipeline id."""
+        return _convert.job(self._call(self._jobs.GetJob, job_pb2.GetJobRequest(job=job)))
+
+    def list_jobs(self, limit: int = 50) -> list[t.Job]:
+        """Recent jobs, newest first."""
+        response = self._call(self._jobs.ListJobs, job_pb2.ListJobsRequest(limit=limit))
+        return [_convert.job(j) for j in response.jobs]
+
+    def cancel(self, job: str) -> t.Job:
+        """Cancels a queued or running job (its whole process tree)."""
+        return _convert.job(self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(job=job)))
+
+    def watch(self, job: str, after_seq: int = 0) -> Iterator[t.JobEvent]:
+        """Events of a job after ``after_seq``: stored ones first, then live until it ends."""
+        request = job_pb2.WatchJobRequest(job=job, after_seq=after_seq)
+        for message in self._stream(self._jobs.WatchJob, request):
+            yield _convert.event(message)
+
+    def logs(self, job: str, follow: bool = False) -> Iterator[str]:
+        """The job's log lines; with ``follow`` keeps streaming until the job ends."""
+        request = job_pb2.StreamLogsRequest(job=job, follow=follow)
+        for message in self._stream(self._jobs.StreamLogs, request):
+            yield message.line
+
+    def export(self, job: str, destination: str | Path) -> list[Path]:
+        """Copies the job's adapter and report to ``destination`` on this machine."""
+        root = Path(destination).expanduser().resolve()
+        written: list[Path] = []
+        handle = None
+        try:
+            for chunk in self._stream(self._jobs.ExportJob, job_pb2.ExportJobRequest(job=job)):
+                if handle is None:
+                    target = (root / chunk.path).resolve()
+                    if root not in target.parents:
+                        raise CryptotuneError(f"refusing to write outside {root}: {chunk.path}")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    handle = target.open("wb")
+                    written.append(target)
+                handle.write(chunk.data)
+                if chunk.last:
+                    handle.close()
+                    handle = None
+        finally:
+            if handle is not None:
+                handle.close()
+        return written
+
+
+def _read_config(path_or_text: str | Path) -> tuple[str, str]:
+    if isinstance(path_or_text, str) and ("\n" in path_or_text or ":" in path_or_text):
+        return path_or_text, "<text>"
+    path = Path(path_or_text)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: no such config file") from None
+    except OSError as error:
+        raise InvalidArgument(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        return data.decode("utf-8-sig"), path.name
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"{path}: not UTF-8 (byte {error.start}); save the config as UTF-8"
+        ) from None

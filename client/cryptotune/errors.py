@@ -1,0 +1,95 @@
+"""Typed exceptions raised by the SDK, mapped from gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+ERROR_CODE_METADATA_KEY = "cryptotune-error-code"
+
+
+class CryptotuneError(Exception):
+    """Base class of every error the SDK raises.
+
+    Attributes:
+        message: the daemon's public message, meant for users.
+        code: the daemon's domain error code (e.g. ``"config.invalid"``), or "".
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class InvalidArgument(CryptotuneError):
+    """The request (a config, a data file, an option) is invalid."""
+
+
+class NotFound(CryptotuneError):
+    """A job, pipeline or upload does not exist."""
+
+
+class AlreadyExists(CryptotuneError):
+    """A pipeline id is already taken."""
+
+
+class FailedPrecondition(CryptotuneError):
+    """The request is valid but cannot be done in the current state."""
+
+
+class PermissionDenied(CryptotuneError):
+    """The daemon's policy refuses the request (output path, remote code…)."""
+
+
+class ResourceExhausted(CryptotuneError):
+    """A size limit was exceeded or the daemon is out of disk."""
+
+
+class Unauthenticated(CryptotuneError):
+    """Missing or wrong token."""
+
+
+class DaemonUnavailable(CryptotuneError):
+    """Nothing answers at the daemon's address."""
+
+
+class Unimplemented(CryptotuneError):
+    """The daemon does not offer this call (older version?)."""
+
+
+class InternalError(CryptotuneError):
+    """The daemon failed unexpectedly; details are in its log."""
+
+
+_BY_STATUS: dict[grpc.StatusCode, type[CryptotuneError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def from_rpc_error(error: grpc.RpcError, address: str) -> CryptotuneError:
+    """Turns a gRPC error into the matching typed exception."""
+    status = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    code = ""
+    if isinstance(error, grpc.Call):
+        for key, value in error.trailing_metadata() or ():
+            if key == ERROR_CODE_METADATA_KEY:
+                code = str(value)
+    if status == grpc.StatusCode.UNAVAILABLE:
+        return DaemonUnavailable(
+            f"no cryptotune daemon answers at {address} ({details}). Start one with "
+            f"'cryptotuned --listen {address}' or check --address / $CRYPTOTUNE_ADDRESS.",
+            code,
+        )
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DaemonUnavailable(f"the daemon at {address} did not answer in time ({details})", code)
+    return _BY_STATUS.get(status, InternalError)(details, code)

@@ -1,0 +1,211 @@
+"""Typed results returned by the SDK (plain dataclasses, JSON-friendly via ``to_dict``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Serializable:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of this result."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+
+
+@dataclass(frozen=True)
+class ConfigIssue(_Serializable):
+    """One config error or warning; ``line`` is 1-based or None when unknown."""
+
+    path: str
+    line: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class ValidationResult(_Serializable):
+    """The outcome of validating a config file."""
+
+    valid: bool
+    errors: list[ConfigIssue]
+    warnings: list[ConfigIssue]
+
+
+@dataclass(frozen=True)
+class GpuInfo(_Serializable):
+    """One GPU as the daemon sees it; -1 means unknown."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mb: int
+    memory_used_mb: int
+    utilization_percent: int
+    temperature_c: int
+    owner_job_id: str
+
+
+@dataclass(frozen=True)
+class Recommendation(_Serializable):
+    """Suggested training settings for the default model on the visible GPUs."""
+
+    model: str
+    strategy: str
+    world_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    precision: str
+    gradient_checkpointing: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GpuList(_Serializable):
+    """``list_gpus()`` result."""
+
+    gpus: list[GpuInfo]
+    recommendation: Recommendation
+    note: str
+
+
+@dataclass(frozen=True)
+class RecordIssue(_Serializable):
+    """A problem with one data record (index -1: the whole file)."""
+
+    line: int
+    index: int
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LengthStats(_Serializable):
+    """Token-length percentiles."""
+
+    min: int
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+@dataclass(frozen=True)
+class DataSample(_Serializable):
+    """One record with its exact training text and the part that carries the loss."""
+
+    index: int
+    line: int
+    record: dict[str, Any]
+    rendered_text: str
+    trained_text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class DataInspection(_Serializable):
+    """``inspect_data()`` result."""
+
+    format: str
+    source_format: str
+    records_total: int
+    records_valid: int
+    records_invalid: int
+    errors: list[RecordIssue]
+    warnings: list[RecordIssue]
+    difficulty_counts: dict[str, int]
+    with_thinking: int
+    crypto_terms_top: list[tuple[str, int]]
+    duplicates: int
+    token_lengths: LengthStats
+    token_lengths_by_part: dict[str, LengthStats]
+    over_max_seq_length: int
+    over_max_seq_length_indices: list[int]
+    max_seq_length: int
+    tokenizer: str
+    samples: list[DataSample]
+
+
+@dataclass(frozen=True)
+class StageStatus(_Serializable):
+    """A pipeline stage and its state (pending, running, done, failed, skipped)."""
+
+    name: str
+    state: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Progress(_Serializable):
+    """Training progress of a job."""
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Job(_Serializable):
+    """A training job as stored by the daemon."""
+
+    job_id: str
+    pipeline_id: str
+    state: str
+    stage: str
+    stages: list[StageStatus]
+    progress: Progress
+    output_dir: str
+    failure_reason: str
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    dry_run: bool = False
+    resumed_from: str = ""
+    plan: dict[str, Any] | None = None
+    device: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has finished (succeeded, failed or cancelled)."""
+        return self.state in TERMINAL_STATES
+
+    def status_dict(self) -> dict[str, Any]:
+        """The documented ``status --json`` shape."""
+        return {
+            "job_id": self.job_id,
+            "pipeline_id": self.pipeline_id,
+            "state": self.state,
+            "stage": self.stage,
+            "stages": [{"name": s.name, "state": s.state} for s in self.stages],
+            "progress": {
+                "step": self.progress.step,
+                "total_steps": self.progress.total_steps,
+                "epoch": self.progress.epoch,
+                "loss": self.progress.loss,
+                "learning_rate": self.progress.learning_rate,
+                "tokens_per_second": self.progress.tokens_per_second,
+                "eta_seconds": self.progress.eta_seconds,
+            },
+            "output_dir": self.output_dir,
+            "failure_reason": self.failure_reason,
+            "dry_run": self.dry_run,
+            "plan": self.plan,
+            "resumed_from": self.resumed_from,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class JobEvent(_Serializable):
+    """One event of a job: ``seq`` is per job, gap-free, starting at 1."""
+
+    job_id: str
+    seq: int
+    type: str
+    ts: float
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,182 @@
+"""Turns a submit request into a validated job spec (policy checks live here, not in servicers)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptotune_daemon.config import load_config
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
+from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.settings import DaemonSettings
+from cryptotune_daemon.storage.blobs import BlobStore
+
+_RESUME = re.compile(r"(?P<pipeline>[^@]+)(?:@(?P<step>\d+))?")
+_SUPPORTED_STRATEGIES = ("data_parallel", "auto")
+PIPELINE_STATE_FILE = "pipeline_state.json"
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What a client asks for (already decoded from proto)."""
+
+    request_id: str
+    data_digest: str
+    data_name: str
+    config_yaml: str
+    config_name: str
+    output_dir: str
+    pipeline_id: str
+    resume: str
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A submission that passed every check, ready for the store."""
+
+    pipeline_id: str
+    output_dir: Path
+    resumed_from: str
+    spec: dict[str, Any]
+
+
+def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
+    if not raw:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, "output_dir is required")
+    path = Path(raw)
+    if not path.is_absolute():
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"output_dir must be an absolute path, got '{raw}'")
+    resolved = path.resolve()
+    roots = settings.output_roots()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise CryptotuneError(
+            ErrorCode.PATH_NOT_ALLOWED,
+            f"output dir {resolved} is outside the daemon's allowed roots ({allowed}); choose a directory "
+            "under one of them or start cryptotuned with --allow-output-root",
+        )
+    if resolved.exists() and not resolved.is_dir():
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"output dir {resolved} exists and is not a directory")
+    return resolved
+
+
+def _pipeline_in_dir(output_dir: Path) -> str | None:
+    try:
+        state = json.loads((output_dir / PIPELINE_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    value = state.get("pipeline_id") if isinstance(state, dict) else None
+    return str(value) if value else None
+
+
+def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
+    match = _RESUME.fullmatch(resume)
+    if not match:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"--resume takes PIPELINE_ID or PIPELINE_ID@STEP, got '{resume}'")
+    previous = store.get(match.group("pipeline"))
+    step = int(match.group("step")) if match.group("step") else None
+    if not previous.is_terminal:
+        raise CryptotuneError(
+            ErrorCode.JOB_STATE_CONFLICT,
+            f"pipeline {previous.pipeline_id} is still {previous.state.value} (job {previous.job_id}); "
+            "cancel it or wait for it to end before resuming",
+        )
+    if previous.state == JobState.SUCCEEDED and not previous.dry_run and step is None:
+        raise CryptotuneError(
+            ErrorCode.RESUME_REFUSED,
+            f"pipeline {previous.pipeline_id} already completed; its adapter is in {previous.output_dir}. "
+            "Resume a specific checkpoint with --resume ID@STEP, or start a new pipeline",
+        )
+    return previous, step
+
+
+def prepare(
+    request: SubmitRequest,
+    *,
+    settings: DaemonSettings,
+    store: JobStore,
+    blobs: BlobStore,
+    gpu_count: int,
+) -> PreparedJob:
+    """Validates a submission and builds the worker's spec.
+
+    Raises:
+        CryptotuneError: with a code the catalog maps to INVALID_ARGUMENT, NOT_FOUND,
+            ALREADY_EXISTS, FAILED_PRECONDITION or PERMISSION_DENIED, and a message saying how to fix it.
+    """
+    if not request.request_id or len(request.request_id) > 128:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, "request_id must be 1–128 characters")
+    blob = blobs.get(request.data_digest)
+    config = load_config(request.config_yaml, request.config_name or "config.yaml", gpu_count=gpu_count or None)
+    if config.model.trust_remote_code and not settings.allow_remote_code:
+        raise CryptotuneError(
+            ErrorCode.REMOTE_CODE_REFUSED,
+            "model.trust_remote_code is true, but this daemon was not started with --allow-remote-code; "
+            "Qwen3 needs no remote code: set it to false",
+        )
+    if config.parallel.strategy not in _SUPPORTED_STRATEGIES:
+        raise CryptotuneError(
+            ErrorCode.CONFIG_INVALID,
+            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA adapters "
+            "with data parallelism; set parallel.strategy to data_parallel or auto",
+        )
+    world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
+    if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
+        world_size = gpu_count
+    if gpu_count and world_size > gpu_count:
+        raise CryptotuneError(
+            ErrorCode.CONFIG_INVALID,
+            f"parallel.world_size is {world_size} but the daemon's machine has {gpu_count} GPU(s)",
+        )
+
+    resume_spec: dict[str, Any] | None = None
+    resumed_from = ""
+    if request.resume:
+        previous, step = _resolve_resume(request.resume, store)
+        if request.pipeline_id and request.pipeline_id != previous.pipeline_id:
+            raise CryptotuneError(
+                ErrorCode.REQUEST_INVALID,
+                f"--pipeline-id {request.pipeline_id} differs from the resumed pipeline {previous.pipeline_id}; "
+                "drop --pipeline-id when resuming",
+            )
+        pipeline_id = previous.pipeline_id
+        output_dir = Path(previous.output_dir)
+        resumed_from = request.resume
+        resume_spec = {"output_dir": str(output_dir), "step": step}
+    else:
+        pipeline_id = validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
+        output_dir = _check_output_dir(request.output_dir, settings)
+        owner = _pipeline_in_dir(output_dir)
+        if owner and owner != pipeline_id:
+            raise CryptotuneError(
+                ErrorCode.JOB_STATE_CONFLICT,
+                f"output dir {output_dir} already holds pipeline {owner}; choose another --output-dir, "
+                f"or continue that pipeline with --resume {owner}",
+            )
+    for job in store.list_nonterminal():
+        if Path(job.output_dir) == output_dir and job.request_id != request.request_id:
+            raise CryptotuneError(
+                ErrorCode.JOB_STATE_CONFLICT,
+                f"job {job.job_id} (pipeline {job.pipeline_id}) is {job.state.value} in {output_dir}; "
+                "wait for it, cancel it, or choose another --output-dir",
+            )
+    spec: dict[str, Any] = {
+        "pipeline_id": pipeline_id,
+        "data_path": str(blob.path),
+        "data_digest": blob.digest,
+        "data_name": request.data_name or blob.digest[:12],
+        "config_yaml": request.config_yaml,
+        "config_name": request.config_name or "config.yaml",
+        "output_dir": str(output_dir),
+        "state_dir": str(settings.state_dir),
+        "dry_run": request.dry_run,
+        "resume": resume_spec,
+        "world_size": world_size,
+        "allow_remote_code": settings.allow_remote_code,
+    }
+    return PreparedJob(pipeline_id=pipeline_id, output_dir=output_dir, resumed_from=resumed_from, spec=spec)

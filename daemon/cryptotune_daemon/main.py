@@ -1,0 +1,80 @@
+"""``cryptotuned``: the daemon's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from cryptotune.paths import default_socket_path, default_state_dir
+from cryptotune_daemon import __version__
+from cryptotune_daemon.errors import CryptotuneError
+from cryptotune_daemon.settings import DaemonSettings
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Job store, uploads and caches. Default: $CRYPTOTUNE_STATE_DIR or ~/.local/state/cryptotune.",
+)
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="ADDR",
+    help="unix:///abs/path or host:port; repeat for several. Default: a unix socket in the state dir.",
+)
+@click.option("--allow-remote-code", is_flag=True, help="Let configs set model.trust_remote_code: true.")
+@click.option("--max-upload-mb", type=click.IntRange(1), default=2048, show_default=True, help="Upload size cap.")
+@click.option(
+    "--allow-output-root",
+    "output_roots",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Job output dirs must lie under one of these (default: state dir, home, temp dir).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.version_option(__version__, prog_name="cryptotuned")
+def main(
+    state_dir: Path | None,
+    listen: tuple[str, ...],
+    allow_remote_code: bool,
+    max_upload_mb: int,
+    output_roots: tuple[Path, ...],
+    log_level: str,
+) -> None:
+    """The cryptotune training daemon: owns the GPUs, runs training jobs, serves gRPC."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    state = (state_dir or default_state_dir()).expanduser().resolve()
+    settings = DaemonSettings(
+        state_dir=state,
+        listen=listen or (f"unix://{default_socket_path(state)}",),
+        allow_remote_code=allow_remote_code,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        allowed_output_roots=tuple(p.expanduser().resolve() for p in output_roots),
+    )
+    from cryptotune_daemon.server import Daemon
+
+    try:
+        asyncio.run(Daemon(settings).run_until_signalled())
+    except CryptotuneError as error:
+        click.echo(f"cryptotuned: {error.message}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

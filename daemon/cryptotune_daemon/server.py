@@ -1,0 +1,203 @@
+"""Assembles the gRPC server: services, health, reflection, listeners, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from cryptotune.proto.v1 import (
+    config_pb2,
+    config_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    gpu_pb2,
+    gpu_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
+)
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.gpus import GpuInventory, NvmlInventory
+from cryptotune_daemon.jobs.manager import JobManager
+from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.services.config_servicer import ConfigServicer
+from cryptotune_daemon.services.data_servicer import DataServicer
+from cryptotune_daemon.services.gpu_servicer import GpuServicer
+from cryptotune_daemon.services.job_servicer import JobServicer
+from cryptotune_daemon.settings import DaemonSettings
+from cryptotune_daemon.storage.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name,
+    gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name,
+    job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+SHUTDOWN_GRACE_S = 10.0
+
+
+class StateDirLocked(CryptotuneError):
+    """Another daemon already owns this state directory."""
+
+
+def _unix_path(address: str) -> Path | None:
+    return Path(address.removeprefix("unix://").removeprefix("unix:")) if address.startswith("unix:") else None
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class Daemon:
+    """One running daemon: owns the state dir (exclusively), the listeners and the services."""
+
+    def __init__(self, settings: DaemonSettings, inventory: GpuInventory | None = None) -> None:
+        self.settings = settings
+        self.inventory: GpuInventory = inventory or NvmlInventory()
+        self.health = HealthServicer()
+        self._lock_file: IO[str] | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self.bound_ports: dict[str, int] = {}
+        self.store: JobStore | None = None
+        self.jobs: JobManager | None = None
+
+    def _acquire_state_dir(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = (self.settings.state_dir / "daemon.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StateDirLocked(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"another cryptotuned already uses state dir {self.settings.state_dir}; stop it first "
+                "or pass a different --state-dir",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def _owners(self) -> dict[str, str]:
+        return self.jobs.owners() if self.jobs else {}
+
+    def _build_server(self) -> grpc.aio.Server:
+        max_msg = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_msg),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        blobs = BlobStore(self.settings.blobs_dir, self.settings.max_upload_bytes)
+        self.store = JobStore(self.settings.db_path)
+        self.jobs = JobManager(self.settings, self.store, blobs, self.inventory)
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.inventory), server)
+        data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(blobs, self.settings.cache_dir), server)
+        gpu_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(self.inventory, self._owners), server)
+        job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        return server
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> None:
+        path = _unix_path(address)
+        if path is not None:
+            if not path.is_absolute():
+                raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"unix socket path must be absolute: {address}")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if path.exists():
+                if _socket_answers(path):
+                    raise CryptotuneError(
+                        ErrorCode.RESOURCE_EXHAUSTED, f"something already listens on {path}; is a daemon running?"
+                    )
+                path.unlink()  # a stale socket from a crashed daemon
+            server.add_insecure_port(f"unix://{path}")
+            return
+        host = address.rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise CryptotuneError(
+                ErrorCode.PATH_NOT_ALLOWED,
+                f"refusing to listen on {address}: non-loopback TCP needs TLS and token authentication, "
+                "which this version of cryptotuned does not offer yet; listen on a unix socket or "
+                "127.0.0.1 and tunnel (e.g. ssh -L) instead",
+            )
+        port = server.add_insecure_port(address)
+        self.bound_ports[address] = port
+
+    async def start(self) -> None:
+        """Locks the state dir, binds every listener and starts serving."""
+        self._acquire_state_dir()
+        server = self._build_server()
+        for address in self.settings.listen:
+            self._bind(server, address)
+        # Health stays NOT_SERVING until jobs left by a previous daemon are reconciled.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        for address in self.settings.listen:
+            path = _unix_path(address)
+            if path is not None:
+                # 0660: the owner and its group may connect; others may not.
+                os.chmod(path, 0o660)
+        self._server = server
+        assert self.jobs is not None
+        await self.jobs.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("cryptotuned serving on %s (state dir %s)", ", ".join(self.settings.listen), self.settings.state_dir)
+
+    async def stop(self) -> None:
+        """Stops accepting calls, lets running ones finish (bounded), releases the state dir."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        if self.jobs is not None:
+            await self.jobs.stop()
+        await self._server.stop(SHUTDOWN_GRACE_S)
+        self._server = None
+        if self.store is not None:
+            self.store.close()
+        for address in self.settings.listen:
+            path = _unix_path(address)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        self._stopped.set()
+        log.info("cryptotuned stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: shutting down")
+        await self.stop()

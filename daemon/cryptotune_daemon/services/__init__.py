@@ -1,0 +1,1 @@
+"""gRPC servicers: they translate proto ⇄ domain objects and nothing else."""

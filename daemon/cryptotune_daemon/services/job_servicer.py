@@ -1,0 +1,75 @@
+"""JobService: submit, inspect, cancel and follow training jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
+from cryptotune_daemon.jobs.manager import JobManager, chunks_of
+from cryptotune_daemon.services import serde
+from cryptotune_daemon.services.error_catalog import streaming, unary
+
+
+class JobServicer(job_pb2_grpc.JobServiceServicer):
+    """Translates JobService calls to the job manager."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._jobs = manager
+
+    @unary
+    async def SubmitJob(
+        self, request: job_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> job_pb2.SubmitJobResponse:
+        # Validation parses YAML and may read the output dir: off the event loop.
+        job, existing = await asyncio.to_thread(self._jobs.submit, serde.submit_request(request))
+        return job_pb2.SubmitJobResponse(job=serde.job(job), existing=existing)
+
+    @unary
+    async def GetJob(self, request: job_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]) -> job_pb2.Job:
+        return serde.job(self._jobs.get(request.job))
+
+    @unary
+    async def ListJobs(
+        self, request: job_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> job_pb2.ListJobsResponse:
+        return job_pb2.ListJobsResponse(jobs=[serde.job(j) for j in self._jobs.list_jobs(request.limit)])
+
+    @unary
+    async def CancelJob(
+        self, request: job_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> job_pb2.Job:
+        return serde.job(self._jobs.cancel(request.job))
+
+    @streaming
+    async def WatchJob(
+        self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        async for event in self._jobs.watch(request.job, request.after_seq):
+            yield serde.event(event)
+
+    @streaming
+    async def StreamLogs(
+        self, request: job_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[job_pb2.LogLine]:
+        async for line in self._jobs.logs(request.job, request.follow):
+            yield job_pb2.LogLine(line=line)
+
+    @streaming
+    async def ExportJob(
+        self, request: job_pb2.ExportJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[job_pb2.ExportChunk]:
+        for relative, path in self._jobs.export_files(request.job):
+            size = path.stat().st_size
+            pieces = chunks_of(path)
+            current = next(pieces)
+            first = True
+            # One chunk of look-ahead so that the last chunk of each file carries last=True.
+            for following in pieces:
+                yield job_pb2.ExportChunk(path=relative, data=current, size=size if first else 0)
+                first = False
+                current = following
+            yield job_pb2.ExportChunk(path=relative, data=current, last=True, size=size if first else 0)

@@ -1,0 +1,54 @@
+"""The daemon's settings, from its command line."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Everything the daemon was told at start-up.
+
+    Attributes:
+        state_dir: job store, uploads, caches, default socket.
+        listen: gRPC addresses (``unix:///abs/path`` or ``host:port``).
+        allow_remote_code: whether configs may set ``model.trust_remote_code``.
+        max_upload_bytes: cap on one uploaded data file.
+        max_message_bytes: cap on one gRPC message (uploads are streamed in chunks below it).
+        allowed_output_roots: job output directories must lie under one of these.
+        max_parallel_cpu_jobs: jobs run at once when there is no GPU.
+    """
+
+    state_dir: Path
+    listen: tuple[str, ...]
+    allow_remote_code: bool = False
+    max_upload_bytes: int = 2 * 1024**3
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    allowed_output_roots: tuple[Path, ...] = field(default_factory=tuple)
+    max_parallel_cpu_jobs: int = 1
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.state_dir / "blobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+    def output_roots(self) -> tuple[Path, ...]:
+        """Allowed output roots: the explicit ones, else state dir, home and the temp dir."""
+        if self.allowed_output_roots:
+            return tuple(p.resolve() for p in self.allowed_output_roots)
+        return (self.state_dir.resolve(), Path.home().resolve(), Path(tempfile.gettempdir()).resolve())

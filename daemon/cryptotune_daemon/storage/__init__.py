@@ -1,0 +1,1 @@
+"""On-disk storage owned by the daemon (content-addressed uploads)."""

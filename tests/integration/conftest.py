@@ -1,0 +1,137 @@
+"""Fixtures that start a real daemon on a temp state dir and socket, and run the real CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cryptotune import Client
+from cryptotune.errors import DaemonUnavailable
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RunningDaemon:
+    """A daemon process started for a test."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    address: str
+    log_path: Path
+
+    def client(self) -> Client:
+        return Client(self.address)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def short_tmp_dir() -> Path:
+    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be too deep.
+    return Path(tempfile.mkdtemp(prefix="ct-", dir="/tmp"))
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with Client(address) as client:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"daemon exited with {process.returncode}")
+            with contextlib.suppress(DaemonUnavailable):
+                if client.ping(timeout=1.0) == "SERVING":
+                    return
+            time.sleep(0.1)
+    raise TimeoutError(f"daemon at {address} did not become SERVING")
+
+
+def start_daemon(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> RunningDaemon:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    address = f"unix://{state_dir}/d.sock"
+    log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "cryptotuned"), "--state-dir", str(state_dir), "--listen", address, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
+    try:
+        wait_serving(address, process)
+    except Exception:
+        process.kill()
+        raise RuntimeError(f"daemon failed to start:\n{log_path.read_text(errors='replace')}") from None
+    return RunningDaemon(process, state_dir, address, log_path)
+
+
+def kill_job_workers(state_dir: Path) -> None:
+    """Ends every worker process group a test daemon started (they outlive the daemon by design)."""
+    db = state_dir / "jobs.sqlite3"
+    if not db.exists():
+        return
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        pids = [row[0] for row in conn.execute("SELECT worker_pid FROM jobs WHERE worker_pid IS NOT NULL")]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid), signal.SIGKILL)
+
+
+def stop_daemon(daemon: RunningDaemon) -> None:
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            daemon.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+    kill_job_workers(daemon.state_dir)
+
+
+@pytest.fixture
+def daemon() -> Iterator[RunningDaemon]:
+    root = short_tmp_dir()
+    running = start_daemon(root / "state")
+    try:
+        yield running
+    finally:
+        stop_daemon(running)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+def run_cli(
+    *args: str, address: str | None = None, env: dict[str, str] | None = None, timeout: float = 300,
+    cwd: Path | None = None,
+) -> CliResult:
+    """Runs the real ``cryptotune`` console script."""
+    command = [str(BIN / "cryptotune")]
+    if address:
+        command += ["--address", address]
+    command += list(args)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
