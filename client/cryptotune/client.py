@@ -344,6 +344,4 @@ def _read_config(path_or_text: str | Path) -> tuple[str, str]:
     try:
         return data.decode("utf-8-sig"), path.name
     except UnicodeDecodeError as error:
-        raise InvalidArgument(
-            f"{path}: not UTF-8 (byte {error.start}); save the config as UTF-8"
-        ) from None
+        raise InvalidArgument(f"{path}: not UTF-8 (byte {error.start}); save the config as UTF-8") from None

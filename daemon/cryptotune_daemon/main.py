@@ -30,7 +30,9 @@ from cryptotune_daemon.settings import DaemonSettings
     help="unix:///abs/path or host:port; repeat for several. Default: a unix socket in the state dir.",
 )
 @click.option("--allow-remote-code", is_flag=True, help="Let configs set model.trust_remote_code: true.")
-@click.option("--max-upload-mb", type=click.IntRange(1), default=2048, show_default=True, help="Upload size cap.")
+@click.option(
+    "--max-upload-mb", type=click.IntRange(1), default=2048, show_default=True, help="Upload size cap."
+)
 @click.option(
     "--allow-output-root",
     "output_roots",

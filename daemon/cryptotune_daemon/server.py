@@ -56,7 +56,9 @@ class StateDirLocked(CryptotuneError):
 
 
 def _unix_path(address: str) -> Path | None:
-    return Path(address.removeprefix("unix://").removeprefix("unix:")) if address.startswith("unix:") else None
+    return (
+        Path(address.removeprefix("unix://").removeprefix("unix:")) if address.startswith("unix:") else None
+    )
 
 
 def _socket_answers(path: Path) -> bool:
@@ -128,12 +130,15 @@ class Daemon:
         path = _unix_path(address)
         if path is not None:
             if not path.is_absolute():
-                raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"unix socket path must be absolute: {address}")
+                raise CryptotuneError(
+                    ErrorCode.REQUEST_INVALID, f"unix socket path must be absolute: {address}"
+                )
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if path.exists():
                 if _socket_answers(path):
                     raise CryptotuneError(
-                        ErrorCode.RESOURCE_EXHAUSTED, f"something already listens on {path}; is a daemon running?"
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"something already listens on {path}; is a daemon running?",
                     )
                 path.unlink()  # a stale socket from a crashed daemon
             server.add_insecure_port(f"unix://{path}")
@@ -167,7 +172,11 @@ class Daemon:
         assert self.jobs is not None
         await self.jobs.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("cryptotuned serving on %s (state dir %s)", ", ".join(self.settings.listen), self.settings.state_dir)
+        log.info(
+            "cryptotuned serving on %s (state dir %s)",
+            ", ".join(self.settings.listen),
+            self.settings.state_dir,
+        )
 
     async def stop(self) -> None:
         """Stops accepting calls, lets running ones finish (bounded), releases the state dir."""

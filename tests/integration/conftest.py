@@ -122,7 +122,10 @@ class CliResult:
 
 
 def run_cli(
-    *args: str, address: str | None = None, env: dict[str, str] | None = None, timeout: float = 300,
+    *args: str,
+    address: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
     cwd: Path | None = None,
 ) -> CliResult:
     """Runs the real ``cryptotune`` console script."""
@@ -130,8 +133,12 @@ def run_cli(
     if address:
         command += ["--address", address]
     command += list(args)
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd,
+    completed = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
     )
     return CliResult(completed.returncode, completed.stdout, completed.stderr)

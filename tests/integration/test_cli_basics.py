@@ -85,7 +85,11 @@ def test_inspect_data_json_on_the_bundled_sample(daemon: RunningDaemon) -> None:
 def test_inspect_data_reports_bad_records_with_lines(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     good = {"instruction": "什么是SM3？", "output": "SM3是国密哈希算法。", "difficulty": 1}
-    lines = [json.dumps(good, ensure_ascii=False), "{not json", json.dumps({"instruction": "x", "difficulty": 9})]
+    lines = [
+        json.dumps(good, ensure_ascii=False),
+        "{not json",
+        json.dumps({"instruction": "x", "difficulty": 9}),
+    ]
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = run_cli("--json", "inspect-data", str(data), address=daemon.address)
     assert result.exit_code == 1

@@ -22,7 +22,7 @@ print(",".join(loaded))
 
 
 def test_help_loads_no_heavy_module() -> None:
-    completed = subprocess.run(
+    completed = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
         [sys.executable, "-c", PROBE.format(heavy=set(HEAVY))], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 0, completed.stderr
@@ -32,10 +32,24 @@ def test_help_loads_no_heavy_module() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("init-config", "validate-config", "list-gpus", "inspect-data", "train", "status", "watch",
-                    "jobs", "cancel", "logs", "export", "demo"):
-        completed = subprocess.run(
-            [sys.executable, "-m", "cryptotune.cli.main", command, "--help"], capture_output=True, text=True,
+    for command in (
+        "init-config",
+        "validate-config",
+        "list-gpus",
+        "inspect-data",
+        "train",
+        "status",
+        "watch",
+        "jobs",
+        "cancel",
+        "logs",
+        "export",
+        "demo",
+    ):
+        completed = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
+            [sys.executable, "-m", "cryptotune.cli.main", command, "--help"],
+            capture_output=True,
+            text=True,
             timeout=60,
         )
         assert completed.returncode == 0, (command, completed.stderr)

@@ -46,7 +46,9 @@ class _Raising(config_pb2_grpc.ConfigServiceServicer):
         self, request: config_pb2.ValidateConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> config_pb2.ValidateConfigResponse:
         if request.text.startswith("code:"):
-            raise CryptotuneError(ErrorCode(request.text.removeprefix("code:").strip()), "domain message for users")
+            raise CryptotuneError(
+                ErrorCode(request.text.removeprefix("code:").strip()), "domain message for users"
+            )
         raise RuntimeError("secret internal detail /etc/passwd")
 
 
@@ -61,6 +63,7 @@ def _serve_and_call(texts: list[str]) -> list[BaseException]:
         server.add_insecure_port(address)
         await server.start()
         try:
+
             def calls() -> None:
                 with Client(address) as client:
                     for text in texts:
@@ -93,11 +96,16 @@ def test_domain_errors_reach_the_sdk_as_typed_exceptions() -> None:
 def test_unexpected_errors_become_generic_internal_without_details() -> None:
     (error,) = _serve_and_call(["boom"])
     assert isinstance(error, sdk_errors.InternalError)
-    assert "secret" not in error.message and "passwd" not in error.message and "Traceback" not in error.message
+    assert (
+        "secret" not in error.message and "passwd" not in error.message and "Traceback" not in error.message
+    )
     assert "incident" in error.message
 
 
 def test_unavailable_daemon_says_how_to_start_one(tmp_path: Path) -> None:
-    with Client(f"unix://{tmp_path}/none.sock") as client, pytest.raises(sdk_errors.DaemonUnavailable) as info:
+    with (
+        Client(f"unix://{tmp_path}/none.sock") as client,
+        pytest.raises(sdk_errors.DaemonUnavailable) as info,
+    ):
         client.list_gpus()
     assert "cryptotuned --listen" in info.value.message

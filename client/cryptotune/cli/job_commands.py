@@ -26,8 +26,12 @@ def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, 
     if cli_ctx.json_output or size < LARGE_UPLOAD_BYTES:
         return None, None
     bar = Progress(
-        TextColumn(f"uploading {data.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=cli_ctx.err, transient=True,
+        TextColumn(f"uploading {data.name}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=cli_ctx.err,
+        transient=True,
     )
     task = bar.add_task("upload", total=size)
     return bar, task
@@ -59,8 +63,13 @@ def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
         out.print(f"  adapter: {Path(job.output_dir) / 'adapter'}")
         out.print(f"  report:  {Path(job.output_dir) / 'report.md'}")
     else:
-        out.print(Text.assemble(("✗ ", "bold red"), f"pipeline {job.pipeline_id} {job.state}: ",
-                                job.failure_reason or "no reason recorded"))
+        out.print(
+            Text.assemble(
+                ("✗ ", "bold red"),
+                f"pipeline {job.pipeline_id} {job.state}: ",
+                job.failure_reason or "no reason recorded",
+            )
+        )
         out.print(Text(f"  logs: cryptotune logs {job.job_id}", style="dim"))
 
 
@@ -77,18 +86,35 @@ def _print_plan(cli_ctx: CliContext, job: Job) -> None:
 @click.command("train")
 @click.argument("data_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("training_output"), show_default=True,
-              help="Where the daemon writes adapter, checkpoints and report (resolved here).")
-@click.option("--pipeline-id", default=None, help="Name for the job: [A-Za-z0-9._-]{1,64}; generated if absent.")
-@click.option("--resume", default=None, metavar="ID[@STEP]",
-              help="Continue pipeline ID from its newest verified checkpoint (or STEP).")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("training_output"),
+    show_default=True,
+    help="Where the daemon writes adapter, checkpoints and report (resolved here).",
+)
+@click.option(
+    "--pipeline-id", default=None, help="Name for the job: [A-Za-z0-9._-]{1,64}; generated if absent."
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="ID[@STEP]",
+    help="Continue pipeline ID from its newest verified checkpoint (or STEP).",
+)
 @click.option("--dry-run", is_flag=True, help="Plan only: samples, tokens, steps, batch, precision, memory.")
 @click.option("--detach", is_flag=True, help="Submit and return at once.")
 @pass_cli
 def train(
-    cli_ctx: CliContext, data_file: Path, config_file: Path, output_dir: Path, pipeline_id: str | None,
-    resume: str | None, dry_run: bool, detach: bool,
+    cli_ctx: CliContext,
+    data_file: Path,
+    config_file: Path,
+    output_dir: Path,
+    pipeline_id: str | None,
+    resume: str | None,
+    dry_run: bool,
+    detach: bool,
 ) -> None:
     """Train a LoRA adapter on DATA_FILE with CONFIG_FILE, following progress live."""
     for path in (data_file, config_file):
@@ -100,7 +126,11 @@ def train(
         bar.start()
     try:
         job = client.submit(
-            data_file, config_file, output_dir=output_dir, pipeline_id=pipeline_id, resume=resume,
+            data_file,
+            config_file,
+            output_dir=output_dir,
+            pipeline_id=pipeline_id,
+            resume=resume,
             dry_run=dry_run,
             progress=(lambda sent, total: bar.update(task, completed=sent)) if bar is not None else None,  # type: ignore[arg-type]
         )
@@ -134,7 +164,10 @@ def _jobs_table(jobs: list[Job]) -> Table:
     for job in jobs:
         p = job.progress
         table.add_row(
-            job.pipeline_id, job.job_id, Text(job.state, style=_state_style(job.state)), job.stage or "—",
+            job.pipeline_id,
+            job.job_id,
+            Text(job.state, style=_state_style(job.state)),
+            job.stage or "—",
             f"{p.step}/{p.total_steps}" if p.total_steps else "—",
             f"{p.loss:.4f}" if p.loss is not None else "—",
             job.output_dir,
@@ -155,8 +188,11 @@ def _job_detail(cli_ctx: CliContext, job: Job) -> None:
     table.add_row("stages", "  ".join(f"{s.name}:{s.state}" for s in job.stages))
     p = job.progress
     if p.total_steps:
-        table.add_row("progress", f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
-                      f"{p.loss if p.loss is not None else '—'}")
+        table.add_row(
+            "progress",
+            f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
+            f"{p.loss if p.loss is not None else '—'}",
+        )
     table.add_row("output dir", job.output_dir)
     if job.resumed_from:
         table.add_row("resumed from", job.resumed_from)
@@ -200,8 +236,13 @@ def jobs(cli_ctx: CliContext, limit: int) -> None:
 
 @click.command("watch")
 @click.argument("job")
-@click.option("--since", type=click.IntRange(0), default=0, show_default=True,
-              help="Only events after this sequence number.")
+@click.option(
+    "--since",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Only events after this sequence number.",
+)
 @pass_cli
 def watch(cli_ctx: CliContext, job: str, since: int) -> None:
     """Stream JOB's events until it ends (Ctrl-C detaches)."""
@@ -221,8 +262,18 @@ def _print_json_events(events: Iterator[JobEvent]) -> None:
 
     try:
         for event in events:
-            click.echo(json.dumps({"seq": event.seq, "type": event.type, "ts": event.ts, "job_id": event.job_id,
-                                   "data": event.data}, ensure_ascii=False))
+            click.echo(
+                json.dumps(
+                    {
+                        "seq": event.seq,
+                        "type": event.type,
+                        "ts": event.ts,
+                        "job_id": event.job_id,
+                        "data": event.data,
+                    },
+                    ensure_ascii=False,
+                )
+            )
     except KeyboardInterrupt:
         sys.exit(0)
 
@@ -264,25 +315,37 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"files": [str(p) for p in written]})
     else:
-        cli_ctx.out.print(Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}"))
+        cli_ctx.out.print(
+            Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}")
+        )
 
 
 @click.command("demo")
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("cryptotune_demo"), show_default=True, help="Parent directory of the demo's output.")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("cryptotune_demo"),
+    show_default=True,
+    help="Parent directory of the demo's output.",
+)
 @pass_cli
 def demo(cli_ctx: CliContext, output_dir: Path) -> None:
     """Train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, live."""
     examples = resources.files("cryptotune") / "examples"
-    with resources.as_file(examples / "crypto_qa_zh.jsonl") as data, \
-            resources.as_file(examples / "demo_config.yaml") as config:
+    with (
+        resources.as_file(examples / "crypto_qa_zh.jsonl") as data,
+        resources.as_file(examples / "demo_config.yaml") as config,
+    ):
         pipeline_id = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         target = output_dir / pipeline_id
         if not cli_ctx.json_output:
-            cli_ctx.out.print(Text.assemble(
-                ("cryptotune demo: ", "bold"),
-                f"LoRA on builtin:tiny-qwen3 (random weights, real Qwen3 tokenizer) with {data.name}",
-            ))
+            cli_ctx.out.print(
+                Text.assemble(
+                    ("cryptotune demo: ", "bold"),
+                    f"LoRA on builtin:tiny-qwen3 (random weights, real Qwen3 tokenizer) with {data.name}",
+                )
+            )
         client = cli_ctx.client()
         job = client.submit(data, config, output_dir=target, pipeline_id=pipeline_id)
         if cli_ctx.json_output:

@@ -121,7 +121,9 @@ class LiveDisplay:
         for name in STAGES:
             mark, style = _MARKS.get(view.stages.get(name, "pending"), ("?", ""))
             seconds = view.stage_seconds.get(name)
-            table.add_row(Text(mark, style=style), Text(name, style=style), f"{seconds:.1f}s" if seconds else "")
+            table.add_row(
+                Text(mark, style=style), Text(name, style=style), f"{seconds:.1f}s" if seconds else ""
+            )
         return table
 
     def _render(self, view: JobView) -> RenderableType:
@@ -204,7 +206,9 @@ def _eval_text(e: dict[str, Any]) -> str:
 
 
 def _state_style(state: str) -> str:
-    return {"succeeded": "bold green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}.get(state, "")
+    return {"succeeded": "bold green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}.get(
+        state, ""
+    )
 
 
 def _plain_line(event: JobEvent) -> str:

@@ -24,22 +24,32 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     metavar="ADDR",
     help=f"Daemon address: unix:///path or host:port. Env: ${ADDRESS_ENV}. Default: the local user daemon.",
 )
-@click.option("--token", envvar=TOKEN_ENV, metavar="T", help=f"Bearer token for TCP daemons. Env: ${TOKEN_ENV}.")
+@click.option(
+    "--token", envvar=TOKEN_ENV, metavar="T", help=f"Bearer token for TCP daemons. Env: ${TOKEN_ENV}."
+)
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document instead of tables.")
 @click.option(
-    "--no-autostart", is_flag=True, help="Never start a background daemon when none answers at the default address."
+    "--no-autostart",
+    is_flag=True,
+    help="Never start a background daemon when none answers at the default address.",
 )
 @click.version_option(__version__, prog_name="cryptotune")
 @click.pass_context
-def cli(ctx: click.Context, address: str | None, token: str | None, json_output: bool, no_autostart: bool) -> None:
+def cli(
+    ctx: click.Context, address: str | None, token: str | None, json_output: bool, no_autostart: bool
+) -> None:
     """Fine-tune Qwen3 reasoning models on Chinese cryptography with LoRA, through the cryptotune daemon."""
     ctx.obj = CliContext(address=address, token=token, json_output=json_output, autostart=not no_autostart)
 
 
 @cli.command("init-config")
 @click.option(
-    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("config.yaml"),
-    show_default=True, help="Where to write the template.",
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("config.yaml"),
+    show_default=True,
+    help="Where to write the template.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @pass_cli
@@ -80,8 +90,11 @@ def list_gpus(cli_ctx: CliContext) -> None:
     result = cli_ctx.client().list_gpus()
     if cli_ctx.json_output:
         cli_ctx.emit_json(
-            {"gpus": [g.to_dict() for g in result.gpus], "recommendation": result.recommendation.to_dict(),
-             "note": result.note}
+            {
+                "gpus": [g.to_dict() for g in result.gpus],
+                "recommendation": result.recommendation.to_dict(),
+                "note": result.note,
+            }
         )
     else:
         render.gpus(cli_ctx.out, result)
@@ -89,12 +102,23 @@ def list_gpus(cli_ctx: CliContext) -> None:
 
 @cli.command("inspect-data")
 @click.argument("data_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "file_format", type=click.Choice(["json", "jsonl"]), default=None,
-              help="Force the file format (default: detect).")
-@click.option("--sample", type=click.IntRange(0, 1000), default=0, show_default=True,
-              help="Show N records with their exact training text.")
-@click.option("--max-seq-length", type=click.IntRange(0), default=0,
-              help="Token limit to check (default 2048).")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["json", "jsonl"]),
+    default=None,
+    help="Force the file format (default: detect).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Show N records with their exact training text.",
+)
+@click.option(
+    "--max-seq-length", type=click.IntRange(0), default=0, help="Token limit to check (default 2048)."
+)
 @pass_cli
 def inspect_data(
     cli_ctx: CliContext, data_file: Path, file_format: str | None, sample: int, max_seq_length: int
@@ -107,7 +131,9 @@ def inspect_data(
     )
     if cli_ctx.json_output:
         payload = result.to_dict()
-        payload["crypto_terms_top"] = [{"term": term, "count": count} for term, count in result.crypto_terms_top]
+        payload["crypto_terms_top"] = [
+            {"term": term, "count": count} for term, count in result.crypto_terms_top
+        ]
         cli_ctx.emit_json(payload)
     else:
         render.inspection(cli_ctx.out, str(data_file), result)

@@ -69,8 +69,10 @@ def inspection(console: Console, name: str, result: t.DataInspection) -> None:
     summary = Table(title=f"{name}  ({result.format}, {result.source_format})", show_header=False)
     summary.add_column("what", style="bold")
     summary.add_column("value")
-    summary.add_row("records", f"{result.records_total} total, {result.records_valid} valid, "
-                    f"{result.records_invalid} invalid")
+    summary.add_row(
+        "records",
+        f"{result.records_total} total, {result.records_valid} valid, {result.records_invalid} invalid",
+    )
     summary.add_row("with thinking", f"{result.with_thinking} of {result.records_valid}")
     summary.add_row("difficulty", ", ".join(f"{k}: {v}" for k, v in result.difficulty_counts.items()) or "—")
     summary.add_row("duplicates", str(result.duplicates))
@@ -78,15 +80,18 @@ def inspection(console: Console, name: str, result: t.DataInspection) -> None:
     summary.add_row("top crypto terms", terms or "—")
     tl = result.token_lengths
     summary.add_row(
-        f"tokens ({result.tokenizer})", f"min {tl.min} · p50 {tl.p50} · p90 {tl.p90} · p99 {tl.p99} · max {tl.max}"
+        f"tokens ({result.tokenizer})",
+        f"min {tl.min} · p50 {tl.p50} · p90 {tl.p90} · p99 {tl.p99} · max {tl.max}",
     )
     for part in ("prompt", "reasoning", "answer"):
         if part in result.token_lengths_by_part:
             s = result.token_lengths_by_part[part]
             summary.add_row(f"  {part}", f"p50 {s.p50} · p90 {s.p90} · max {s.max}")
     over_style = "red" if result.over_max_seq_length else ""
-    summary.add_row("over max_seq_length", Text(f"{result.over_max_seq_length} (limit {result.max_seq_length})",
-                                                style=over_style))
+    summary.add_row(
+        "over max_seq_length",
+        Text(f"{result.over_max_seq_length} (limit {result.max_seq_length})", style=over_style),
+    )
     console.print(summary)
     _record_issues(console, "Problems", result.errors, "red")
     _record_issues(console, "Warnings", result.warnings, "yellow")

@@ -88,7 +88,9 @@ class NvmlInventory:
                         name=_text(nvml.nvmlDeviceGetName(handle)),
                         memory_total_mb=int(memory.total) // (1024 * 1024),
                         memory_used_mb=int(memory.used) // (1024 * 1024),
-                        utilization_percent=_optional(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                        utilization_percent=_optional(
+                            lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu
+                        ),
                         temperature_c=_optional(
                             lambda h=handle: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
                         ),

@@ -11,7 +11,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
@@ -81,7 +80,9 @@ class JobManager:
         if existing is not None:
             return existing, True
         if not self._accepting:
-            raise CryptotuneError(ErrorCode.RESOURCE_EXHAUSTED, "the daemon is shutting down; submit again later")
+            raise CryptotuneError(
+                ErrorCode.RESOURCE_EXHAUSTED, "the daemon is shutting down; submit again later"
+            )
         prepared = prepare(
             request,
             settings=self._settings,
@@ -124,7 +125,10 @@ class JobManager:
             return job
         if job.state == JobState.QUEUED:
             done = self._store.transition(
-                job.job_id, JobState.CANCELLED, expected={JobState.QUEUED}, reason="cancelled before it started"
+                job.job_id,
+                JobState.CANCELLED,
+                expected={JobState.QUEUED},
+                reason="cancelled before it started",
             )
             if done is not None:
                 self._notify(job.job_id)
@@ -132,7 +136,9 @@ class JobManager:
             job = self._store.get(job.job_id)
         if job.state in (JobState.RUNNING, JobState.RECOVERING):
             moved = self._store.transition(
-                job.job_id, JobState.CANCELLING, expected={JobState.RUNNING, JobState.RECOVERING},
+                job.job_id,
+                JobState.CANCELLING,
+                expected={JobState.RUNNING, JobState.RECOVERING},
                 reason="cancel requested",
             )
             if moved is not None:
@@ -207,7 +213,9 @@ class JobManager:
         root = Path(job.output_dir)
         adapter = root / "adapter"
         if not adapter.is_dir():
-            raise CryptotuneError(ErrorCode.JOB_STATE_CONFLICT, f"{adapter} is missing: was the output dir moved?")
+            raise CryptotuneError(
+                ErrorCode.JOB_STATE_CONFLICT, f"{adapter} is missing: was the output dir moved?"
+            )
         for path in sorted(adapter.rglob("*")):
             if path.is_file():
                 yield str(path.relative_to(root)), path
@@ -228,7 +236,9 @@ class JobManager:
                 log.exception("scheduler pass failed")
 
     def _schedule_once(self) -> None:
-        queued = sorted(self._store.list_jobs(limit=1000, states={JobState.QUEUED}), key=lambda j: j.created_at)
+        queued = sorted(
+            self._store.list_jobs(limit=1000, states={JobState.QUEUED}), key=lambda j: j.created_at
+        )
         gpus = self._inventory.list_gpus()
         for job in queued:
             world = int(job.spec.get("world_size", 1))
@@ -251,7 +261,12 @@ class JobManager:
             return  # cancelled meanwhile
         job_dir = self._settings.jobs_dir / job.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
-        spec = {**job.spec, "job_id": job.job_id, "device": device, "events_path": str(job_dir / "events.jsonl")}
+        spec = {
+            **job.spec,
+            "job_id": job.job_id,
+            "device": device,
+            "events_path": str(job_dir / "events.jsonl"),
+        }
         spec_path = job_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
@@ -374,13 +389,17 @@ class JobManager:
         retries = self._store.increment_retries(job.job_id)
         if retries > RETRY_BUDGET:
             self._store.transition(
-                job.job_id, JobState.FAILED, reason=f"worker lost {retries} times; giving up (see 'cryptotune logs')"
+                job.job_id,
+                JobState.FAILED,
+                reason=f"worker lost {retries} times; giving up (see 'cryptotune logs')",
             )
             return
         spec = {**job.spec, "resume": {"output_dir": job.output_dir, "step": None}}
         self._store.update_spec(job.job_id, spec)
         self._store.set_worker(job.job_id, None, None)
-        self._store.transition(job.job_id, JobState.QUEUED, reason=f"resuming from the newest checkpoint (retry {retries})")
+        self._store.transition(
+            job.job_id, JobState.QUEUED, reason=f"resuming from the newest checkpoint (retry {retries})"
+        )
 
     # -- notifications --------------------------------------------------------------------------
 
@@ -417,4 +436,3 @@ def chunks_of(path: Path) -> Iterator[bytes]:
             yield data
             if len(data) < EXPORT_CHUNK:
                 return
-

@@ -61,7 +61,9 @@ def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
             "under one of them or start cryptotuned with --allow-output-root",
         )
     if resolved.exists() and not resolved.is_dir():
-        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"output dir {resolved} exists and is not a directory")
+        raise CryptotuneError(
+            ErrorCode.REQUEST_INVALID, f"output dir {resolved} exists and is not a directory"
+        )
     return resolved
 
 
@@ -77,7 +79,9 @@ def _pipeline_in_dir(output_dir: Path) -> str | None:
 def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
     match = _RESUME.fullmatch(resume)
     if not match:
-        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"--resume takes PIPELINE_ID or PIPELINE_ID@STEP, got '{resume}'")
+        raise CryptotuneError(
+            ErrorCode.REQUEST_INVALID, f"--resume takes PIPELINE_ID or PIPELINE_ID@STEP, got '{resume}'"
+        )
     previous = store.get(match.group("pipeline"))
     step = int(match.group("step")) if match.group("step") else None
     if not previous.is_terminal:
@@ -112,7 +116,9 @@ def prepare(
     if not request.request_id or len(request.request_id) > 128:
         raise CryptotuneError(ErrorCode.REQUEST_INVALID, "request_id must be 1–128 characters")
     blob = blobs.get(request.data_digest)
-    config = load_config(request.config_yaml, request.config_name or "config.yaml", gpu_count=gpu_count or None)
+    config = load_config(
+        request.config_yaml, request.config_name or "config.yaml", gpu_count=gpu_count or None
+    )
     if config.model.trust_remote_code and not settings.allow_remote_code:
         raise CryptotuneError(
             ErrorCode.REMOTE_CODE_REFUSED,
@@ -122,8 +128,8 @@ def prepare(
     if config.parallel.strategy not in _SUPPORTED_STRATEGIES:
         raise CryptotuneError(
             ErrorCode.CONFIG_INVALID,
-            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA adapters "
-            "with data parallelism; set parallel.strategy to data_parallel or auto",
+            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA "
+            "adapters with data parallelism; set parallel.strategy to data_parallel or auto",
         )
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
     if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
@@ -141,15 +147,17 @@ def prepare(
         if request.pipeline_id and request.pipeline_id != previous.pipeline_id:
             raise CryptotuneError(
                 ErrorCode.REQUEST_INVALID,
-                f"--pipeline-id {request.pipeline_id} differs from the resumed pipeline {previous.pipeline_id}; "
-                "drop --pipeline-id when resuming",
+                f"--pipeline-id {request.pipeline_id} differs from the resumed pipeline "
+                f"{previous.pipeline_id}; drop --pipeline-id when resuming",
             )
         pipeline_id = previous.pipeline_id
         output_dir = Path(previous.output_dir)
         resumed_from = request.resume
         resume_spec = {"output_dir": str(output_dir), "step": step}
     else:
-        pipeline_id = validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
+        pipeline_id = (
+            validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
+        )
         output_dir = _check_output_dir(request.output_dir, settings)
         owner = _pipeline_in_dir(output_dir)
         if owner and owner != pipeline_id:

@@ -28,7 +28,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
     @unary
     async def Upload(
-        self, request_iterator: AsyncIterator[data_pb2.UploadChunk], context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request_iterator: AsyncIterator[data_pb2.UploadChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> data_pb2.UploadResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
@@ -40,7 +42,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                     raise CryptotuneError(ErrorCode.REQUEST_INVALID, "only one header per upload")
                 writer.write(chunk.data)
             stored = await asyncio.to_thread(writer.commit)
-        return data_pb2.UploadResponse(digest=stored.digest, size=stored.size, deduplicated=stored.deduplicated)
+        return data_pb2.UploadResponse(
+            digest=stored.digest, size=stored.size, deduplicated=stored.deduplicated
+        )
 
     @unary
     async def StatBlob(
@@ -58,7 +62,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 ErrorCode.REQUEST_INVALID, f"format must be 'json' or 'jsonl', got '{request.format}'"
             )
         if not 0 <= request.sample <= MAX_SAMPLES_SHOWN:
-            raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"sample must be between 0 and {MAX_SAMPLES_SHOWN}")
+            raise CryptotuneError(
+                ErrorCode.REQUEST_INVALID, f"sample must be between 0 and {MAX_SAMPLES_SHOWN}"
+            )
         if request.max_seq_length < 0:
             raise CryptotuneError(ErrorCode.REQUEST_INVALID, "max_seq_length must be >= 0")
         blob = self._blobs.get(request.digest)
@@ -89,5 +95,5 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             file_format=file_format,
             sample=sample,
             max_seq_length=max_len,
-            tokenizer_name="qwen3" if not model else model,
+            tokenizer_name=model or "qwen3",
         )

@@ -29,7 +29,9 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         return job_pb2.SubmitJobResponse(job=serde.job(job), existing=existing)
 
     @unary
-    async def GetJob(self, request: job_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]) -> job_pb2.Job:
+    async def GetJob(
+        self, request: job_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> job_pb2.Job:
         return serde.job(self._jobs.get(request.job))
 
     @unary

@@ -25,7 +25,9 @@ def config_report(report: Any) -> config_pb2.ValidateConfigResponse:
     )
 
 
-def gpus(gpu_list: list[GpuInfo], owners: dict[str, str], rec: Recommendation, note: str) -> gpu_pb2.ListGpusResponse:
+def gpus(
+    gpu_list: list[GpuInfo], owners: dict[str, str], rec: Recommendation, note: str
+) -> gpu_pb2.ListGpusResponse:
     """Inventory + recommendation → ListGpusResponse."""
     return gpu_pb2.ListGpusResponse(
         gpus=[
@@ -77,7 +79,9 @@ def inspection(report: Any) -> data_pb2.InspectDataResponse:
         warnings=[_record_issue(w) for w in report.warnings],
         difficulty_counts={str(k): int(v) for k, v in report.difficulty_counts.items()},
         with_thinking=report.with_thinking,
-        crypto_terms_top=[data_pb2.TermCount(term=term, count=count) for term, count in report.crypto_terms_top],
+        crypto_terms_top=[
+            data_pb2.TermCount(term=term, count=count) for term, count in report.crypto_terms_top
+        ],
         duplicates=report.duplicates,
         token_lengths=_lengths(report.token_lengths),
         token_lengths_by_part={k: _lengths(v) for k, v in report.token_lengths_by_part.items()},
@@ -125,7 +129,9 @@ def job(value: Job) -> job_pb2.Job:
         pipeline_id=value.pipeline_id,
         state=_STATE_TO_PROTO[value.state.value],
         stage=value.stage,
-        stages=[job_pb2.StageStatus(name=s.name, state=s.state, seconds=finite(s.seconds)) for s in value.stages],
+        stages=[
+            job_pb2.StageStatus(name=s.name, state=s.state, seconds=finite(s.seconds)) for s in value.stages
+        ],
         progress=job_pb2.Progress(
             step=p.step,
             total_steps=p.total_steps,
