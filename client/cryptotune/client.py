@@ -15,7 +15,7 @@ import grpc
 from cryptotune import _convert
 from cryptotune import types as t
 from cryptotune.errors import CryptotuneError, InvalidArgument, from_rpc_error
-from cryptotune.paths import TOKEN_ENV, default_address
+from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir
 from cryptotune.proto.v1 import (
     config_pb2,
     config_pb2_grpc,
@@ -51,6 +51,16 @@ def _host_of(address: str) -> str:
     return target.rsplit(":", 1)[0]
 
 
+def _local_token(address: str) -> str | None:
+    """The local daemon's token file, for a TCP loopback address, when this user may read it."""
+    if address.startswith("unix:") or not _is_loopback(_host_of(address)):
+        return None
+    try:
+        return (default_state_dir() / "auth_token").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _sha256_of(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -68,7 +78,9 @@ class Client:
         address: ``unix:///path/to.sock`` or ``host:port``; defaults to ``$CRYPTOTUNE_ADDRESS`` or
             the local user daemon's socket.
         token: bearer token for TCP listeners; defaults to ``$CRYPTOTUNE_TOKEN``.
-        tls_ca: PEM file of the CA that signed the daemon's certificate (non-loopback TCP).
+        tls_ca: PEM file of the CA that signed the daemon's certificate (TLS listeners).
+        tls_cert: client certificate (PEM) for daemons that require mutual TLS.
+        tls_key: the client certificate's private key (PEM).
         timeout: per-call deadline in seconds for unary calls.
 
     Example:
@@ -83,27 +95,37 @@ class Client:
         token: str | None = None,
         *,
         tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.address = address or default_address()
-        self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV) or _local_token(self.address)
         self._timeout = timeout
-        self._channel = self._open_channel(tls_ca)
+        self._channel = self._open_channel(tls_ca, tls_cert, tls_key)
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
         self._data = data_pb2_grpc.DataServiceStub(self._channel)
         self._gpus = gpu_pb2_grpc.GpuServiceStub(self._channel)
         self._jobs = job_pb2_grpc.JobServiceStub(self._channel)
 
-    def _open_channel(self, tls_ca: str | Path | None) -> grpc.Channel:
+    def _open_channel(
+        self, tls_ca: str | Path | None, tls_cert: str | Path | None, tls_key: str | Path | None
+    ) -> grpc.Channel:
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 8 * 1024 * 1024),
         ]
         if self.address.startswith("unix:"):
             return grpc.insecure_channel(self.address, options=options)
-        if tls_ca is not None or not _is_loopback(_host_of(self.address)):
-            root = Path(tls_ca).read_bytes() if tls_ca is not None else None
-            return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root), options=options)
+        if tls_ca is not None or tls_cert is not None or not _is_loopback(_host_of(self.address)):
+            try:
+                root = Path(tls_ca).read_bytes() if tls_ca is not None else None
+                key = Path(tls_key).read_bytes() if tls_key is not None else None
+                chain = Path(tls_cert).read_bytes() if tls_cert is not None else None
+            except OSError as error:
+                raise InvalidArgument(f"cannot read TLS file {error.filename}: {error.strerror}") from None
+            credentials = grpc.ssl_channel_credentials(root, key, chain)
+            return grpc.secure_channel(self.address, credentials, options=options)
         return grpc.insecure_channel(self.address, options=options)
 
     def close(self) -> None:

@@ -41,6 +41,30 @@ from cryptotune_daemon.settings import DaemonSettings
     help="Job output dirs must lie under one of these (default: state dir, home, temp dir).",
 )
 @click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Bearer token TCP clients must send (default: STATE_DIR/auth_token, created with mode 0600).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM certificate chain for TCP listeners (required off loopback).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key for --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -53,6 +77,10 @@ def main(
     allow_remote_code: bool,
     max_upload_mb: int,
     output_roots: tuple[Path, ...],
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
     log_level: str,
 ) -> None:
     """The cryptotune training daemon: owns the GPUs, runs training jobs, serves gRPC."""
@@ -66,6 +94,10 @@ def main(
         allow_remote_code=allow_remote_code,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         allowed_output_roots=tuple(p.expanduser().resolve() for p in output_roots),
+        token_file=token_file.expanduser().resolve() if token_file else None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
     from cryptotune_daemon.server import Daemon
 

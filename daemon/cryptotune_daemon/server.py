@@ -27,6 +27,7 @@ from cryptotune.proto.v1 import (
     job_pb2,
     job_pb2_grpc,
 )
+from cryptotune_daemon.auth import BearerTokenInterceptor, load_or_create_token
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory, NvmlInventory
 from cryptotune_daemon.jobs.manager import JobManager
@@ -79,8 +80,8 @@ class Daemon:
         self.inventory: GpuInventory = inventory or NvmlInventory()
         self.health = HealthServicer()
         self._lock_file: IO[str] | None = None
-        self._server: grpc.aio.Server | None = None
-        self._stopped = asyncio.Event()
+        self._servers: list[grpc.aio.Server] = []
+        self.blobs: BlobStore | None = None
         self.bound_ports: dict[str, int] = {}
         self.store: JobStore | None = None
         self.jobs: JobManager | None = None
@@ -106,69 +107,106 @@ class Daemon:
     def _owners(self) -> dict[str, str]:
         return self.jobs.owners() if self.jobs else {}
 
-    def _build_server(self) -> grpc.aio.Server:
-        max_msg = self.settings.max_message_bytes
+    def _create_services(self) -> None:
+        self.blobs = BlobStore(self.settings.blobs_dir, self.settings.max_upload_bytes)
+        self.store = JobStore(self.settings.db_path)
+        self.jobs = JobManager(self.settings, self.store, self.blobs, self.inventory)
+
+    def _new_server(self, interceptors: list[grpc.aio.ServerInterceptor]) -> grpc.aio.Server:
+        """A server with every service; local and TCP listeners get separate servers so that only
+        TCP calls need a token (a server interceptor cannot tell which listener a call came from)."""
+        assert self.jobs is not None and self.blobs is not None
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", max_msg),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        blobs = BlobStore(self.settings.blobs_dir, self.settings.max_upload_bytes)
-        self.store = JobStore(self.settings.db_path)
-        self.jobs = JobManager(self.settings, self.store, blobs, self.inventory)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.inventory), server)
-        data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(blobs, self.settings.cache_dir), server)
+        data_pb2_grpc.add_DataServiceServicer_to_server(
+            DataServicer(self.blobs, self.settings.cache_dir), server
+        )
         gpu_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(self.inventory, self._owners), server)
         job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         return server
 
-    def _bind(self, server: grpc.aio.Server, address: str) -> None:
-        path = _unix_path(address)
-        if path is not None:
-            if not path.is_absolute():
+    def _bind_unix(self, server: grpc.aio.Server, path: Path, address: str) -> None:
+        if not path.is_absolute():
+            raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"unix socket path must be absolute: {address}")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists():
+            if _socket_answers(path):
                 raise CryptotuneError(
-                    ErrorCode.REQUEST_INVALID, f"unix socket path must be absolute: {address}"
+                    ErrorCode.RESOURCE_EXHAUSTED, f"something already listens on {path}; is a daemon running?"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if path.exists():
-                if _socket_answers(path):
-                    raise CryptotuneError(
-                        ErrorCode.RESOURCE_EXHAUSTED,
-                        f"something already listens on {path}; is a daemon running?",
-                    )
-                path.unlink()  # a stale socket from a crashed daemon
-            server.add_insecure_port(f"unix://{path}")
-            return
+            path.unlink()  # a stale socket from a crashed daemon
+        server.add_insecure_port(f"unix://{path}")
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        cert, key, client_ca = self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca
+        if cert is None and key is None:
+            if client_ca is not None:
+                raise CryptotuneError(
+                    ErrorCode.REQUEST_INVALID, "--tls-client-ca needs --tls-cert and --tls-key"
+                )
+            return None
+        if cert is None or key is None:
+            raise CryptotuneError(ErrorCode.REQUEST_INVALID, "--tls-cert and --tls-key go together")
+        try:
+            pair = (key.read_bytes(), cert.read_bytes())
+            ca = client_ca.read_bytes() if client_ca is not None else None
+        except OSError as error:
+            raise CryptotuneError(
+                ErrorCode.REQUEST_INVALID, f"cannot read TLS file {error.filename}: {error.strerror}"
+            ) from None
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+    def _bind_tcp(self, server: grpc.aio.Server, address: str, tls: grpc.ServerCredentials | None) -> None:
         host = address.rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        if not loopback and tls is None:
             raise CryptotuneError(
                 ErrorCode.PATH_NOT_ALLOWED,
-                f"refusing to listen on {address}: non-loopback TCP needs TLS and token authentication, "
-                "which this version of cryptotuned does not offer yet; listen on a unix socket or "
-                "127.0.0.1 and tunnel (e.g. ssh -L) instead",
+                f"refusing to listen on {address} without TLS: a non-loopback TCP listener needs "
+                "--tls-cert and --tls-key (and the token every client must send)",
             )
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, tls) if tls is not None else server.add_insecure_port(address)
+        if port == 0:
+            raise CryptotuneError(
+                ErrorCode.RESOURCE_EXHAUSTED, f"cannot listen on {address}: address in use?"
+            )
         self.bound_ports[address] = port
+        log.info("TCP listener %s bound to port %d (token required%s)", address, port, ", TLS" if tls else "")
 
     async def start(self) -> None:
         """Locks the state dir, binds every listener and starts serving."""
         self._acquire_state_dir()
-        server = self._build_server()
-        for address in self.settings.listen:
-            self._bind(server, address)
+        self._create_services()
+        unix = [(a, p) for a in self.settings.listen if (p := _unix_path(a)) is not None]
+        tcp = [a for a in self.settings.listen if _unix_path(a) is None]
+        if unix:
+            local = self._new_server([])
+            for address, path in unix:
+                self._bind_unix(local, path, address)
+            self._servers.append(local)
+        if tcp:
+            tls = self._tls_credentials()
+            token = load_or_create_token(self.settings.auth_token_path)
+            remote = self._new_server([BearerTokenInterceptor(token)])
+            for address in tcp:
+                self._bind_tcp(remote, address, tls)
+            self._servers.append(remote)
         # Health stays NOT_SERVING until jobs left by a previous daemon are reconciled.
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        for address in self.settings.listen:
-            path = _unix_path(address)
-            if path is not None:
-                # 0660: the owner and its group may connect; others may not.
-                os.chmod(path, 0o660)
-        self._server = server
+        for server in self._servers:
+            await server.start()
+        for _, path in unix:
+            # 0660: the owner and its group may connect; others may not.
+            os.chmod(path, 0o660)
         assert self.jobs is not None
         await self.jobs.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -180,13 +218,13 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stops accepting calls, lets running ones finish (bounded), releases the state dir."""
-        if self._server is None:
+        if not self._servers:
             return
         await self.health.enter_graceful_shutdown()
         if self.jobs is not None:
             await self.jobs.stop()
-        await self._server.stop(SHUTDOWN_GRACE_S)
-        self._server = None
+        await asyncio.gather(*(server.stop(SHUTDOWN_GRACE_S) for server in self._servers))
+        self._servers.clear()
         if self.store is not None:
             self.store.close()
         for address in self.settings.listen:
@@ -197,7 +235,6 @@ class Daemon:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-        self._stopped.set()
         log.info("cryptotuned stopped")
 
     async def run_until_signalled(self) -> None:

@@ -21,6 +21,10 @@ class DaemonSettings:
         max_message_bytes: cap on one gRPC message (uploads are streamed in chunks below it).
         allowed_output_roots: job output directories must lie under one of these.
         max_parallel_cpu_jobs: jobs run at once when there is no GPU.
+        token_file: bearer token for TCP listeners (default: ``state_dir/auth_token``, created 0600).
+        tls_cert: PEM certificate chain for TCP listeners (required off loopback).
+        tls_key: PEM private key matching ``tls_cert``.
+        tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
     """
 
     state_dir: Path
@@ -30,6 +34,14 @@ class DaemonSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     allowed_output_roots: tuple[Path, ...] = field(default_factory=tuple)
     max_parallel_cpu_jobs: int = 1
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    @property
+    def auth_token_path(self) -> Path:
+        return self.token_file or self.state_dir / "auth_token"
 
     @property
     def blobs_dir(self) -> Path:

@@ -28,6 +28,7 @@ class CliContext:
     token: str | None
     json_output: bool
     autostart: bool
+    tls_ca: str | None = None
     out: Console = field(default_factory=lambda: Console(soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
     _client: Client | None = None
@@ -35,7 +36,7 @@ class CliContext:
     def client(self) -> Client:
         """The SDK client, connected to a daemon (auto-started if allowed)."""
         if self._client is None:
-            client = Client(self.address, self.token)
+            client = Client(self.address, self.token, tls_ca=self.tls_ca)
 
             def ping() -> bool:
                 try:

@@ -27,6 +27,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 @click.option(
     "--token", envvar=TOKEN_ENV, metavar="T", help=f"Bearer token for TCP daemons. Env: ${TOKEN_ENV}."
 )
+@click.option(
+    "--tls-ca",
+    envvar="CRYPTOTUNE_TLS_CA",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CA certificate (PEM) of a TLS daemon. Env: $CRYPTOTUNE_TLS_CA.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document instead of tables.")
 @click.option(
     "--no-autostart",
@@ -36,10 +42,21 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 @click.version_option(__version__, prog_name="cryptotune")
 @click.pass_context
 def cli(
-    ctx: click.Context, address: str | None, token: str | None, json_output: bool, no_autostart: bool
+    ctx: click.Context,
+    address: str | None,
+    token: str | None,
+    tls_ca: str | None,
+    json_output: bool,
+    no_autostart: bool,
 ) -> None:
     """Fine-tune Qwen3 reasoning models on Chinese cryptography with LoRA, through the cryptotune daemon."""
-    ctx.obj = CliContext(address=address, token=token, json_output=json_output, autostart=not no_autostart)
+    ctx.obj = CliContext(
+        address=address or None,
+        token=token,
+        json_output=json_output,
+        autostart=not no_autostart,
+        tls_ca=tls_ca,
+    )
 
 
 @cli.command("init-config")
