@@ -51,7 +51,7 @@ def test_token_file_is_private_and_unix_socket_is_0660(tcp_daemon: tuple[Running
 def test_tcp_without_the_right_token_is_refused_everywhere(
     tcp_daemon: tuple[RunningDaemon, str], token: str | None
 ) -> None:
-    daemon, address = tcp_daemon
+    _, address = tcp_daemon
     with Client(address, token=token or "") as client:
         client._token = token  # no fallback to the local token file for this test
         with pytest.raises(Unauthenticated):
