@@ -38,6 +38,7 @@ from cryptotune_daemon.services.gpu_servicer import GpuServicer
 from cryptotune_daemon.services.job_servicer import JobServicer
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
+from cryptotune_daemon.systemd_notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Daemon:
         self.health = HealthServicer()
         self._lock_file: IO[str] | None = None
         self._servers: list[grpc.aio.Server] = []
+        self.notifier = SystemdNotifier()
+        self._watchdog: asyncio.Task[None] | None = None
         self.blobs: BlobStore | None = None
         self.bound_ports: dict[str, int] = {}
         self.store: JobStore | None = None
@@ -210,6 +213,8 @@ class Daemon:
         assert self.jobs is not None
         await self.jobs.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.notifier.notify("READY=1\nSTATUS=serving")
+        self._watchdog = self.notifier.start_watchdog()
         log.info(
             "cryptotuned serving on %s (state dir %s)",
             ", ".join(self.settings.listen),
@@ -220,7 +225,9 @@ class Daemon:
         """Stops accepting calls, lets running ones finish (bounded), releases the state dir."""
         if not self._servers:
             return
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         await self.health.enter_graceful_shutdown()
+        await self.notifier.stop_task(self._watchdog)
         if self.jobs is not None:
             await self.jobs.stop()
         await asyncio.gather(*(server.stop(SHUTDOWN_GRACE_S) for server in self._servers))
