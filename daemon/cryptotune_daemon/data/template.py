@@ -12,7 +12,8 @@ IM_END = "<|im_end|>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
-_THINKING_WRAPPER = re.compile(r"^\s*<thinking>(.*)</thinking>\s*$", re.DOTALL)
+# Native records wrap reasoning in <thinking>…</thinking>; a <think>…</think> wrapper is accepted too.
+_THINKING_WRAPPER = re.compile(r"^\s*<(thinking|think)>(.*)</\1>\s*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class RenderedSample:
 
 
 def extract_reasoning(thinking: str | None) -> str:
-    """Returns the reasoning inside an optional ``<thinking>…</thinking>`` wrapper.
+    """Returns the reasoning inside an optional ``<thinking>…</thinking>`` (or ``<think>``) wrapper.
 
     Leading and trailing newlines are stripped, exactly as the official template strips
     ``reasoning_content``.
@@ -43,7 +44,7 @@ def extract_reasoning(thinking: str | None) -> str:
     if not thinking:
         return ""
     match = _THINKING_WRAPPER.match(thinking)
-    inner = match.group(1) if match else thinking
+    inner = match.group(2) if match else thinking
     return inner.strip("\n")
 
 
