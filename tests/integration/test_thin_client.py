@@ -17,7 +17,7 @@ except SystemExit:
 import cryptotune
 from cryptotune import Client
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
-print(",".join(loaded))
+print("LOADED:" + ",".join(loaded))
 """
 
 
@@ -26,8 +26,8 @@ def test_help_loads_no_heavy_module() -> None:
         [sys.executable, "-c", PROBE.format(heavy=set(HEAVY))], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 0, completed.stderr
-    lines = completed.stdout.strip().splitlines()
-    assert lines[-1] == "", f"thin client loaded: {lines[-1]}"
+    loaded = completed.stdout.strip().splitlines()[-1]
+    assert loaded == "LOADED:", f"thin client loaded heavy modules: {loaded}"
     assert "Usage:" in completed.stdout
 
 
