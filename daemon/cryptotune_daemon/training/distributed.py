@@ -1,0 +1,90 @@
+"""The process's place in a (possibly single-process) data-parallel run, and the collectives used."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# Generation on large eval samples can keep ranks apart for a long time; the default is 10–30 min.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Rank, world size and device of this process.
+
+    Attributes:
+        rank: global rank (0 writes files and events).
+        world_size: number of processes.
+        local_rank: rank on this machine (selects the GPU).
+        device: the torch device this rank trains on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a process group is in use."""
+        return self.world_size > 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sums ``tensor`` over ranks in place (no-op for one process) and returns it."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        """Waits for every rank."""
+        if self.distributed:
+            dist.barrier()
+
+
+def env_rank() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (0, 1, 0 when absent)."""
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def init_distributed(device_kind: str) -> DistContext:
+    """Joins the process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA) and picks the device."""
+    rank, world_size, local_rank = env_rank()
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"device_id": device} if device_kind == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

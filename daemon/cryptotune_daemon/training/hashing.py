@@ -1,0 +1,97 @@
+"""Content hashes that tie checkpoints and caches to their data, config and tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of a UTF-8 string."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal values always hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def data_hash(path: Path) -> str:
+    """The data hash: sha256 of the uploaded file (the daemon's blob digest is the same value)."""
+    return sha256_file(path)
+
+
+def config_fingerprint(config: Any) -> dict[str, Any]:
+    """The config as a plain JSON-able dict (pydantic ``model_dump``), the input of :func:`config_hash`."""
+    if hasattr(config, "model_dump"):
+        dumped = config.model_dump(mode="json")
+    elif isinstance(config, Mapping):
+        dumped = dict(config)
+    else:
+        raise TypeError(f"cannot fingerprint a {type(config).__name__}")
+    # Round-trip through canonical JSON so tuples, enums and paths compare as they hash.
+    result: dict[str, Any] = json.loads(canonical_json(dumped))
+    return result
+
+
+def config_hash(config: Any) -> str:
+    """Hash of the parsed config (not the YAML text: comments and formatting do not count)."""
+    return sha256_text(canonical_json(config_fingerprint(config)))
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config fingerprints.
+
+    Args:
+        old: the recorded fingerprint.
+        new: the current fingerprint.
+        prefix: used in recursion.
+
+    Returns:
+        Sorted ``section.field: old -> new`` descriptions.
+    """
+    changes: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            changes.extend(config_differences(before, after, f"{name}."))
+        elif before != after:
+            changes.append(f"{name}: {before!r} -> {after!r}")
+    return changes
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """Hash of a tokenizer's behaviour: its serialised fast tokenizer, special tokens and template.
+
+    Two tokenizers that split text the same way and share special tokens hash equally, wherever
+    they were loaded from.
+    """
+    parts: dict[str, Any] = {}
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        parts["backend"] = sha256_text(str(backend.to_str()))
+    else:
+        parts["vocab"] = sha256_text(canonical_json(sorted(tokenizer.get_vocab().items())))
+    parts["special"] = {
+        "eos": getattr(tokenizer, "eos_token", None),
+        "pad": getattr(tokenizer, "pad_token", None),
+        "bos": getattr(tokenizer, "bos_token", None),
+    }
+    parts["added"] = sorted((str(k), int(v)) for k, v in (tokenizer.get_added_vocab() or {}).items())
+    parts["chat_template"] = getattr(tokenizer, "chat_template", None)
+    return sha256_text(canonical_json(parts))

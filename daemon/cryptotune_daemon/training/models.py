@@ -1,0 +1,219 @@
+"""Model resolution (builtin tiny Qwen3, local directory, Hugging Face cache) and loading."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_TINY_QWEN3 = "builtin:tiny-qwen3"
+# Fixed so every process (and every rank) builds bit-identical tiny weights.
+TINY_QWEN3_SEED = 20250731
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+ModelKind = Literal["builtin", "local", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from.
+
+    Attributes:
+        name: the name as configured (``model.model_name``).
+        kind: ``builtin``, ``local`` (a directory) or ``hub`` (a Hugging Face id found in the cache).
+        path: the directory holding config.json and weights (None for builtin models).
+        trust_remote_code: whether loading may run the model repository's code.
+    """
+
+    name: str
+    kind: ModelKind
+    path: Path | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Sizes the memory planner needs, read without loading weights."""
+
+    num_parameters: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+def tiny_qwen3_config() -> Any:
+    """The ``Qwen3Config`` of ``builtin:tiny-qwen3`` (~9.8 M parameters, real Qwen3 vocabulary)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
+
+
+def build_tiny_qwen3(seed: int = TINY_QWEN3_SEED) -> Any:
+    """Builds ``builtin:tiny-qwen3`` with weights drawn from ``seed``.
+
+    The global RNG is forked so building the model does not disturb the training seed.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(tiny_qwen3_config())
+    model.train(False)
+    return model
+
+
+def _has_weights(path: Path) -> bool:
+    return any(next(path.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
+
+
+def _hub_cache_hint() -> str:
+    home = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return home
+
+
+def _not_cached(name: str, detail: str) -> CryptotuneError:
+    return CryptotuneError(
+        ErrorCode.MODEL_UNAVAILABLE,
+        f"model '{name}' {detail} in the local Hugging Face cache ({_hub_cache_hint()}); cryptotune never "
+        f"downloads weights while training. Fetch them on a machine with access, e.g. "
+        f"`huggingface-cli download {name}` (or `hf download {name}`) with the daemon's HF_HOME, or set "
+        "model.model_name to a local directory holding config.json and the weights",
+    )
+
+
+def resolve_model(
+    name: str, *, trust_remote_code: bool = False, allow_remote_code: bool = False, revision: str = "main"
+) -> ModelSource:
+    """Finds a model without loading it and without touching the network.
+
+    Args:
+        name: ``builtin:tiny-qwen3``, a local directory, or a Hugging Face id already in the cache.
+        trust_remote_code: the config's ``model.trust_remote_code``.
+        allow_remote_code: whether the daemon permits remote code.
+        revision: branch, tag or commit of a hub model (``model.model_revision``).
+
+    Raises:
+        CryptotuneError: REMOTE_CODE_REFUSED, or MODEL_UNAVAILABLE saying how to make the model available.
+    """
+    if trust_remote_code and not allow_remote_code:
+        raise CryptotuneError(
+            ErrorCode.REMOTE_CODE_REFUSED,
+            "model.trust_remote_code is true, but the daemon was not started with --allow-remote-code; "
+            "Qwen3 needs no remote code: set it to false",
+        )
+    if name.startswith(BUILTIN_PREFIX):
+        if name != BUILTIN_TINY_QWEN3:
+            raise CryptotuneError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"unknown builtin model '{name}'; the builtin model is {BUILTIN_TINY_QWEN3}",
+            )
+        return ModelSource(name=name, kind="builtin")
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith(("/", ".", "~")) or path.exists()
+    if looks_like_path:
+        if not path.is_dir():
+            raise CryptotuneError(ErrorCode.MODEL_UNAVAILABLE, f"model directory {path} does not exist")
+        if not (path / "config.json").is_file() or not _has_weights(path):
+            raise CryptotuneError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"model directory {path} must hold config.json and the weights (*.safetensors or "
+                "pytorch_model*.bin), as written by save_pretrained or huggingface-cli download --local-dir",
+            )
+        return ModelSource(name=name, kind="local", path=path.resolve(), trust_remote_code=trust_remote_code)
+    return ModelSource(
+        name=name, kind="hub", path=_cached_snapshot(name, revision), trust_remote_code=trust_remote_code
+    )
+
+
+def _cached_snapshot(repo_id: str, revision: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # local_files_only: the cache is the only source, whatever HF_HUB_OFFLINE says.
+        snapshot = Path(str(snapshot_download(repo_id, revision=revision, local_files_only=True)))
+    except Exception as error:  # LocalEntryNotFoundError, HFValidationError, ...
+        if type(error).__name__ == "HFValidationError":
+            raise CryptotuneError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"model '{repo_id}' is neither a builtin model, a local directory "
+                "nor a valid Hugging Face id",
+            ) from error
+        what = "is not" if revision == "main" else f"at revision '{revision}' is not"
+        raise _not_cached(repo_id, what) from error
+    if not (snapshot / "config.json").is_file() or not _has_weights(snapshot):
+        raise _not_cached(repo_id, "has no complete weights")
+    return snapshot
+
+
+def load_model_config(source: ModelSource) -> Any:
+    """The model's ``PretrainedConfig`` (no weights loaded)."""
+    if source.kind == "builtin":
+        return tiny_qwen3_config()
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        str(source.path), trust_remote_code=source.trust_remote_code, local_files_only=True
+    )
+
+
+def model_facts(source: ModelSource) -> ModelFacts:
+    """Parameter count and shapes, from the config and a weightless (meta device) instance."""
+    config = load_model_config(source)
+    from transformers import AutoModelForCausalLM
+
+    auto: Any = AutoModelForCausalLM  # from_config is untyped
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=source.trust_remote_code)
+    # parameters() yields tied weights once, which is what occupies memory.
+    count = sum(p.numel() for p in model.parameters())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(text, "num_attention_heads", 1))
+    hidden = int(text.hidden_size)
+    return ModelFacts(
+        num_parameters=int(count),
+        hidden_size=hidden,
+        intermediate_size=int(getattr(text, "intermediate_size", 4 * hidden)),
+        num_layers=int(text.num_hidden_layers),
+        num_attention_heads=heads,
+        num_key_value_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(getattr(text, "head_dim", None) or hidden // heads),
+        vocab_size=int(text.vocab_size),
+    )
+
+
+def load_base_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Any:
+    """Loads the base causal LM in ``dtype`` on ``device`` (from the cache or directory only)."""
+    if source.kind == "builtin":
+        model = build_tiny_qwen3()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source.path),
+            dtype=dtype,
+            trust_remote_code=source.trust_remote_code,
+            local_files_only=True,
+        )
+    return model.to(device=device, dtype=dtype)

@@ -1,0 +1,169 @@
+"""The pipeline's report: ``report.json``, ``report.md`` and the ``loss_curve.png`` it embeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+LOSS_CURVE = "loss_curve.png"
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "pipeline_id",
+    "model",
+    "train_samples",
+    "eval_samples",
+    "steps",
+    "train_loss_first",
+    "train_loss_last",
+    "eval_loss",
+    "eval_loss_by_difficulty",
+    "perplexity",
+    "thinking_format_rate",
+    "crypto_term_recall",
+    "tokens_per_second",
+    "peak_memory_mb",
+    "stage_seconds",
+    "wall_seconds",
+    "adapter_path",
+    "resumed_from_step",
+    "precision",
+    "device",
+    "world_size",
+)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by None (they are not JSON), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def peak_memory_mb(device_kind: str) -> float:
+    """Peak memory of this process: CUDA max allocated on a GPU, else the peak resident set size."""
+    if device_kind == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def plot_loss_curve(path: Path, train: Sequence[Sequence[float]], evals: Sequence[Sequence[float]]) -> None:
+    """Draws train loss per step and eval loss points to a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        if train:
+            axes.plot([p[0] for p in train], [p[1] for p in train], label="train loss", linewidth=1.2)
+        if evals:
+            axes.plot(
+                [p[0] for p in evals], [p[1] for p in evals], "o--", label="eval loss", color="tab:orange"
+            )
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss (nats / token)")
+        axes.set_title("cryptotune loss")
+        axes.grid(alpha=0.3)
+        if train or evals:
+            axes.legend()
+        figure.tight_layout()
+        temp = path.with_name(f".{path.name}.{os.getpid()}.png")
+        figure.savefig(temp)
+        temp.replace(path)
+    finally:
+        plt.close(figure)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "–"
+    return str(value)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A human-readable summary: one table of the key numbers, the loss curve, stage timings."""
+    rows = [
+        ("Pipeline", report.get("pipeline_id")),
+        ("Model", report.get("model")),
+        ("Device", f"{report.get('device')} × {report.get('world_size')} ({report.get('precision')})"),
+        ("Train / eval samples", f"{report.get('train_samples')} / {report.get('eval_samples')}"),
+        ("Steps", report.get("steps")),
+        ("Resumed from step", report.get("resumed_from_step")),
+        (
+            "Train loss (first → last)",
+            f"{_fmt(report.get('train_loss_first'))} → {_fmt(report.get('train_loss_last'))}",
+        ),
+        ("Eval loss", report.get("eval_loss")),
+        ("Eval loss by difficulty", report.get("eval_loss_by_difficulty")),
+        ("Perplexity", report.get("perplexity")),
+        ("Thinking-format rate", report.get("thinking_format_rate")),
+        ("Crypto-term recall", report.get("crypto_term_recall")),
+        ("Tokens / s (trained)", report.get("tokens_per_second")),
+        ("Peak memory (MB)", report.get("peak_memory_mb")),
+        ("Wall time (s)", report.get("wall_seconds")),
+        ("Adapter", f"`{report.get('adapter_path')}`"),
+    ]
+    lines = ["# cryptotune report", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
+    lines += ["", f"![loss]({LOSS_CURVE})", "", "## Stages", "", "| stage | seconds |", "|---|---|"]
+    stage_seconds = report.get("stage_seconds") or {}
+    lines += [f"| {stage} | {_fmt(seconds)} |" for stage, seconds in stage_seconds.items()]
+    samples = report.get("generation_samples") or []
+    if samples:
+        lines += ["", "## Generation samples", ""]
+        for sample in samples:
+            text = str(sample.get("generated", "")).replace("```", "ʼʼʼ")
+            lines += [
+                f"- record {sample.get('index')} (difficulty {sample.get('difficulty')}): "
+                f"thinking well formed: {sample.get('thinking_ok')}, "
+                f"term recall: {_fmt(sample.get('recall'))}",
+                "",
+                "```text",
+                text,
+                "```",
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    output_dir: Path,
+    report: Mapping[str, Any],
+    loss_history: Sequence[Sequence[float]],
+    eval_history: Sequence[Sequence[float]],
+) -> Path:
+    """Writes ``report.json``, ``report.md`` and ``loss_curve.png``; returns the JSON's path."""
+    missing = [k for k in REQUIRED_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"report lacks {', '.join(missing)}")
+    plot_loss_curve(output_dir / LOSS_CURVE, loss_history, eval_history)
+    (output_dir / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    path = output_dir / REPORT_JSON
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(
+        json.dumps(json_safe(dict(report)), indent=2, ensure_ascii=False, default=str), encoding="utf-8"
+    )
+    temp.replace(path)
+    return path

@@ -1,0 +1,520 @@
+"""The LoRA trainer: a hand-written loop composed of setup / train / save_checkpoint / cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
+from cryptotune_daemon.training.dataset import Example, collate, epoch_batches
+from cryptotune_daemon.training.distributed import DistContext
+from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
+from cryptotune_daemon.training.loss import LossModule
+
+Emit = Callable[[str, Mapping[str, Any]], None]
+
+ADAPTER_SUBDIR = "adapter"
+TRAINER_STATE_FILE = "trainer_state.json"
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name (``fp32``, ``bf16``, ``fp16``)."""
+    return _PRECISION_DTYPES[precision]
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Everything the loop needs, resolved (no ``auto`` left).
+
+    ``save_strategy``/``eval_strategy`` are ``steps``, ``epoch`` or ``no``; with ``no`` (or a
+    non-positive interval) only the final checkpoint is written, and no eval runs mid-training.
+    """
+
+    learning_rate: float
+    weight_decay: float
+    lr_scheduler_type: str
+    warmup_steps: int
+    max_grad_norm: float
+    total_steps: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    precision: str
+    gradient_checkpointing: bool
+    seed: int
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: tuple[str, ...]
+    logging_steps: int = 10
+    save_strategy: str = "steps"
+    save_steps: int = 0
+    eval_strategy: str = "no"
+    eval_steps: int = 0
+    shuffle: bool = True
+    eval_batch_size: int = 0
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved in every checkpoint so a resume continues exactly.
+
+    Attributes:
+        step: optimiser steps done.
+        epoch: current epoch (0-based).
+        batch_in_epoch: micro-batches of ``epoch`` already consumed by this rank.
+        trained_tokens: label tokens trained on, over all ranks.
+        loss_history: ``[step, loss]`` for every step.
+        eval_history: ``[step, eval_loss]`` for every mid-training eval.
+        world_size, micro_batch_size, gradient_accumulation_steps, seed: the data-order inputs a
+            resume must share.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    trained_tokens: int = 0
+    loss_history: list[list[float]] = field(default_factory=list)
+    eval_history: list[list[float]] = field(default_factory=list)
+    world_size: int = 1
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors and plain values (loadable with ``weights_only``)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restores what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class LoraTrainer:
+    """Trains a LoRA adapter on a causal LM, with verified checkpoints and exact resume.
+
+    A hand-written loop rather than ``transformers.Trainer``: its checkpoints are neither atomic
+    nor manifest-verified, its resume cannot prove it continues with exactly the next batch, and
+    the loss must stay swappable (:mod:`cryptotune_daemon.training.loss`) for packed paths.
+
+    Usage: ``setup(resume)`` once, ``train()``, then ``cleanup()``. Every rank runs the same calls;
+    only rank 0 writes files and emits events.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_model: Any,
+        train_examples: Sequence[Example],
+        eval_examples: Sequence[Example],
+        settings: TrainerSettings,
+        hashes: Hashes,
+        output_dir: Path,
+        dist: DistContext,
+        pad_token_id: int,
+        emit: Emit,
+    ) -> None:
+        self.base_model = base_model
+        self.train_examples = list(train_examples)
+        self.eval_examples = list(eval_examples)
+        self.settings = settings
+        self.hashes = hashes
+        self.output_dir = output_dir
+        self.dist = dist
+        self.pad_token_id = pad_token_id
+        self.emit = emit
+        self.state = TrainerState(
+            world_size=dist.world_size,
+            micro_batch_size=settings.micro_batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            seed=settings.seed,
+        )
+        self.resumed_from_step: int | None = None
+        self.model: Any = None
+        self._loss_module: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: Any = None
+        self._scaler: torch.amp.GradScaler | None = None
+        self._epoch_cache: tuple[int, list[list[int]]] | None = None
+        self._lengths = [e.length for e in self.train_examples]
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def setup(self, resume: CheckpointInfo | None = None) -> None:
+        """Wraps the model with LoRA (and DDP), builds optimiser/scheduler/scaler, loads ``resume``.
+
+        Raises:
+            CryptotuneError: RESUME_REFUSED when the checkpoint was trained with another data order.
+        """
+        import peft
+        from transformers import get_scheduler
+
+        settings = self.settings
+        seed_everything(settings.seed)  # LoRA init must not depend on what ran before
+        if settings.gradient_checkpointing:
+            # Non-reentrant checkpointing works with frozen inputs; input grads are still enabled
+            # because peft's reentrant fallbacks need them.
+            enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+            if enable is not None:  # transformers ≥ 5.2x renamed it
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.base_model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+            self.base_model.enable_input_require_grads()
+        self.base_model.config.use_cache = False
+        lora_config = peft.LoraConfig(
+            r=settings.lora_rank,
+            # peft annotates alpha as int but only divides by it; fractional alphas are valid.
+            lora_alpha=cast(int, settings.lora_alpha),
+            lora_dropout=settings.lora_dropout,
+            target_modules=_target_modules(settings.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with warnings.catch_warnings():
+            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.model = peft.get_peft_model(self.base_model, lora_config)
+        self.model.train()
+        loss_module: nn.Module = LossModule(self.model)
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            # Every rank builds identical base weights and buffers (rotary tables): only the LoRA
+            # parameters need syncing, so the rest stays out of DDP's broadcasts.
+            frozen = [f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad]
+            frozen += [f"model.{n}" for n, _ in self.model.named_buffers()]
+            ddp: Any = DistributedDataParallel  # the classmethod is untyped
+            ddp._set_params_and_buffers_to_ignore_for_model(loss_module, frozen)
+            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids)
+        self._loss_module = loss_module
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._optimizer = torch.optim.AdamW(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        self._scheduler = get_scheduler(
+            settings.lr_scheduler_type,
+            optimizer=self._optimizer,
+            num_warmup_steps=settings.warmup_steps,
+            num_training_steps=settings.total_steps,
+        )
+        if settings.precision == "fp16" and self.dist.device.type == "cuda":
+            self._scaler = torch.amp.GradScaler("cuda")
+        if resume is not None:
+            self._load(resume)
+
+    def _load(self, checkpoint: CheckpointInfo) -> None:
+        import peft
+        from safetensors.torch import load_file
+
+        path = checkpoint.path
+        raw = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        state = TrainerState(**raw)
+        expected = {
+            "world_size": self.dist.world_size,
+            "micro_batch_size": self.settings.micro_batch_size,
+            "gradient_accumulation_steps": self.settings.gradient_accumulation_steps,
+            "seed": self.settings.seed,
+        }
+        differing = [
+            f"{k}: {getattr(state, k)} -> {v}" for k, v in expected.items() if getattr(state, k) != v
+        ]
+        if differing:
+            raise CryptotuneError(
+                ErrorCode.RESUME_REFUSED,
+                f"cannot resume from {path.name}: the data order would change ({'; '.join(differing)}); "
+                "resume with the same world size and batch settings, or start a new pipeline",
+            )
+        weights = load_file(
+            str(path / ADAPTER_SUBDIR / "adapter_model.safetensors"), device=str(self.dist.device)
+        )
+        result = peft.set_peft_model_state_dict(self.model, weights)
+        mismatched = [
+            k
+            for k in [*getattr(result, "unexpected_keys", []), *getattr(result, "missing_keys", [])]
+            if "lora_" in k
+        ]
+        if mismatched:
+            raise CryptotuneError(
+                ErrorCode.RESUME_REFUSED,
+                f"checkpoint {path.name} does not match the LoRA settings ({mismatched[0]}); "
+                "start a new pipeline",
+            )
+        assert self._optimizer is not None
+        self._optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=self.dist.device, weights_only=True)
+        )
+        self._scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        if self._scaler is not None and (path / "scaler.pt").exists():
+            self._scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        rng_file = path / f"rng_state_{self.dist.rank}.pt"
+        if rng_file.exists():
+            set_rng_state(torch.load(rng_file, weights_only=True), self.dist.device)
+        self.state = state
+        self.resumed_from_step = state.step
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for forward passes (CUDA bf16/fp16; nothing on CPU/fp32)."""
+        if self.dist.device.type == "cuda" and self.settings.precision in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=precision_dtype(self.settings.precision))
+        return contextlib.nullcontext()
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            batches = epoch_batches(
+                self._lengths,
+                micro_batch_size=self.settings.micro_batch_size,
+                seed=self.settings.seed,
+                epoch=epoch,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                shuffle=self.settings.shuffle,
+            )
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
+    def _due(self, strategy: str, interval: int, ended_epoch: bool) -> bool:
+        if strategy == "epoch":
+            return ended_epoch
+        return strategy == "steps" and interval > 0 and self.state.step % interval == 0
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def train(self) -> TrainerState:
+        """Runs optimiser steps until ``total_steps``, emitting progress, eval and checkpoint events.
+
+        Raises:
+            CryptotuneError: RESOURCE_EXHAUSTED on CUDA out-of-memory; INTERNAL when the loss diverges.
+        """
+        assert self._loss_module is not None and self._optimizer is not None, "call setup() first"
+        settings, state = self.settings, self.state
+        started, start_step, run_tokens = time.monotonic(), state.step, 0
+        while state.step < settings.total_steps:
+            batches = self._batches(state.epoch)
+            if state.batch_in_epoch >= len(batches):
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                continue
+            group = batches[
+                state.batch_in_epoch : state.batch_in_epoch + settings.gradient_accumulation_steps
+            ]
+            try:
+                loss, grad_norm, lr, tokens = self._step(group)
+            except torch.cuda.OutOfMemoryError as error:
+                raise CryptotuneError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"OOM at step {state.step + 1} with micro-batch {settings.micro_batch_size}: lower "
+                    "training.per_device_train_batch_size or enable gradient_checkpointing",
+                ) from error
+            state.step += 1
+            state.batch_in_epoch += len(group)
+            state.trained_tokens += tokens
+            run_tokens += tokens
+            state.loss_history.append([state.step, loss])
+            if not math.isfinite(loss) and self._scaler is None:
+                raise CryptotuneError(
+                    ErrorCode.INTERNAL,
+                    f"training diverged: the loss is {loss} at step {state.step}; "
+                    "lower training.learning_rate or set training.max_grad_norm",
+                )
+            ended_epoch = state.batch_in_epoch >= len(batches)
+            last = state.step == settings.total_steps
+            if (settings.logging_steps > 0 and state.step % settings.logging_steps == 0) or last:
+                elapsed = max(time.monotonic() - started, 1e-9)
+                done = state.step - start_step
+                self.emit(
+                    "progress",
+                    {
+                        "step": state.step,
+                        "total_steps": settings.total_steps,
+                        "epoch": round(state.epoch + state.batch_in_epoch / max(len(batches), 1), 4),
+                        "loss": loss,
+                        "learning_rate": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_second": run_tokens / elapsed,
+                        "eta_seconds": (settings.total_steps - state.step) * elapsed / max(done, 1),
+                    },
+                )
+            if self.eval_examples and self._due(settings.eval_strategy, settings.eval_steps, ended_epoch):
+                result = self.evaluate(self.eval_examples)
+                if result.loss is not None:
+                    state.eval_history.append([state.step, result.loss])
+                self.emit(
+                    "eval",
+                    {
+                        "step": state.step,
+                        "eval_loss": result.loss,
+                        "perplexity": result.perplexity,
+                        "eval_loss_by_difficulty": result.by_difficulty,
+                    },
+                )
+            if last or self._due(settings.save_strategy, settings.save_steps, ended_epoch):
+                self.save_checkpoint()
+        return state
+
+    def _step(self, group: list[list[int]]) -> tuple[float, float, float, int]:
+        """One optimiser step over a group of micro-batches; returns loss, grad norm, lr, label tokens."""
+        assert self._loss_module is not None and self._optimizer is not None
+        device = self.dist.device
+        micro_batches = [
+            collate([self.train_examples[i] for i in batch], self.pad_token_id) for batch in group
+        ]
+        local_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
+        global_tokens = int(
+            self.dist.all_reduce_sum(torch.tensor([local_tokens], device=device, dtype=torch.int64)).item()
+        )
+        # Sum over tokens / (global tokens / world): after DDP averages gradients over ranks this is
+        # exactly the mean over every label token of the global batch, however they are spread.
+        scale = self.dist.world_size / max(global_tokens, 1)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        lr = float(self._optimizer.param_groups[0]["lr"])
+        for position, batch in enumerate(micro_batches):
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            sync = position == len(micro_batches) - 1 or not self.dist.distributed
+            no_sync = getattr(self._loss_module, "no_sync", None)
+            context = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+            with context:
+                with self.autocast():
+                    sums, _ = self._loss_module(**inputs)
+                    loss = sums.sum() * scale
+                if self._scaler is not None:
+                    self._scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            loss_sum += sums.detach().sum()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self._scaler is not None:
+            self._scaler.unscale_(self._optimizer)
+        max_norm = self.settings.max_grad_norm if self.settings.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if self._scaler is not None:
+            self._scaler.step(self._optimizer)
+            self._scaler.update()
+        else:
+            self._optimizer.step()
+        self._scheduler.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        total = float(self.dist.all_reduce_sum(loss_sum).item())
+        return total / max(global_tokens, 1), grad_norm, lr, global_tokens
+
+    def evaluate(self, examples: Sequence[Example]) -> EvalLoss:
+        """Eval loss on ``examples`` (every rank must call it)."""
+        batch = self.settings.eval_batch_size or self.settings.micro_batch_size
+        return compute_eval_loss(
+            self.model,
+            examples,
+            batch_size=batch,
+            pad_token_id=self.pad_token_id,
+            dist=self.dist,
+            autocast=self.autocast,
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Writes ``checkpoints/step-NNNNNN`` atomically (rank 0), with every rank's RNG state.
+
+        Returns:
+            The checkpoint directory (every rank gets the path; only rank 0 writes).
+        """
+        assert self._optimizer is not None
+        rng_states = self.dist.all_gather_object(rng_state(self.dist.device))
+        target = self.output_dir / "checkpoints"
+        path = target / f"step-{self.state.step:06d}"
+        if self.dist.is_main:
+            state_json = json.dumps(asdict(self.state), indent=1)
+
+            def write(directory: Path) -> None:
+                self.model.save_pretrained(str(directory / ADAPTER_SUBDIR))
+                torch.save(
+                    self._optimizer.state_dict() if self._optimizer else {}, directory / "optimizer.pt"
+                )
+                torch.save(self._scheduler.state_dict(), directory / "scheduler.pt")
+                if self._scaler is not None:
+                    torch.save(self._scaler.state_dict(), directory / "scaler.pt")
+                for rank, states in enumerate(rng_states):
+                    torch.save(_to_cpu(states), directory / f"rng_state_{rank}.pt")
+                (directory / TRAINER_STATE_FILE).write_text(state_json, encoding="utf-8")
+
+            path = write_checkpoint(
+                self.output_dir,
+                self.state.step,
+                write,
+                self.hashes,
+                extra={"epoch": self.state.epoch, "world_size": self.dist.world_size},
+            )
+            self.emit("checkpoint", {"step": self.state.step, "path": str(path)})
+        self.dist.barrier()
+        return path
+
+    def cleanup(self) -> None:
+        """Releases optimiser state and cached GPU memory (the trained model stays usable)."""
+        self._optimizer = None
+        self._scheduler = None
+        self._scaler = None
+        self._loss_module = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _target_modules(targets: tuple[str, ...]) -> list[str] | str:
+    if any(t in ("all-linear", "all_linear", "all") for t in targets):
+        return "all-linear"
+    return list(targets)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,123 @@
+"""The job spec the daemon writes for the worker (``--spec SPEC.json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+
+
+@dataclass(frozen=True)
+class ResumeSpec:
+    """Where to resume: the pipeline's output dir and an optional checkpoint step (None: newest)."""
+
+    output_dir: Path
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to run one job.
+
+    Attributes:
+        job_id: the daemon's job id.
+        pipeline_id: the pipeline this job runs (stable across resumes).
+        data_path: the uploaded data file.
+        data_name: the file's display name (used in messages).
+        config_yaml: the raw YAML config text.
+        config_name: the config's display name.
+        output_dir: absolute output directory of the pipeline.
+        state_dir: the daemon's state dir; caches live under ``state_dir/cache/``.
+        dry_run: stop after ``config_gen`` (the plan is the result).
+        resume: resume target, or None for a fresh run.
+        device: ``cpu`` or ``cuda``.
+        allow_remote_code: whether ``model.trust_remote_code`` may be honoured.
+        events_path: the JSON-lines event file rank 0 appends to.
+    """
+
+    job_id: str
+    pipeline_id: str
+    data_path: Path
+    data_name: str
+    config_yaml: str
+    config_name: str
+    output_dir: Path
+    state_dir: Path
+    dry_run: bool = False
+    resume: ResumeSpec | None = None
+    device: str = "cpu"
+    allow_remote_code: bool = False
+    events_path: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where tokenizer and tokenised-data caches live."""
+        return self.state_dir / "cache"
+
+
+def _required(raw: dict[str, Any], key: str) -> Any:
+    if key not in raw or raw[key] is None:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec is missing '{key}'")
+    return raw[key]
+
+
+def parse_spec(raw: dict[str, Any]) -> JobSpec:
+    """Builds a :class:`JobSpec` from the spec's JSON object.
+
+    Raises:
+        CryptotuneError: REQUEST_INVALID when a required field is missing or malformed.
+    """
+    resume_raw = raw.get("resume")
+    resume: ResumeSpec | None = None
+    if isinstance(resume_raw, dict):
+        step = resume_raw.get("step")
+        resume = ResumeSpec(
+            output_dir=Path(str(resume_raw.get("output_dir") or _required(raw, "output_dir"))),
+            step=int(step) if step is not None else None,
+        )
+    elif resume_raw is not None:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, "job spec 'resume' must be null or an object")
+    device = str(raw.get("device") or "cpu")
+    if device not in ("cpu", "cuda"):
+        raise CryptotuneError(
+            ErrorCode.REQUEST_INVALID, f"job spec 'device' must be cpu or cuda, got '{device}'"
+        )
+    output_dir = Path(str(_required(raw, "output_dir")))
+    if not output_dir.is_absolute():
+        raise CryptotuneError(
+            ErrorCode.REQUEST_INVALID, f"job spec 'output_dir' must be absolute: {output_dir}"
+        )
+    events = raw.get("events_path")
+    return JobSpec(
+        job_id=str(raw.get("job_id") or "local"),
+        pipeline_id=str(_required(raw, "pipeline_id")),
+        data_path=Path(str(_required(raw, "data_path"))),
+        data_name=str(raw.get("data_name") or Path(str(raw["data_path"])).name),
+        config_yaml=str(_required(raw, "config_yaml")),
+        config_name=str(raw.get("config_name") or "config.yaml"),
+        output_dir=output_dir,
+        state_dir=Path(str(_required(raw, "state_dir"))),
+        dry_run=bool(raw.get("dry_run", False)),
+        resume=resume,
+        device=device,
+        allow_remote_code=bool(raw.get("allow_remote_code", False)),
+        events_path=Path(str(events)) if events else None,
+    )
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Reads and parses a spec file.
+
+    Raises:
+        CryptotuneError: REQUEST_INVALID when the file is unreadable or malformed.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"cannot read job spec {path}: {error}") from error
+    if not isinstance(raw, dict):
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec {path} is not a JSON object")
+    return parse_spec(raw)

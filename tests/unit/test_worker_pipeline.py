@@ -1,0 +1,535 @@
+"""The worker pipeline end to end on builtin:tiny-qwen3: stages, outputs, dry run, refusals, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cryptotune_daemon.training.checkpoints import list_checkpoints, newest_verified
+from cryptotune_daemon.training.report import REQUIRED_KEYS
+from cryptotune_daemon.worker.pipeline import EXIT_CANCELLED, Pipeline
+from cryptotune_daemon.worker.spec import parse_spec
+from cryptotune_daemon.worker.state import STAGES, read_state
+
+REPO = Path(__file__).resolve().parents[2]
+TERMS = [
+    ("AES", "对称加密", "分组密码"),
+    ("RSA", "公钥加密", "大整数分解"),
+    ("SM2", "数字签名", "椭圆曲线"),
+    ("SM3", "杂凑函数", "消息摘要"),
+    ("SM4", "分组密码", "轮函数"),
+    ("HMAC", "消息认证", "密钥"),
+    ("ECDH", "密钥交换", "椭圆曲线"),
+    ("GCM", "认证加密", "计数器模式"),
+]
+
+BASE_CONFIG = """\
+model:
+  model_name: builtin:tiny-qwen3
+training:
+  max_steps: {steps}
+  per_device_train_batch_size: 2
+  gradient_accumulation_steps: 1
+  learning_rate: {lr}
+  lr_scheduler_type: linear
+  warmup_ratio: 0.1
+  logging_steps: 1
+  save_steps: {save_steps}
+  eval_steps: 3
+  max_seq_length: {max_seq_length}
+  eval_sample_size: 2
+  max_new_tokens: 6
+  seed: 11
+lora:
+  rank: 4
+  alpha: 8
+  dropout: 0.1
+data:
+  train_split_ratio: 0.75
+  eval_split_ratio: 0.25
+"""
+
+
+def write_records(path: Path, count: int = 16, *, extra: list[str] | None = None) -> Path:
+    """Small Chinese cryptography Q&A records with reasoning, terms and difficulty."""
+    lines = []
+    for i in range(count):
+        term, topic, detail = TERMS[i % len(TERMS)]
+        record = {
+            "instruction": f"{term} 在{topic}中起什么作用？（第 {i} 题）",
+            "input": "",
+            "output": f"{term} 用于{topic}，其安全性依赖于{detail}。",
+            "thinking": f"<thinking>先回忆 {term} 的定义，再说明它与{detail}的关系。</thinking>",
+            "crypto_terms": [term, detail],
+            "difficulty": i % 4 + 1,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    lines.extend(extra or [])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_spec(
+    root: Path,
+    *,
+    data: Path,
+    config: str,
+    output: Path | None = None,
+    dry_run: bool = False,
+    resume: dict[str, Any] | None = None,
+    events: str = "events.jsonl",
+) -> dict[str, Any]:
+    return {
+        "job_id": f"job-{events}",
+        "pipeline_id": "pipe-1",
+        "data_path": str(data),
+        "data_name": "records.jsonl",
+        "config_yaml": config,
+        "config_name": "config.yaml",
+        "output_dir": str(output or root / "out"),
+        "state_dir": str(root.parent / "state"),
+        "dry_run": dry_run,
+        "resume": resume,
+        "device": "cpu",
+        "allow_remote_code": False,
+        "events_path": str(root / events),
+    }
+
+
+def config_text(
+    *, steps: int = 8, lr: float = 0.01, save_steps: int = 2, max_seq_length: int = 512, **_: Any
+) -> str:
+    return BASE_CONFIG.format(steps=steps, lr=lr, save_steps=save_steps, max_seq_length=max_seq_length)
+
+
+def run_inprocess(spec: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    code = Pipeline(parse_spec(spec)).run()
+    return code, read_events(Path(spec["events_path"]))
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def of(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in events if e["type"] == event_type]
+
+
+def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One uninterrupted run, shared by the tests that inspect its outputs or compare against it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = tmp_path_factory.mktemp("full")
+    data = write_records(root / "records.jsonl")
+    spec = make_spec(root, data=data, config=config_text())
+    started = time.monotonic()
+    code, events = run_inprocess(spec)
+    return {
+        "code": code,
+        "events": events,
+        "spec": spec,
+        "out": Path(spec["output_dir"]),
+        "data": data,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def test_full_run_emits_stages_in_order_and_ends_with_result(full_run: dict[str, Any]) -> None:
+    events = full_run["events"]
+    assert full_run["code"] == 0, of(events, "failed")
+    stage_events = [(e["type"], e["data"]["stage"]) for e in events if e["type"].startswith("stage_")]
+    expected = [(kind, stage) for stage in STAGES for kind in ("stage_started", "stage_completed")]
+    assert stage_events == expected
+    assert events[-1]["type"] == "result"
+    assert all(isinstance(e["ts"], float) for e in events)
+    plan = of(events, "plan")[0]
+    assert plan["steps"] == 8 and plan["train_samples"] == 12 and plan["eval_samples"] == 4
+    assert plan["precision"] == "fp32" and plan["device"] == "cpu" and plan["world_size"] == 1
+    progress = of(events, "progress")
+    assert [p["step"] for p in progress] == list(range(1, 9))
+    assert all(p["tokens_per_second"] > 0 and p["eta_seconds"] >= 0 for p in progress)
+    assert progress[-1]["eta_seconds"] == 0
+    assert [c["step"] for c in of(events, "checkpoint")] == [2, 4, 6, 8]
+    # mid-training evals at steps 3 and 6, then the evaluation stage's at the final step
+    assert [e["step"] for e in of(events, "eval")] == [3, 6, 8]
+    generation = of(events, "generation_eval")[0]
+    assert 0.0 <= generation["thinking_format_rate"] <= 1.0
+    assert 0.0 <= generation["crypto_term_recall"] <= 1.0
+    assert len(generation["samples"]) == 2
+
+
+def test_full_run_writes_report_adapter_and_state(full_run: dict[str, Any]) -> None:
+    out: Path = full_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    assert set(REQUIRED_KEYS) <= set(report)
+    assert report["pipeline_id"] == "pipe-1" and report["model"] == "builtin:tiny-qwen3"
+    assert report["steps"] == 8 and report["train_samples"] == 12 and report["eval_samples"] == 4
+    for key in ("train_loss_first", "train_loss_last", "eval_loss", "perplexity", "tokens_per_second"):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    assert report["perplexity"] == pytest.approx(float(torch.tensor(report["eval_loss"]).exp()), rel=1e-6)
+    assert (
+        set(report["eval_loss_by_difficulty"]) <= {"1", "2", "3", "4"} and report["eval_loss_by_difficulty"]
+    )
+    assert 0.0 <= report["thinking_format_rate"] <= 1.0 and 0.0 <= report["crypto_term_recall"] <= 1.0
+    assert report["peak_memory_mb"] > 0 and report["wall_seconds"] > 0
+    assert set(report["stage_seconds"]) == set(STAGES)
+    assert report["resumed_from_step"] is None
+    assert (report["precision"], report["device"], report["world_size"]) == ("fp32", "cpu", 1)
+    assert report["adapter_path"] == str(out / "adapter")
+    assert "![loss](loss_curve.png)" in (out / "report.md").read_text()
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "resolved_config.yaml").read_text().count("per_device_train_batch_size: 2") == 1
+    assert (out / "adapter" / "adapter_config.json").exists() and (
+        out / "adapter" / "tokenizer.json"
+    ).exists()
+    state = read_state(out)
+    assert state is not None and all(state.completed(s) for s in STAGES)
+    assert state.hashes.data and state.hashes.config and state.hashes.tokenizer
+    assert [c.step for c in list_checkpoints(out)] == [2, 4, 6, 8]
+    final = newest_verified(out)
+    assert final is not None and final.hashes == state.hashes
+    for name, tensor in adapter_weights(out / "adapter").items():
+        assert torch.equal(tensor, adapter_weights(final.path / "adapter")[name])
+
+
+def test_dry_run_stops_after_config_gen_with_a_plan(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "records.jsonl")
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=config_text(), dry_run=True))
+    assert code == 0
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_completed"] == [
+        "init",
+        "data_prep",
+        "config_gen",
+    ]
+    plan = of(events, "plan")[0]
+    assert plan["steps"] == 8 and plan["memory_estimate_mb"] > 0 and plan["model"] == "builtin:tiny-qwen3"
+    assert events[-1]["type"] == "result" and events[-1]["data"]["dry_run"] is True
+    out = tmp_path / "out"
+    assert (out / "resolved_config.yaml").exists()
+    assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+
+
+def test_over_long_samples_are_refused_with_their_records(tmp_path: Path) -> None:
+    long_record = json.dumps(
+        {"instruction": "解释 AES。", "input": "", "output": "AES 是分组密码。" * 40, "thinking": ""},
+        ensure_ascii=False,
+    )
+    data = write_records(tmp_path / "records.jsonl", 8, extra=[long_record])
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=config_text(max_seq_length=120)))
+    assert code == 1
+    failed = of(events, "failed")[0]
+    assert failed["stage"] == "data_prep"
+    assert "exceed training.max_seq_length=120" in failed["reason"]
+    assert "record 8 (line 9):" in failed["reason"] and "never truncated" in failed["reason"]
+    state = read_state(tmp_path / "out")
+    assert state is not None and state.stages["data_prep"]["status"] == "failed"
+
+
+def test_invalid_records_fail_the_stage_with_line_numbers(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "records.jsonl", 6, extra=['{"instruction": "缺少回答"}', "not json"])
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=config_text()))
+    assert code == 1
+    failed = of(events, "failed")[0]
+    assert failed["stage"] == "data_prep"
+    assert "line 7" in failed["reason"] and "line 8" in failed["reason"]
+    assert "Traceback" not in failed["reason"]
+
+
+def test_duplicates_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "records.jsonl", 8)
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join([*lines, lines[0], lines[1]]) + "\n", encoding="utf-8")
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=config_text(), dry_run=True))
+    assert code == 0
+    assert any("dropped 2 exact duplicate" in w["message"] for w in of(events, "warning"))
+    assert of(events, "plan")[0]["train_samples"] + of(events, "plan")[0]["eval_samples"] == 8
+
+
+def test_remote_code_and_unsupported_strategies_are_refused(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "records.jsonl", 4)
+    remote = config_text().replace(
+        "model_name: builtin:tiny-qwen3", "model_name: builtin:tiny-qwen3\n  trust_remote_code: true"
+    )
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=remote, events="a.jsonl"))
+    assert code == 1 and "--allow-remote-code" in of(events, "failed")[0]["reason"]
+    strategy = config_text() + "parallel:\n  strategy: model_parallel\n"
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=strategy, events="b.jsonl"))
+    assert code == 1
+    assert "set parallel.strategy to data_parallel or auto" in of(events, "failed")[0]["reason"]
+
+
+def test_uncached_hub_model_fails_with_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    data = write_records(tmp_path / "records.jsonl", 4)
+    config = config_text().replace("builtin:tiny-qwen3", "example-org/not-cached-model")
+    code, events = run_inprocess(make_spec(tmp_path, data=data, config=config))
+    assert code == 1
+    reason = of(events, "failed")[0]["reason"]
+    assert (
+        "not in the local Hugging Face cache" in reason and "download example-org/not-cached-model" in reason
+    )
+
+
+def test_resume_with_changed_data_or_config_is_refused(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "records.jsonl")
+    assert run_inprocess(make_spec(tmp_path, data=data, config=config_text(), dry_run=True))[0] == 0
+    resume = {"output_dir": str(tmp_path / "out"), "step": None}
+
+    changed = write_records(tmp_path / "changed.jsonl", 15)
+    code, events = run_inprocess(
+        make_spec(tmp_path, data=changed, config=config_text(), resume=resume, events="a.jsonl")
+    )
+    assert code == 1
+    reason = of(events, "failed")[0]["reason"]
+    assert "cannot resume: the data file changed" in reason
+
+    code, events = run_inprocess(
+        make_spec(tmp_path, data=data, config=config_text(lr=0.02), resume=resume, events="b.jsonl")
+    )
+    assert code == 1
+    reason = of(events, "failed")[0]["reason"]
+    assert "the config changed" in reason and "training.learning_rate: 0.01 -> 0.02" in reason
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "daemon"), env.get("PYTHONPATH", "")])
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def test_sigterm_then_resume_continues_at_the_next_step(tmp_path: Path, full_run: dict[str, Any]) -> None:
+    """Cancel a worker process mid-training, then resume: steps k+1..N, same final adapter."""
+    spec = make_spec(tmp_path, data=full_run["data"], config=config_text())
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cryptotune_daemon.worker", "--spec", str(spec_path)],
+        env=_worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    events_path = Path(spec["events_path"])
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(e["type"] == "checkpoint" for e in read_events(events_path)):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the worker ended before its first checkpoint"
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == EXIT_CANCELLED and time.monotonic() - sent < 15
+    first_events = read_events(events_path)
+    assert not of(first_events, "result")
+    done_steps = [p["step"] for p in of(first_events, "progress")]
+    out = tmp_path / "out"
+    checkpoint = newest_verified(out)
+    assert checkpoint is not None and checkpoint.step < 8
+    state = read_state(out)
+    assert state is not None and state.stages["training"]["status"] == "cancelled"
+
+    # Leftovers a crash could leave behind are never used: a temp dir and a manifest-less step.
+    (out / "checkpoints" / ".tmp-step-000099-abcd").mkdir()
+    (out / "checkpoints" / "step-000007").mkdir(exist_ok=True)
+    resume = {"output_dir": str(out), "step": None}
+    code, events = run_inprocess(
+        make_spec(
+            tmp_path, data=full_run["data"], config=config_text(), resume=resume, events="resumed.jsonl"
+        )
+    )
+    assert code == 0, of(events, "failed")
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_skipped"] == [
+        "init",
+        "data_prep",
+        "config_gen",
+    ]
+    assert any("step-000007 has no manifest.json" in w["message"] for w in of(events, "warning"))
+    steps = [p["step"] for p in of(events, "progress")]
+    assert steps == list(range(checkpoint.step + 1, 9))
+    assert set(done_steps) >= set(range(1, checkpoint.step + 1))
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_step"] == checkpoint.step and report["steps"] == 8
+    # The resumed run's loss history (steps 1..8, none repeated) and adapter match the uninterrupted run.
+    final = newest_verified(out)
+    reference = newest_verified(full_run["out"])
+    assert final is not None and reference is not None and final.step == reference.step == 8
+    history = json.loads((final.path / "trainer_state.json").read_text())["loss_history"]
+    expected = json.loads((reference.path / "trainer_state.json").read_text())["loss_history"]
+    assert [s for s, _ in history] == list(range(1, 9))
+    assert [loss for _, loss in history] == pytest.approx([loss for _, loss in expected], rel=1e-5)
+    resumed_weights, reference_weights = (
+        adapter_weights(out / "adapter"),
+        adapter_weights(full_run["out"] / "adapter"),
+    )
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in resumed_weights.items():
+        torch.testing.assert_close(tensor, reference_weights[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_corrupt_chosen_checkpoint_and_skips_a_corrupt_newest(
+    tmp_path: Path, full_run: dict[str, Any]
+) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(full_run["out"], out)
+    step8 = out / "checkpoints" / "step-000008" / "optimizer.pt"
+    step8.write_bytes(step8.read_bytes()[:-3] + b"xyz")
+    spec = make_spec(
+        tmp_path,
+        data=full_run["data"],
+        config=config_text(),
+        resume={"output_dir": str(out), "step": 8},
+        events="a.jsonl",
+    )
+    code, events = run_inprocess(spec)
+    assert code == 1
+    assert "checkpoint at step 8 does not verify" in of(events, "failed")[0]["reason"]
+    # The newest verified checkpoint is now step 6; resuming from it re-trains steps 7 and 8.
+    spec = make_spec(
+        tmp_path,
+        data=full_run["data"],
+        config=config_text(),
+        resume={"output_dir": str(out), "step": 6},
+        events="b.jsonl",
+    )
+    code, events = run_inprocess(spec)
+    assert code == 0, of(events, "failed")
+    assert [p["step"] for p in of(events, "progress")] == [7, 8]
+    assert newest_verified(out) is not None
+
+
+def test_resume_after_a_late_failure_restarts_at_the_first_incomplete_stage(
+    tmp_path: Path, full_run: dict[str, Any]
+) -> None:
+    import shutil
+
+    from cryptotune_daemon.worker.state import write_state
+
+    out = tmp_path / "out"
+    shutil.copytree(full_run["out"], out)
+    state = read_state(out)
+    assert state is not None
+    state.invalidate_from("evaluation")
+    state.mark("evaluation", "failed", error="boom")
+    write_state(out, state)
+    spec = make_spec(
+        tmp_path, data=full_run["data"], config=config_text(), resume={"output_dir": str(out), "step": None}
+    )
+    code, events = run_inprocess(spec)
+    assert code == 0, of(events, "failed")
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_skipped"] == [
+        "init",
+        "data_prep",
+        "config_gen",
+        "training",
+    ]
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_completed"] == [
+        "env_setup",
+        "evaluation",
+        "complete",
+    ]
+    assert not of(events, "progress")
+    # Evaluating the restored adapter gives the uninterrupted run's eval loss.
+    reference = json.loads((full_run["out"] / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-6)
+    assert report["train_loss_last"] == reference["train_loss_last"]
+
+
+def test_worker_module_reports_an_unreadable_spec(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    spec = {"events_path": str(events), "pipeline_id": "p"}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptotune_daemon.worker", "--spec", str(tmp_path / "spec.json")],
+        env=_worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    failed = of(read_events(events), "failed")
+    assert failed and "job spec is missing" in failed[0]["reason"]
+
+
+def test_event_writer_lines_are_json_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    from cryptotune_daemon.worker.events import EventWriter
+
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path)
+    writer.emit("progress", {"loss": float("nan"), "step": 1, "nested": {"x": float("inf")}})
+    writer.warning("加密")
+    writer.close()
+    EventWriter(path, enabled=False).emit("progress", {"step": 2})
+    events = read_events(path)
+    assert [e["type"] for e in events] == ["progress", "warning"]
+    assert events[0]["data"] == {"loss": None, "step": 1, "nested": {"x": None}}
+    assert events[1]["data"]["message"] == "加密"
+
+
+def test_gpu_samples_cover_each_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from cryptotune_daemon.worker.gpu_sampler import _visible_handles, read_gpus
+
+    class FakeNvml:
+        NVMLError = RuntimeError
+
+        def nvmlDeviceGetCount(self) -> int:
+            return 3
+
+        def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+            return index
+
+        def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+            return {"GPU-a": 0, "GPU-c": 2}[uuid]
+
+        def nvmlDeviceGetIndex(self, handle: int) -> int:
+            return handle
+
+        def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
+            return SimpleNamespace(used=(handle + 1) * 2**30, total=80 * 2**30)
+
+        def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
+            return SimpleNamespace(gpu=10 * handle)
+
+    nvml = FakeNvml()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-c")
+    gpus = read_gpus(nvml, _visible_handles(nvml))
+    assert gpus == [
+        {"index": 0, "utilization_percent": 0, "memory_used_mb": 1024, "memory_total_mb": 81920},
+        {"index": 2, "utilization_percent": 20, "memory_used_mb": 3072, "memory_total_mb": 81920},
+    ]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert len(_visible_handles(nvml)) == 3
