@@ -325,9 +325,9 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
     "--output-dir",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("cryptotune_demo"),
+    default=Path("~/cryptotune_demo"),
     show_default=True,
-    help="Parent directory of the demo's output.",
+    help="Parent directory of the demo's output (must lie under the daemon's allowed output roots).",
 )
 @pass_cli
 def demo(cli_ctx: CliContext, output_dir: Path) -> None:
@@ -338,7 +338,7 @@ def demo(cli_ctx: CliContext, output_dir: Path) -> None:
         resources.as_file(examples / "demo_config.yaml") as config,
     ):
         pipeline_id = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        target = output_dir / pipeline_id
+        target = output_dir.expanduser() / pipeline_id
         if not cli_ctx.json_output:
             cli_ctx.out.print(
                 Text.assemble(
