@@ -10,7 +10,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup demo test test-fast lint format typecheck protos check-protos bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@UV=$$(command -v uv || echo "$(HOME)/.local/bin/uv"); \
 	  $$UV sync --extra daemon --quiet || { echo "make setup: 'uv sync' failed (see above)"; exit 1; }
