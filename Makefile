@@ -49,7 +49,7 @@ protos: setup
 check-protos: setup
 	@tmp=$$(mktemp -d); \
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp \
-	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) && \
+	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) >$$tmp/protoc.log 2>&1 || { cat $$tmp/protoc.log; exit 1; }; \
 	diff -r -x __init__.py -x __pycache__ -x '*.pyc' $$tmp/cryptotune/proto/v1 client/cryptotune/proto/v1 >/dev/null \
 	  || { echo "check-protos: generated code in client/cryptotune/proto/v1 is stale; run 'make protos' and commit"; rm -rf $$tmp; exit 1; }; \
 	rm -rf $$tmp; echo "check-protos: generated code is up to date"

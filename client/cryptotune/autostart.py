@@ -32,6 +32,15 @@ def daemon_command(state_dir: Path, address: str) -> list[str]:
     return [*base, "--state-dir", str(state_dir), "--listen", address]
 
 
+# The daemon's own modules ship in every wheel; its heavy dependencies come only with [daemon].
+_DAEMON_MODULES = ("cryptotune_daemon", "torch", "transformers", "peft", "grpc_reflection", "yaml", "pydantic")
+
+
+def daemon_installed() -> bool:
+    """Whether this environment can run ``cryptotuned`` (the ``[daemon]`` extra is installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in _DAEMON_MODULES)
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -74,7 +83,7 @@ def ensure_daemon(
             f"no cryptotune daemon answers at {address} and --no-autostart is set. Start one with "
             f"'cryptotuned' (or 'cryptotuned --listen {address}')."
         )
-    if importlib.util.find_spec("cryptotune_daemon") is None:
+    if not daemon_installed():
         raise DaemonUnavailable(
             f"no cryptotune daemon answers at {address}, and this machine has only the thin client. "
             "Install the daemon with: pip install 'cryptotune[daemon]', or point --address / "

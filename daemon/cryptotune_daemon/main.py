@@ -99,7 +99,15 @@ def main(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
     )
-    from cryptotune_daemon.server import Daemon
+    try:
+        from cryptotune_daemon.server import Daemon
+    except ImportError as error:
+        click.echo(
+            f"cryptotuned: a daemon dependency is missing ({error.name}). Install the daemon with: "
+            "pip install 'cryptotune[daemon]'",
+            err=True,
+        )
+        sys.exit(2)
 
     try:
         asyncio.run(Daemon(settings).run_until_signalled())
