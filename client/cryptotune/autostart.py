@@ -33,7 +33,15 @@ def daemon_command(state_dir: Path, address: str) -> list[str]:
 
 
 # The daemon's own modules ship in every wheel; its heavy dependencies come only with [daemon].
-_DAEMON_MODULES = ("cryptotune_daemon", "torch", "transformers", "peft", "grpc_reflection", "yaml", "pydantic")
+_DAEMON_MODULES = (
+    "cryptotune_daemon",
+    "torch",
+    "transformers",
+    "peft",
+    "grpc_reflection",
+    "yaml",
+    "pydantic",
+)
 
 
 def daemon_installed() -> bool:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -52,6 +53,22 @@ def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
             )
         )
         sys.exit(0)
+
+
+def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
+    """Follows a job until it ends, prints its outcome (or final status JSON) and exits 0/1."""
+    client = cli_ctx.client()
+    if cli_ctx.json_output:
+        for _ in client.watch(job.job_id):
+            pass
+    else:
+        _follow(cli_ctx, job)
+    final = client.get_job(job.job_id)
+    if cli_ctx.json_output:
+        cli_ctx.emit_json(final.status_dict())
+    else:
+        _print_outcome(cli_ctx, final)
+    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
 
 
 def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
@@ -144,17 +161,7 @@ def train(
             cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state}")
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
-    if cli_ctx.json_output:
-        for _ in client.watch(job.job_id):
-            pass
-    else:
-        _follow(cli_ctx, job)
-    final = client.get_job(job.job_id)
-    if cli_ctx.json_output:
-        cli_ctx.emit_json(final.status_dict())
-    else:
-        _print_outcome(cli_ctx, final)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+    _follow_to_end(cli_ctx, job)
 
 
 def _jobs_table(jobs: list[Job]) -> Table:
@@ -346,19 +353,8 @@ def demo(cli_ctx: CliContext, output_dir: Path) -> None:
                     f"LoRA on builtin:tiny-qwen3 (random weights, real Qwen3 tokenizer) with {data.name}",
                 )
             )
-        client = cli_ctx.client()
-        job = client.submit(data, config, output_dir=target, pipeline_id=pipeline_id)
-        if cli_ctx.json_output:
-            for _ in client.watch(job.job_id):
-                pass
-        else:
-            _follow(cli_ctx, job)
-        final = client.get_job(job.job_id)
-    if cli_ctx.json_output:
-        cli_ctx.emit_json(final.status_dict())
-    else:
-        _print_outcome(cli_ctx, final)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+        job = cli_ctx.client().submit(data, config, output_dir=target, pipeline_id=pipeline_id)
+    _follow_to_end(cli_ctx, job)
 
 
 COMMANDS = (train, status, watch, jobs, cancel, logs, export, demo)

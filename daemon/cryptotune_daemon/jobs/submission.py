@@ -14,10 +14,10 @@ from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, va
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
+from cryptotune_daemon.worker.state import PIPELINE_STATE_FILE
 
 _RESUME = re.compile(r"(?P<pipeline>[^@]+)(?:@(?P<step>\d+))?")
 _SUPPORTED_STRATEGIES = ("data_parallel", "auto")
-PIPELINE_STATE_FILE = "pipeline_state.json"
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptotune_daemon.jobs.model import STAGES as STAGES  # re-exported: the worker's stage order
 from cryptotune_daemon.training.checkpoints import Hashes
 
 PIPELINE_STATE_FILE = "pipeline_state.json"
-STAGES: tuple[str, ...] = (
-    "init",
-    "data_prep",
-    "config_gen",
-    "env_setup",
-    "training",
-    "evaluation",
-    "complete",
-)
 STATE_FORMAT = 1
 
 
