@@ -1,6 +1,6 @@
 """Rendering is byte-identical to the official Qwen3-4B-Thinking-2507 chat template.
 
-The fixture ``fixtures/qwen3_thinking_2507_chat_template.jinja`` is the ``chat_template`` of the
+The packaged ``cryptotune_daemon/data/qwen3_thinking_2507_chat_template.jinja`` is the ``chat_template`` of the
 Qwen3-*-Thinking-2507 tokenizers (Qwen/Qwen3-4B-Thinking-2507's ``tokenizer_config.json``), as
 carried verbatim by unsloth's ``chat_templates.py`` ("qwen3-thinking", mapped there to
 Qwen/Qwen3-4B-Thinking-2507); its generation prompt is ``<|im_start|>assistant\\n<think>\\n``.
@@ -18,11 +18,12 @@ from jinja2.exceptions import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+import cryptotune_daemon.data
 from cryptotune_daemon.data.readers import RawRecord, convert_record
 from cryptotune_daemon.data.records import Record
 from cryptotune_daemon.data.template import extract_reasoning, render_prompt, render_record, user_content
 
-TEMPLATE_PATH = Path(__file__).parent / "fixtures" / "qwen3_thinking_2507_chat_template.jinja"
+TEMPLATE_PATH = Path(cryptotune_daemon.data.__file__).parent / "qwen3_thinking_2507_chat_template.jinja"
 
 
 def _raise_exception(message: str) -> None:
@@ -192,3 +193,23 @@ def test_trained_tokens_decode_to_exactly_trained(case: str, qwen3_tokenizer: An
     )
     assert sample.labels[: sample.prompt_tokens] == [IGNORE_INDEX] * sample.prompt_tokens
     assert sample.labels[sample.prompt_tokens :] == trained_ids
+
+
+def test_built_tokenizer_carries_the_template(qwen3_tokenizer: Any) -> None:
+    record = Record(
+        index=0,
+        line=1,
+        instruction="SM4 的分组长度是多少？",
+        input="",
+        output="128 位。",
+        reasoning="SM4 是分组密码。",
+        has_thinking=True,
+    )
+    messages = [
+        {"role": "user", "content": record.instruction},
+        {"role": "assistant", "content": record.output, "reasoning_content": record.reasoning},
+    ]
+    rendered = qwen3_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == render_record(record).text
+    prompt = qwen3_tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == render_record(record).prompt

@@ -68,7 +68,9 @@ QWEN3_FIRST_ADDED_ID: Final = 151643
 QWEN3_MODEL_MAX_LENGTH: Final = 262144
 
 # Bump when the build below changes, so caches written by older builds are rebuilt.
-_BUILD_VERSION: Final = 1
+# 2: the tokenizer carries Qwen3-Thinking-2507's chat template.
+_BUILD_VERSION: Final = 2
+CHAT_TEMPLATE_FILE: Final = "qwen3_thinking_2507_chat_template.jinja"
 _BUILD_INFO: Final = "cryptotune_build.json"
 _STALE_BUILD_S: Final = 3600.0
 _TOKENIZER_FILES: Final = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -266,7 +268,15 @@ def build_qwen3_tokenizer() -> PreTrainedTokenizerBase:
         clean_up_tokenization_spaces=False,
         model_max_length=QWEN3_MODEL_MAX_LENGTH,
     )
+    # The official chat template travels with the tokenizer (and so with every exported adapter),
+    # so `apply_chat_template` renders prompts exactly as training did.
+    tokenizer.chat_template = chat_template()
     return cast("PreTrainedTokenizerBase", tokenizer)
+
+
+def chat_template() -> str:
+    """The Qwen3-Thinking-2507 chat template (Jinja) shipped with cryptotune."""
+    return resources.files("cryptotune_daemon.data").joinpath(CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
 
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
