@@ -1,10 +1,10 @@
 """Rendering is byte-identical to the official Qwen3-4B-Thinking-2507 chat template.
 
 The packaged ``cryptotune_daemon/data/qwen3_thinking_2507_chat_template.jinja`` is the
-``chat_template`` of the Qwen3-*-Thinking-2507 tokenizers (Qwen/Qwen3-4B-Thinking-2507's ``tokenizer_config.json``), as
-carried verbatim by unsloth's ``chat_templates.py`` ("qwen3-thinking", mapped there to
-Qwen/Qwen3-4B-Thinking-2507); its generation prompt is ``<|im_start|>assistant\\n<think>\\n``.
-It is rendered here the way transformers renders chat templates.
+``chat_template`` of the Qwen3-*-Thinking-2507 tokenizers (Qwen/Qwen3-4B-Thinking-2507's
+``tokenizer_config.json``), as carried verbatim by unsloth's ``chat_templates.py``
+("qwen3-thinking", mapped there to Qwen/Qwen3-4B-Thinking-2507); its generation prompt is
+``<|im_start|>assistant\\n<think>\\n``. It is rendered here the way transformers renders chat templates.
 """
 
 from __future__ import annotations
