@@ -136,15 +136,26 @@ def list_gpus(cli_ctx: CliContext) -> None:
 @click.option(
     "--max-seq-length", type=click.IntRange(0), default=0, help="Token limit to check (default 2048)."
 )
+@click.option(
+    "--model",
+    default="",
+    help="Count tokens with this model's tokenizer: a model directory on the daemon's machine or a "
+    "Hugging Face id in its cache (default: the Qwen3 tokenizer, built offline).",
+)
 @pass_cli
 def inspect_data(
-    cli_ctx: CliContext, data_file: Path, file_format: str | None, sample: int, max_seq_length: int
+    cli_ctx: CliContext,
+    data_file: Path,
+    file_format: str | None,
+    sample: int,
+    max_seq_length: int,
+    model: str,
 ) -> None:
     """Validate DATA_FILE record by record and show statistics with the real Qwen3 tokenizer."""
     if not data_file.is_file():
         cli_ctx.fail(f"{data_file}: no such file")
     result = cli_ctx.client().inspect_data(
-        data_file, sample=sample, format=file_format, max_seq_length=max_seq_length
+        data_file, sample=sample, format=file_format, max_seq_length=max_seq_length, model=model
     )
     if cli_ctx.json_output:
         payload = result.to_dict()
