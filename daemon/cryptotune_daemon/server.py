@@ -36,6 +36,7 @@ from cryptotune_daemon.services.config_servicer import ConfigServicer
 from cryptotune_daemon.services.data_servicer import DataServicer
 from cryptotune_daemon.services.gpu_servicer import GpuServicer
 from cryptotune_daemon.services.job_servicer import JobServicer
+from cryptotune_daemon.services.request_guard import RequestGuardInterceptor
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.systemd_notify import SystemdNotifier
@@ -120,7 +121,8 @@ class Daemon:
         TCP calls need a token (a server interceptor cannot tell which listener a call came from)."""
         assert self.jobs is not None and self.blobs is not None
         server = grpc.aio.server(
-            interceptors=interceptors,
+            # The guard runs inside authentication: a caller without the token is refused first.
+            interceptors=[*interceptors, RequestGuardInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,12 +10,15 @@ import grpc
 
 from cryptotune.proto.v1 import config_pb2, config_pb2_grpc
 from cryptotune_daemon.config import config_json_schema, config_template, validate_config_text
-from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import unary
+from cryptotune_daemon.services.validation import config_size
 
-MAX_CONFIG_BYTES = 1024 * 1024
+# Validating a config is pure Python and a pathological 1 MiB one takes seconds of CPU: it runs off
+# the event loop (other calls keep being served), and only this many at once, so a burst of them
+# cannot take every worker thread.
+MAX_CONCURRENT_VALIDATIONS = 2
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
@@ -22,6 +26,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
 
     def __init__(self, inventory: GpuInventory) -> None:
         self._inventory = inventory
+        self._validations = asyncio.Semaphore(MAX_CONCURRENT_VALIDATIONS)
 
     @unary
     async def GetTemplate(
@@ -33,15 +38,14 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     async def ValidateConfig(
         self, request: config_pb2.ValidateConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> config_pb2.ValidateConfigResponse:
-        if len(request.text.encode()) > MAX_CONFIG_BYTES:
-            raise CryptotuneError(
-                ErrorCode.RESOURCE_EXHAUSTED, f"config larger than {MAX_CONFIG_BYTES // 1024} KiB"
-            )
-        gpu_count = len(self._inventory.list_gpus())
-        report = validate_config_text(
-            request.text, request.source_name or "config.yaml", gpu_count=gpu_count or None
-        )
+        config_size(request.text)
+        async with self._validations:
+            report = await asyncio.to_thread(self._validate, request.text, request.source_name)
         return serde.config_report(report)
+
+    def _validate(self, text: str, source_name: str) -> Any:
+        gpu_count = len(self._inventory.list_gpus())
+        return validate_config_text(text, source_name or "config.yaml", gpu_count=gpu_count or None)
 
     @unary
     async def GetJsonSchema(

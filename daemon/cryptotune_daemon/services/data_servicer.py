@@ -13,10 +13,13 @@ from cryptotune.proto.v1 import data_pb2, data_pb2_grpc
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import unary
+from cryptotune_daemon.services.validation import MODEL_HINT, int_range, path_text, shown
 from cryptotune_daemon.storage.blobs import BlobStore
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
 MAX_SAMPLES_SHOWN = 1000
+# The largest training.max_seq_length a config accepts.
+MAX_SEQ_LENGTH = 131072
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
@@ -34,12 +37,27 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
     ) -> data_pb2.UploadResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
-            raise CryptotuneError(ErrorCode.REQUEST_INVALID, "an upload must start with its header message")
+            what = "was empty" if first is None else "started without one"
+            raise CryptotuneError(
+                ErrorCode.REQUEST_INVALID,
+                f"an upload must start with its header message (display_name, size, sha256); this one {what}",
+            )
         header = first.header
         with self._blobs.writer(header.size, header.sha256) as writer:
             async for chunk in request_iterator:
-                if chunk.WhichOneof("part") != "data":
-                    raise CryptotuneError(ErrorCode.REQUEST_INVALID, "only one header per upload")
+                part = chunk.WhichOneof("part")
+                if part == "header":
+                    raise CryptotuneError(
+                        ErrorCode.REQUEST_INVALID,
+                        "an upload has one header, in its first message; send the file's bytes in data "
+                        "messages after it",
+                    )
+                if part is None:
+                    raise CryptotuneError(
+                        ErrorCode.REQUEST_INVALID,
+                        "an upload message carried neither a header nor data; after the header, every "
+                        "message must carry data",
+                    )
                 writer.write(chunk.data)
             stored = await asyncio.to_thread(writer.commit)
         return data_pb2.UploadResponse(
@@ -59,14 +77,12 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
     ) -> data_pb2.InspectDataResponse:
         if request.format not in ("", "json", "jsonl"):
             raise CryptotuneError(
-                ErrorCode.REQUEST_INVALID, f"format must be 'json' or 'jsonl', got '{request.format}'"
+                ErrorCode.REQUEST_INVALID,
+                f"format must be 'json' or 'jsonl' (or empty to detect it), got {shown(request.format)}",
             )
-        if not 0 <= request.sample <= MAX_SAMPLES_SHOWN:
-            raise CryptotuneError(
-                ErrorCode.REQUEST_INVALID, f"sample must be between 0 and {MAX_SAMPLES_SHOWN}"
-            )
-        if request.max_seq_length < 0:
-            raise CryptotuneError(ErrorCode.REQUEST_INVALID, "max_seq_length must be >= 0")
+        int_range(request.sample, "sample", 0, MAX_SAMPLES_SHOWN, "records shown with their training text")
+        int_range(request.max_seq_length, "max_seq_length", 0, MAX_SEQ_LENGTH, "0 means the default, 2048")
+        path_text(request.model, "model", MODEL_HINT)
         blob = self._blobs.get(request.digest)
         report = await asyncio.to_thread(
             self._inspect,

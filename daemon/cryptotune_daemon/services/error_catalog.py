@@ -36,6 +36,29 @@ STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error in the daemon (incident {incident}); details are in the daemon's log"
+# The status message travels percent-encoded in a trailer; clients drop the whole status (and see
+# RESOURCE_EXHAUSTED "received metadata size exceeds ...") past 8 KiB of metadata, so long messages,
+# such as one echoing a huge request field, are cut well below that.
+MAX_MESSAGE_WIRE_BYTES = 4096
+_TRUNCATED = " … (message truncated)"
+
+
+def _wire_size(text: str) -> int:
+    """Bytes of ``text`` once percent-encoded as grpc-message (printable ASCII but '%' stays as is)."""
+    return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in text.encode())
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
+    """``message``, cut so that its encoded form fits in ``limit`` bytes."""
+    if _wire_size(message) <= limit:
+        return message
+    budget = limit - _wire_size(_TRUNCATED)
+    used = 0
+    for index, char in enumerate(message):
+        used += _wire_size(char)
+        if used > budget:
+            return message[:index] + _TRUNCATED
+    return message  # pragma: no cover - the loop always cuts
 
 
 def status_for(error: CryptotuneError) -> grpc.StatusCode:
@@ -47,7 +70,7 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseExc
     """Ends the RPC with the status for ``error``; unknown errors become a generic INTERNAL."""
     if isinstance(error, CryptotuneError):
         context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.code.value),))
-        await context.abort(status_for(error), error.message)
+        await context.abort(status_for(error), bounded_message(error.message))
     incident = uuid.uuid4().hex[:8]
     # The traceback goes to the daemon log only: clients never see internals.
     log.error("incident %s: unexpected error", incident, exc_info=error)

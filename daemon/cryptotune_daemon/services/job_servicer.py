@@ -12,6 +12,9 @@ from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
 from cryptotune_daemon.jobs.manager import JobManager, chunks_of
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import streaming, unary
+from cryptotune_daemon.services.validation import config_size, int_range, job_ref
+
+MAX_LIST_LIMIT = 1000
 
 
 class JobServicer(job_pb2_grpc.JobServiceServicer):
@@ -24,6 +27,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: job_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> job_pb2.SubmitJobResponse:
+        config_size(request.config_yaml)
         # Validation parses YAML and may read the output dir: off the event loop.
         job, existing = await asyncio.to_thread(self._jobs.submit, serde.submit_request(request))
         return job_pb2.SubmitJobResponse(job=serde.job(job), existing=existing)
@@ -32,39 +36,40 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> job_pb2.Job:
-        return serde.job(self._jobs.get(request.job))
+        return serde.job(self._jobs.get(job_ref(request.job)))
 
     @unary
     async def ListJobs(
         self, request: job_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> job_pb2.ListJobsResponse:
-        return job_pb2.ListJobsResponse(jobs=[serde.job(j) for j in self._jobs.list_jobs(request.limit)])
+        limit = int_range(request.limit, "limit", 0, MAX_LIST_LIMIT, "0 means the default, 50")
+        return job_pb2.ListJobsResponse(jobs=[serde.job(j) for j in self._jobs.list_jobs(limit)])
 
     @unary
     async def CancelJob(
         self, request: job_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> job_pb2.Job:
-        return serde.job(self._jobs.cancel(request.job))
+        return serde.job(self._jobs.cancel(job_ref(request.job)))
 
     @streaming
     async def WatchJob(
         self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.JobEvent]:
-        async for event in self._jobs.watch(request.job, request.after_seq):
+        async for event in self._jobs.watch(job_ref(request.job), request.after_seq):
             yield serde.event(event)
 
     @streaming
     async def StreamLogs(
         self, request: job_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.LogLine]:
-        async for line in self._jobs.logs(request.job, request.follow):
+        async for line in self._jobs.logs(job_ref(request.job), request.follow):
             yield job_pb2.LogLine(line=line)
 
     @streaming
     async def ExportJob(
         self, request: job_pb2.ExportJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.ExportChunk]:
-        for relative, path in self._jobs.export_files(request.job):
+        for relative, path in self._jobs.export_files(job_ref(request.job)):
             size = path.stat().st_size
             pieces = chunks_of(path)
             current = next(pieces)

@@ -11,17 +11,28 @@ from cryptotune_daemon.gpus import GpuInfo, Recommendation
 from cryptotune_daemon.jobs.model import Job, JobEvent
 from cryptotune_daemon.jobs.submission import SubmitRequest
 
+# A config with tens of thousands of bad keys must not make a response too big for clients to read
+# (gRPC clients refuse messages over 4 MiB by default).
+MAX_ISSUES = 500
+
+
+def _issues(found: list[Any], kind: str) -> list[common_pb2.Issue]:
+    issues = [common_pb2.Issue(path=i.path, line=i.line or 0, message=i.message) for i in found[:MAX_ISSUES]]
+    if len(found) > MAX_ISSUES:
+        issues.append(
+            common_pb2.Issue(
+                message=f"… and {len(found) - MAX_ISSUES} more {kind} not listed; fix the ones above first"
+            )
+        )
+    return issues
+
 
 def config_report(report: Any) -> config_pb2.ValidateConfigResponse:
-    """ConfigReport → ValidateConfigResponse."""
-
-    def issue(i: Any) -> common_pb2.Issue:
-        return common_pb2.Issue(path=i.path, line=i.line or 0, message=i.message)
-
+    """ConfigReport → ValidateConfigResponse (at most MAX_ISSUES errors and warnings listed, then a count)."""
     return config_pb2.ValidateConfigResponse(
         valid=report.valid,
-        errors=[issue(i) for i in report.errors],
-        warnings=[issue(i) for i in report.warnings],
+        errors=_issues(report.errors, "errors"),
+        warnings=_issues(report.warnings, "warnings"),
     )
 
 
