@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
@@ -24,14 +24,28 @@ from cryptotune_daemon.storage.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
+# Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
 RETRY_BUDGET = 3
+STOP_MARKER = "daemon_stopped.json"
+TEST_RECONCILE_DELAY_ENV = "CRYPTOTUNE_TEST_RECONCILE_DELAY_S"
 EXPORTED_FILES = ("report.json", "report.md", "loss_curve.png", "resolved_config.yaml")
 EXPORT_CHUNK = 1024 * 1024
 LOG_CHUNK = 1024 * 1024
 
 
 class JobManager:
-    """The daemon's job engine. All public methods are called from the asyncio loop."""
+    """The daemon's job engine. All public methods are called from the asyncio loop.
+
+    Reliability rules (see docs/reliability.md):
+
+    - A worker runs in its own session; every process of it holds the job lock
+      (:mod:`~cryptotune_daemon.jobs.worker_process`), so a job never gets a second worker and its
+      GPUs return to the pool only when none of its processes remains.
+    - A daemon restart reattaches to live workers; a job whose worker is gone without a verdict
+      goes RECOVERING and resumes from its newest verified checkpoint. Only a real worker death
+      counts against ``RETRY_BUDGET``: a worker that was never started, or one ended by the
+      daemon's own graceful stop (systemd's KillMode=mixed), is resumed without counting.
+    """
 
     def __init__(
         self, settings: DaemonSettings, store: JobStore, blobs: BlobStore, inventory: GpuInventory
@@ -45,23 +59,53 @@ class JobManager:
         self._allocated: dict[str, str] = {}  # GPU uuid → job id
         self._cpu_jobs: set[str] = set()
         self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._handles: dict[str, wp.WorkerHandle | None] = {}
+        self._killers: dict[str, asyncio.Task[None]] = {}
+        self._blocked: set[str] = set()
         self._scheduler: asyncio.Task[None] | None = None
         self._accepting = True
+        self._reconciled = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
         self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        delay = float(os.environ.get(TEST_RECONCILE_DELAY_ENV, "0") or 0)
+        if delay > 0:  # test hook: widens the window in which health must say NOT_SERVING
+            await asyncio.sleep(delay)
         for job in self._store.list_nonterminal():
-            await self._reconcile(job)
+            try:
+                self._reconcile(self._store.get(job.job_id))
+            except Exception:  # one broken job must not keep the daemon from serving the others
+                log.exception("could not reconcile job %s", job.job_id)
+        self._reconciled = True
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="scheduler")
         self._wakeup.set()
 
     async def stop(self) -> None:
-        """Stops scheduling and following workers; running workers keep training (see docs)."""
+        """Stops scheduling and following workers; running workers keep training (see docs).
+
+        Every followed job's events are ingested first, so the store is current, and a marker
+        records that this daemon, not a failure, stopped following the worker: under systemd
+        (KillMode=mixed) the workers are ended right after, and the next daemon resumes those jobs
+        without counting a retry.
+        """
         self._accepting = False
-        tasks = [t for t in (self._scheduler, *self._supervisors.values()) if t is not None]
+        for changed in self._changed.values():
+            changed.set()  # wakes watchers so that their streams end now
+        self._changed.clear()
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+        for job_id, handle in list(self._handles.items()):
+            with contextlib.suppress(Exception):
+                self._ingest(job_id)
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    self._stop_marker(job_id).write_text(
+                        json.dumps({"pid": handle.pid, "started_at": handle.started_at, "at": time.time()})
+                    )
+        tasks = [t for t in (self._scheduler, *self._supervisors.values(), *self._killers.values()) if t]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -80,9 +124,7 @@ class JobManager:
         if existing is not None:
             return existing, True
         if not self._accepting:
-            raise CryptotuneError(
-                ErrorCode.RESOURCE_EXHAUSTED, "the daemon is shutting down; submit again later"
-            )
+            raise _shutting_down("submit again later")
         prepared = prepare(
             request,
             settings=self._settings,
@@ -145,20 +187,41 @@ class JobManager:
                 job = moved
                 self._notify(job.job_id)
         if job.state == JobState.CANCELLING:
-            if job.worker_pid:
-                wp.signal_group(job.worker_pid, signal.SIGTERM)
-                asyncio.get_running_loop().create_task(self._kill_after_grace(job.worker_pid))
-            elif job.job_id not in self._supervisors:
-                finished = self._store.transition(job.job_id, JobState.CANCELLED, reason="cancelled")
+            handle = self._handles.get(job.job_id) or _db_handle(job)
+            if job.job_id in self._supervisors or wp.job_alive(self._job_dir(job.job_id), handle):
+                self._terminate(job.job_id, handle)
+                if self._reconciled and job.job_id not in self._supervisors:
+                    # A stray process (before start-up, reconciliation attaches): follow it to its end.
+                    self._attach(job.job_id, job.gpu_uuids, handle)
+            else:  # nothing of it runs (e.g. between a lost worker and its resume)
+                finished = self._store.transition(
+                    job.job_id, JobState.CANCELLED, expected={JobState.CANCELLING}, reason="cancelled"
+                )
                 self._notify(job.job_id)
                 return finished or self._store.get(job.job_id)
         return self._store.get(job.job_id)
 
-    async def _kill_after_grace(self, pgid: int) -> None:
-        await asyncio.sleep(wp.TERM_GRACE_S)
-        if wp.group_alive(pgid):
-            log.warning("worker group %s ignored SIGTERM for %.0f s: sending SIGKILL", pgid, wp.TERM_GRACE_S)
-            wp.signal_group(pgid, signal.SIGKILL)
+    def _terminate(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        """SIGTERM to every process of the job now, SIGKILL to what is left after the grace period."""
+        wp.signal_job(self._job_dir(job_id), handle, signal.SIGTERM)
+        if job_id not in self._killers:
+            self._killers[job_id] = asyncio.get_running_loop().create_task(
+                self._kill_after_grace(job_id, handle), name=f"kill-{job_id}"
+            )
+
+    async def _kill_after_grace(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        try:
+            await asyncio.sleep(wp.TERM_GRACE_S)
+            job_dir = self._job_dir(job_id)
+            if wp.job_alive(job_dir, handle):
+                log.warning(
+                    "job %s ignored SIGTERM for %.0f s: sending SIGKILL to all its processes",
+                    job_id,
+                    wp.TERM_GRACE_S,
+                )
+                wp.signal_job(job_dir, handle, signal.SIGKILL)
+        finally:
+            self._killers.pop(job_id, None)
 
     async def watch(self, ref: str, after_seq: int) -> AsyncIterator[JobEvent]:
         """Stored events after ``after_seq``, then live ones, until the job is terminal."""
@@ -177,6 +240,9 @@ class JobManager:
                 if not self._store.events_after(job_id, seq, limit=1):
                     return
                 continue
+            if not self._accepting:
+                # End the stream now rather than hold the shutdown for the server's grace period.
+                raise _shutting_down(f"watch again with after_seq={seq} once it is back")
             await self._wait_change(job_id, 1.0)
 
     async def logs(self, ref: str, follow: bool) -> AsyncIterator[str]:
@@ -200,6 +266,8 @@ class JobManager:
                 if pending:
                     yield pending.decode("utf-8", errors="replace")
                 return
+            if not self._accepting:
+                raise _shutting_down("follow the logs again once it is back")
             await self._wait_change(job.job_id, 0.5)
 
     def export_files(self, ref: str) -> Iterator[tuple[str, Path]]:
@@ -253,61 +321,108 @@ class JobManager:
                     return
                 chosen = []
                 device = "cpu"
+            if wp.job_alive(self._job_dir(job.job_id), None):
+                # A process of its previous worker lingers (and holds its resources): starting
+                # another would give the job two workers. Strict FIFO: the queue waits with it.
+                if job.job_id not in self._blocked:
+                    self._blocked.add(job.job_id)
+                    log.warning("job %s waits for a process of its previous worker to end", job.job_id)
+                return
+            self._blocked.discard(job.job_id)
             self._launch(job, chosen, device)
 
+    def _job_dir(self, job_id: str) -> Path:
+        return self._settings.jobs_dir / job_id
+
+    def _stop_marker(self, job_id: str) -> Path:
+        return self._job_dir(job_id) / STOP_MARKER
+
     def _launch(self, job: Job, gpu_uuids: list[str], device: str) -> None:
+        job_dir = self._job_dir(job.job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        events_path = job_dir / "events.jsonl"
+        # A resumed job appends to the same event file: take what the dead worker left, and drop
+        # its half-written last line (no process of the job runs: the scheduler checked).
+        self._ingest(job.job_id)
+        wp.drop_partial_events(events_path, self._store.get(job.job_id).events_offset)
+        wp.forget_processes(job_dir)  # so that a crash from here on never sees an earlier leader
         running = self._store.transition(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
         if running is None:
             return  # cancelled meanwhile
-        job_dir = self._settings.jobs_dir / job.job_id
-        job_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._stop_marker(job.job_id).unlink()
         spec = {
-            **job.spec,
+            **running.spec,
             "job_id": job.job_id,
             "device": device,
-            "events_path": str(job_dir / "events.jsonl"),
+            "events_path": str(events_path),
         }
         spec_path = job_dir / "spec.json"
-        spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
         world = int(spec.get("world_size", 1))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
         try:
-            handle = wp.launch(spec_path, world, job_dir / "worker.log", env)
+            spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
+            handle = wp.launch(spec_path, world, job_dir / "worker.log", env, job_dir)
+        except wp.WorkerStillRunning as error:
+            self._recover(job.job_id, str(error), count=False)
+            return
         except OSError as error:
             self._store.transition(job.job_id, JobState.FAILED, reason=f"could not start the worker: {error}")
             self._notify(job.job_id)
             return
-        for uuid in gpu_uuids:
-            self._allocated[uuid] = job.job_id
-        if not gpu_uuids:
-            self._cpu_jobs.add(job.job_id)
-        self._store.set_worker(job.job_id, handle.pid, handle.started_at)
-        self._store.set_gpus(job.job_id, gpu_uuids or [])
-        self._notify(job.job_id)
+        # Follow it first: whatever happens to the bookkeeping below, the worker is supervised and
+        # its resources stay taken. (A restarted daemon finds it through worker.pids anyway.)
+        self._attach(job.job_id, gpu_uuids, handle)
+        try:
+            self._store.set_worker(job.job_id, handle.pid, handle.started_at)
+            self._store.set_gpus(job.job_id, gpu_uuids)
+        except CryptotuneError:
+            log.exception("could not record the worker of job %s", job.job_id)
         log.info("job %s started (pid %s, %s, world size %s)", job.job_id, handle.pid, device, world)
-        self._follow(job.job_id, handle)
 
-    def _follow(self, job_id: str, handle: wp.WorkerHandle) -> None:
+    def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
+        """Takes the job's resources and follows its worker until no process of it remains."""
+        for uuid in gpu_uuids:
+            self._allocated[uuid] = job_id
+        if not gpu_uuids:
+            self._cpu_jobs.add(job_id)
+        self._handles[job_id] = handle
+        self._notify(job_id)
         self._supervisors[job_id] = asyncio.get_running_loop().create_task(
             self._supervise(job_id, handle), name=f"supervise-{job_id}"
         )
 
-    async def _supervise(self, job_id: str, handle: wp.WorkerHandle) -> None:
+    async def _supervise(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        job_dir = self._job_dir(job_id)
         try:
-            while wp.is_alive(handle):
-                self._ingest(job_id)
+            # Without a known leader (the daemon died between launch and recording it) the job
+            # lock, held by every process of the worker, says when it is over.
+            while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
+                self._ingest_safely(job_id)
                 await asyncio.sleep(POLL_S)
-            # Stragglers (dataloader children, torchrun ranks) hold GPUs too: wait for the group.
-            deadline = time.monotonic() + wp.TERM_GRACE_S
-            while wp.group_alive(handle.pid):
-                if time.monotonic() > deadline:
-                    wp.signal_group(handle.pid, signal.SIGKILL)
-                await asyncio.sleep(POLL_S)
-            self._ingest(job_id)
-            self._finish(job_id, wp.exit_code(handle.pid))
+            # Stragglers (dataloader children, torchrun ranks in sessions of their own, ranks
+            # orphaned by a killed torchrun) hold GPUs too: end them and wait until none remains.
+            if wp.job_alive(job_dir, handle):
+                wp.signal_job(job_dir, handle, signal.SIGTERM)
+                deadline = time.monotonic() + wp.TERM_GRACE_S
+                while wp.job_alive(job_dir, handle):
+                    self._ingest_safely(job_id)
+                    if time.monotonic() > deadline:
+                        wp.signal_job(job_dir, handle, signal.SIGKILL)
+                    await asyncio.sleep(POLL_S)
+            code = wp.exit_code(handle.pid) if handle is not None else None
+            while True:
+                try:
+                    self._ingest(job_id)
+                    self._finish(job_id, code)
+                    break
+                except CryptotuneError:  # e.g. a full state disk: the verdict must not be lost
+                    log.exception("could not record the end of job %s (will retry)", job_id)
+                    await asyncio.sleep(5 * POLL_S)
         finally:
             self._release(job_id)
             self._supervisors.pop(job_id, None)
+            self._handles.pop(job_id, None)
             self._wakeup.set()
 
     def _release(self, job_id: str) -> None:
@@ -317,14 +432,24 @@ class JobManager:
 
     def _ingest(self, job_id: str) -> None:
         job = self._store.get(job_id)
-        path = self._settings.jobs_dir / job_id / "events.jsonl"
+        if job.is_terminal:
+            return
+        path = self._job_dir(job_id) / "events.jsonl"
         events, offset = wp.read_new_events(path, job.events_offset)
         if events:
-            self._store.ingest_worker_events(job_id, events, offset)
+            self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)
             self._notify(job_id)
 
+    def _ingest_safely(self, job_id: str) -> None:
+        # A failing ingest (full disk) must not end the supervisor: it would free the job's GPUs
+        # while its worker still runs. The events stay in the file and are taken next time.
+        try:
+            self._ingest(job_id)
+        except Exception:
+            log.exception("could not ingest the events of job %s (will retry)", job_id)
+
     def _outcome(self, job_id: str) -> tuple[bool, str]:
-        """(has a result event, failure reason from a failed event or "")."""
+        """(has a result event, failure reason from a failed event or "") of the latest run."""
         seq, result, reason = 0, False, ""
         while batch := self._store.events_after(job_id, seq, limit=1000):
             for event in batch:
@@ -333,41 +458,51 @@ class JobManager:
                     result = True
                 elif event.type == "failed":
                     reason = str(event.data.get("reason", "")) or reason
+                elif event.type == "state" and event.data.get("state") == JobState.QUEUED.value:
+                    result, reason = False, ""  # a resume: only what came after counts
         return result, reason
 
     def _finish(self, job_id: str, code: int | None) -> None:
-        job = self._store.get(job_id)
-        if job.is_terminal:
-            return
-        has_result, reason = self._outcome(job_id)
-        if job.state == JobState.CANCELLING:
-            target, why = JobState.CANCELLED, "cancelled by user"
-        elif (code == 0 or code is None) and (has_result or job.dry_run) and not reason:
-            target, why = JobState.SUCCEEDED, ""
-        else:
-            target = JobState.FAILED
-            why = reason or _describe_exit(code)
-        self._store.set_worker(job_id, None, None)
-        self._store.transition(job_id, target, reason=why)
-        self._notify(job_id)
-        log.info("job %s %s%s", job_id, target.value, f": {why}" if why else "")
+        """Records the verdict once no process of the job remains."""
+        for _ in range(5):  # compare-and-set: a cancel may land in between; then decide again
+            job = self._store.get(job_id)
+            if job.is_terminal:
+                return
+            has_result, reason = self._outcome(job_id)
+            if job.state == JobState.CANCELLING:
+                target, why = JobState.CANCELLED, "cancelled by user"
+            elif has_result and not reason:
+                # The adapter and report are written before `result`: a crash after it loses nothing.
+                target, why = JobState.SUCCEEDED, ""
+            elif job.dry_run and code == 0 and not reason:
+                target, why = JobState.SUCCEEDED, ""
+            elif reason:
+                target, why = JobState.FAILED, reason
+            else:
+                if self._recover(job_id, _describe_exit(code, job.pipeline_id), count=True):
+                    return
+                continue
+            self._store.set_worker(job_id, None, None)
+            if self._store.transition(job_id, target, expected={job.state}, reason=why) is not None:
+                self._notify(job_id)
+                log.info("job %s %s%s", job_id, target.value, f": {why}" if why else "")
+                return
 
-    async def _reconcile(self, job: Job) -> None:
+    def _reconcile(self, job: Job) -> None:
         """Picks up a job a previous daemon left unfinished."""
         if job.state == JobState.QUEUED:
             return
-        handle = (
-            wp.WorkerHandle(job.worker_pid, job.worker_started_at)
-            if job.worker_pid and job.worker_started_at
-            else None
-        )
-        if handle is not None and wp.is_alive(handle):
-            log.info("reattaching to job %s (worker pid %s)", job.job_id, handle.pid)
-            for uuid in job.gpu_uuids:
-                self._allocated[uuid] = job.job_id
-            if not job.gpu_uuids:
-                self._cpu_jobs.add(job.job_id)
-            self._follow(job.job_id, handle)
+        job_dir = self._job_dir(job.job_id)
+        handle = _db_handle(job) or wp.recorded_leader(job_dir)
+        if (handle is not None and wp.is_alive(handle)) or wp.job_alive(job_dir, handle):
+            log.info("reattaching to job %s (worker pid %s)", job.job_id, handle.pid if handle else "?")
+            if handle is not None and job.worker_pid != handle.pid:
+                self._store.set_worker(job.job_id, handle.pid, handle.started_at)
+            with contextlib.suppress(FileNotFoundError):
+                self._stop_marker(job.job_id).unlink()
+            if job.state == JobState.CANCELLING:
+                self._terminate(job.job_id, handle)  # the cancel may not have reached it
+            self._attach(job.job_id, job.gpu_uuids, handle)
             return
         self._ingest(job.job_id)
         has_result, reason = self._outcome(job.job_id)
@@ -377,29 +512,68 @@ class JobManager:
             self._store.transition(job.job_id, JobState.SUCCEEDED)
         elif reason:
             self._store.transition(job.job_id, JobState.FAILED, reason=reason)
+        elif job.state == JobState.RECOVERING:
+            self._recover(job.job_id, "resuming an interrupted recovery", count=False)  # counted before
+        elif handle is None:
+            self._recover(job.job_id, "the daemon stopped before the worker started", count=False)
+        elif self._stopped_by_daemon(job.job_id, handle):
+            self._recover(job.job_id, "the daemon was stopped while the job ran", count=False)
         else:
-            self._recover(job)
+            self._recover(job.job_id, "the worker ended while the daemon was down", count=True)
+        self._notify(job.job_id)
 
-    def _recover(self, job: Job) -> None:
-        """A worker vanished without a verdict: resume it from its newest checkpoint, within budget."""
+    def _stopped_by_daemon(self, job_id: str, handle: wp.WorkerHandle) -> bool:
+        try:
+            marker = json.loads(self._stop_marker(job_id).read_text())
+            return bool(marker["pid"] == handle.pid and abs(marker["started_at"] - handle.started_at) < 2)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def _recover(self, job_id: str, why: str, *, count: bool) -> bool:
+        """A worker vanished without a verdict: resume the job from its newest checkpoint, within budget.
+
+        Args:
+            job_id: the job (RUNNING or RECOVERING; other states are left alone).
+            why: what happened, for the state events and the failure reason.
+            count: whether this was a real worker failure that uses up the retry budget.
+
+        Returns:
+            Whether the job was moved (False: its state changed meanwhile, e.g. a cancel).
+        """
+        job = self._store.get(job_id)
         if job.state == JobState.RUNNING:
-            moved = self._store.transition(job.job_id, JobState.RECOVERING, reason="worker lost")
-            if moved is None:
-                return
-        retries = self._store.increment_retries(job.job_id)
-        if retries > RETRY_BUDGET:
-            self._store.transition(
-                job.job_id,
-                JobState.FAILED,
-                reason=f"worker lost {retries} times; giving up (see 'cryptotune logs')",
+            moved = self._store.transition(
+                job_id, JobState.RECOVERING, expected={JobState.RUNNING}, reason=f"worker lost: {why}"
             )
-            return
-        spec = {**job.spec, "resume": {"output_dir": job.output_dir, "step": None}}
-        self._store.update_spec(job.job_id, spec)
-        self._store.set_worker(job.job_id, None, None)
-        self._store.transition(
-            job.job_id, JobState.QUEUED, reason=f"resuming from the newest checkpoint (retry {retries})"
+            if moved is None:
+                return False
+            job = moved
+            self._notify(job_id)
+        elif job.state != JobState.RECOVERING:
+            return False
+        retries = self._store.increment_retries(job_id) if count else job.retries
+        self._store.set_worker(job_id, None, None)
+        if retries > RETRY_BUDGET:
+            failed = self._store.transition(
+                job_id,
+                JobState.FAILED,
+                expected={JobState.RECOVERING},
+                reason=f"the worker was lost {retries} times; giving up after {RETRY_BUDGET} resumes "
+                f"(last time: {why})",
+            )
+            self._notify(job_id)
+            return failed is not None
+        self._store.update_spec(job_id, {**job.spec, "resume": {"output_dir": job.output_dir, "step": None}})
+        counted = f"retry {retries} of {RETRY_BUDGET}" if count else f"{why}; not counted as a retry"
+        queued = self._store.transition(
+            job_id,
+            JobState.QUEUED,
+            expected={JobState.RECOVERING},
+            reason=f"resuming from the newest verified checkpoint ({counted})",
         )
+        self._notify(job_id)
+        self._wakeup.set()
+        return queued is not None
 
     # -- notifications --------------------------------------------------------------------------
 
@@ -414,14 +588,28 @@ class JobManager:
             await asyncio.wait_for(event.wait(), timeout)
 
 
-def _describe_exit(code: int | None) -> str:
+def _shutting_down(hint: str) -> CryptotuneError:
+    return CryptotuneError(ErrorCode.RESOURCE_EXHAUSTED, f"the daemon is shutting down; {hint}")
+
+
+def _db_handle(job: Job) -> wp.WorkerHandle | None:
+    if job.worker_pid and job.worker_started_at:
+        return wp.WorkerHandle(job.worker_pid, job.worker_started_at)
+    return None
+
+
+def _describe_exit(code: int | None, ref: str) -> str:
     if code is None:
-        return "the worker exited without reporting a result; see 'cryptotune logs JOB'"
+        return f"the worker ended without reporting a result; see 'cryptotune logs {ref}'"
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the worker was killed by {name}{hint}; see 'cryptotune logs JOB'"
-    return f"the worker exited with code {code} without a reason; see 'cryptotune logs JOB'"
+        return f"the worker was killed by {name}{hint}; see 'cryptotune logs {ref}'"
+    if code > 128 and code - 128 in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # The worker turns these into a clean exit (128 + signal), but no cancel was asked for.
+        name = signal.Signals(code - 128).name
+        return f"the worker was stopped by {name} from outside the daemon; see 'cryptotune logs {ref}'"
+    return f"the worker exited with code {code} without a reason; see 'cryptotune logs {ref}'"
 
 
 def chunks_of(path: Path) -> Iterator[bytes]:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,6 +26,9 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 _TEMP_PREFIX = ".tmp-"
+# Test hook (tests/integration/test_recovery.py): "N" makes the worker SIGKILL itself once, midway
+# through writing the checkpoint of step N. Never set outside tests.
+TEST_CRASH_ENV = "CRYPTOTUNE_TEST_CRASH_IN_CHECKPOINT"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ def write_checkpoint(
     temp.mkdir()
     try:
         write_files(temp)
+        _test_crash_hook(output_dir, step, temp)
         files: dict[str, str] = {}
         for path in _files_under(temp):
             _fsync_path(path)
@@ -144,6 +149,17 @@ def write_checkpoint(
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return final
+
+
+def _test_crash_hook(output_dir: Path, step: int, partial: Path) -> None:
+    """Dies like a power cut after the files, before the manifest (once per output dir; tests only)."""
+    if os.environ.get(TEST_CRASH_ENV) != str(step):
+        return
+    marker = output_dir / f".test-crashed-in-checkpoint-{step}"
+    if marker.exists():
+        return
+    marker.write_text(str(partial), encoding="utf-8")  # tells the test which directory was left
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def verify_checkpoint(path: Path) -> tuple[CheckpointInfo | None, str]:

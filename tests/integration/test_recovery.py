@@ -1,0 +1,635 @@
+"""Crash recovery with a real daemon: kill -9, workers that outlive it, dead workers, crashes while a
+checkpoint is written, watchers that reconnect, SIGTERM (see docs/reliability.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from cryptotune import Client
+from cryptotune.errors import CryptotuneError, DaemonUnavailable
+from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.manager import RETRY_BUDGET, TEST_RECONCILE_DELAY_ENV
+from cryptotune_daemon.training.checkpoints import TEST_CRASH_ENV, verify_checkpoint
+from tests.integration.conftest import (
+    BIN,
+    RunningDaemon,
+    kill_job_workers,
+    short_tmp_dir,
+    start_daemon,
+)
+from tests.integration.test_jobs import wait_terminal, write_config, write_data
+
+SEED = int(os.environ.get("CRYPTOTUNE_TEST_SEED", "20240611"))
+WAIT_S = 240.0  # bound on any single wait for a job's progress
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored job event, read straight from the daemon's database."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+    ts: float
+
+
+class Harness:
+    """One state dir whose daemon a test kills and restarts; cleans up every process it leaves."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.address = f"unix://{self.state_dir}/d.sock"
+        self.daemon: RunningDaemon | None = None
+
+    # -- the daemon ------------------------------------------------------------------------------
+
+    def start(self, env: dict[str, str] | None = None) -> RunningDaemon:
+        assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
+        self.daemon = start_daemon(self.state_dir, env=env)
+        return self.daemon
+
+    def start_observing_health(self, env: dict[str, str]) -> list[str]:
+        """Starts the daemon and returns every health status it answered until SERVING."""
+        assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
+        log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [str(BIN / "cryptotuned"), "--state-dir", str(self.state_dir), "--listen", self.address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            )
+        self.daemon = RunningDaemon(process, self.state_dir, self.address, log_path)
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        with Client(self.address) as client:
+            while time.monotonic() < deadline and process.poll() is None:
+                with contextlib.suppress(DaemonUnavailable):
+                    status = client.ping(timeout=1.0)
+                    if not seen or seen[-1] != status:
+                        seen.append(status)
+                    if status == "SERVING":
+                        return seen
+                time.sleep(0.05)
+        raise AssertionError(f"the daemon never became SERVING (saw {seen}):\n{self.log()}")
+
+    def kill9(self) -> None:
+        assert self.daemon is not None
+        self.daemon.process.kill()
+        self.daemon.process.wait(timeout=10)
+
+    def sigterm(self, timeout: float, during: Callable[[], None] | None = None) -> tuple[int, float]:
+        """SIGTERM to the daemon (then runs ``during``); returns its exit code and time to exit."""
+        assert self.daemon is not None
+        started = time.monotonic()
+        self.daemon.process.send_signal(signal.SIGTERM)
+        if during is not None:
+            during()
+        try:
+            code = self.daemon.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.daemon.process.kill()
+            self.daemon.process.wait(timeout=10)
+            raise AssertionError(f"the daemon did not exit within {timeout} s of SIGTERM") from None
+        return code, time.monotonic() - started
+
+    def client(self) -> Client:
+        return Client(self.address)
+
+    def log(self) -> str:
+        path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- the store, read directly (works while the daemon is down) ---------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.state_dir / "jobs.sqlite3", timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def job_row(self, job_id: str) -> dict[str, Any]:
+        with contextlib.closing(self._db()) as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        assert row is not None, f"job {job_id} is gone from the store"
+        return dict(row)
+
+    def forget_worker_in_db(self, job_id: str) -> None:
+        """What a daemon killed between starting a worker and storing its pid leaves behind."""
+        assert self.daemon is None or self.daemon.process.poll() is not None
+        with contextlib.closing(self._db()) as conn, conn:
+            conn.execute(
+                "UPDATE jobs SET worker_pid = NULL, worker_started_at = NULL WHERE job_id = ?", (job_id,)
+            )
+
+    def events(self, job_id: str) -> list[Event]:
+        with contextlib.closing(self._db()) as conn:
+            rows = conn.execute(
+                "SELECT seq, type, data_json, ts FROM events WHERE job_id = ? ORDER BY seq", (job_id,)
+            ).fetchall()
+        return [Event(r["seq"], r["type"], json.loads(r["data_json"]), r["ts"]) for r in rows]
+
+    def wait_events(
+        self, job_id: str, done: Callable[[list[Event]], bool], what: str, timeout: float = WAIT_S
+    ) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.events(job_id)
+            if done(events):
+                return events
+            if any(e.type == "state" and e.data["state"] in ("failed", "cancelled") for e in events):
+                raise AssertionError(f"job ended while waiting for {what}: {describe(events)}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-3000:]}")
+
+    # -- the job's processes ---------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.state_dir / "jobs" / job_id
+
+    def processes(self, job_id: str) -> list[psutil.Process]:
+        """Every live process of the job: recorded ones, the leader's descendants, its environment."""
+        job_dir = self.job_dir(job_id)
+        found: dict[int, psutil.Process] = {}
+        for handle in wp.live_processes(job_dir):
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(handle.pid)
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        for proc in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(wp.JOB_DIR_ENV) == str(job_dir):
+                    found[proc.pid] = proc
+        return [p for p in found.values() if alive(p)]
+
+    def kill_job(self, job_id: str) -> int:
+        """SIGKILLs every process of the job (a crash that takes the workers too); returns how many."""
+        victims = self.processes(job_id)
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in victims), "SIGKILLed processes did not die"
+        return len(victims)
+
+    def close(self) -> None:
+        if self.daemon is not None and self.daemon.process.poll() is None:
+            self.daemon.process.kill()
+            self.daemon.process.wait(timeout=10)
+        jobs = self.state_dir / "jobs"
+        if jobs.is_dir():
+            for job_dir in jobs.iterdir():
+                with contextlib.suppress(Exception):
+                    self.kill_job(job_dir.name)
+        kill_job_workers(self.state_dir)
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    root = short_tmp_dir()
+    running = Harness(root)
+    try:
+        yield running
+    finally:
+        running.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def describe(events: list[Event]) -> str:
+    return ", ".join(
+        f"{e.type}:{e.data.get('state') or e.data.get('step') or e.data.get('stage') or ''}" for e in events
+    )
+
+
+def progress_max(events: list[Event]) -> int:
+    return max((int(e.data["step"]) for e in events if e.type == "progress"), default=0)
+
+
+def checkpoints(events: list[Event]) -> list[int]:
+    return [int(e.data["step"]) for e in events if e.type == "checkpoint"]
+
+
+def states(events: list[Event]) -> list[str]:
+    return [str(e.data["state"]) for e in events if e.type == "state"]
+
+
+def check_runs(events: list[Event], total: int, save_steps: int) -> list[list[int]]:
+    """Checks the steps of every run of a job (a run begins at each RUNNING) and returns them.
+
+    Within a run steps are consecutive; the first run starts at 1; a resumed run starts right after
+    a checkpoint (a multiple of save_steps) no older than the newest one announced before it and
+    no newer than the last step trained; the last run ends at ``total``; together they cover 1..total.
+    """
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), "event seqs must be gap-free"
+    runs: list[list[int]] = []
+    announced: list[list[int]] = []  # checkpoints announced before each run began
+    for event in events:
+        if event.type == "state" and event.data["state"] == "running":
+            runs.append([])
+            announced.append(checkpoints(events[: event.seq]))
+        elif event.type == "progress":
+            assert runs, "progress before the job ran"
+            runs[-1].append(int(event.data["step"]))
+    trained = [run for run in runs if run]
+    assert trained, describe(events)
+    highest = 0
+    for index, run in enumerate(runs):
+        if not run:
+            continue
+        start = run[0]
+        assert run == list(range(start, start + len(run))), f"run {index} repeats or skips a step: {run}"
+        if highest == 0:
+            assert start == 1, f"the first run starts at step {start}"
+        else:
+            resumed_from = start - 1
+            assert resumed_from % save_steps == 0, f"run {index} resumed from {resumed_from}: no checkpoint"
+            assert max(announced[index], default=0) <= resumed_from <= highest, (
+                f"run {index} resumed from {resumed_from}; "
+                f"checkpoints {announced[index]}, trained to {highest}"
+            )
+        highest = max(highest, run[-1])
+    assert trained[-1][-1] == total, f"the last run ended at {trained[-1][-1]}, not {total}"
+    assert sorted({s for run in trained for s in run}) == list(range(1, total + 1))
+    return runs
+
+
+def job_files(root: Path, *, steps: int, save_steps: int, records: int = 24) -> tuple[Path, Path]:
+    return (
+        write_data(root / "data.jsonl", count=records),
+        write_config(root / "config.yaml", max_steps=steps, save_steps=save_steps),
+    )
+
+
+def report_of(out: Path) -> dict[str, Any]:
+    report = json.loads((out / "report.json").read_text())
+    assert isinstance(report, dict)
+    return report
+
+
+def same_process(pid: int, started_at: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started_at) < 2 and alive(proc)
+    except psutil.Error:
+        return False
+
+
+# -- 1. kill -9 at random moments -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_repeated_kill_9_of_the_daemon_loses_and_repeats_nothing(harness: Harness) -> None:
+    """Seeded kill -9 of the daemon at random moments; once the crash takes the worker too."""
+    rng = random.Random(SEED)
+    total, save = 12, 2
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    out = harness.root / "out"
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=out, pipeline_id="kill9", request_id="kill9-request")
+
+    # Killed right after acknowledging the job (queued or being launched): it must survive.
+    harness.kill9()
+    assert harness.job_row(job.job_id)["state"] in ("queued", "running")
+    seen = harness.start_observing_health({TEST_RECONCILE_DELAY_ENV: "1.5"})
+    assert seen[0] == "NOT_SERVING" and seen[-1] == "SERVING", f"health during reconciliation: {seen}"
+
+    killed_workers = 0
+    for round_ in range(3):
+        time.sleep(rng.uniform(1.0, 6.0))
+        harness.kill9()
+        if round_ == 1:
+            # A crash that takes the workers with it (power cut, OOM of the whole unit): resume.
+            killed_workers = harness.kill_job(job.job_id)
+        harness.start()
+
+    with harness.client() as client:
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded", (
+            client.get_job(job.job_id).failure_reason + harness.log()[-3000:]
+        )
+        again = client.submit(data, config, output_dir=out, pipeline_id="kill9", request_id="kill9-request")
+        assert again.job_id == job.job_id, "a retried submit must return the acknowledged job"
+        assert [j.job_id for j in client.list_jobs() if j.pipeline_id == "kill9"] == [job.job_id]
+    events = harness.events(job.job_id)
+    runs = check_runs(events, total, save)
+    assert report_of(out)["steps"] == total
+    # Each run of the worker is announced by exactly one init stage (started or restored).
+    inits = [e for e in events if e.type in ("stage_started", "stage_skipped") and e.data["stage"] == "init"]
+    assert len(inits) == len(runs), describe(events)
+    # Daemon restarts do not use up the retry budget; the one crash that took the worker does.
+    assert harness.job_row(job.job_id)["retries"] == (1 if killed_workers else 0)
+
+
+# -- 2 and 5. workers outlive a daemon crash and are reattached; watchers resume with after_seq --------
+
+
+class Follower(threading.Thread):
+    """A client that follows a job and, when a daemon restart cuts its stream, watches again from the
+    last seq it has (as ``cryptotune watch --since`` does)."""
+
+    def __init__(self, harness: Harness, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.harness, self.job_id = harness, job_id
+        self.seqs: list[int] = []
+        self.last_state = ""
+        self.resumed_streams = 0  # streams opened with after_seq > 0 that delivered events
+        self.log: list[str] = []
+
+    def wait_caught_up(self) -> None:
+        """Until this follower has every event stored so far (its stream is live again)."""
+        deadline = time.monotonic() + 30
+        while not self.seqs or self.seqs[-1] < self.harness.events(self.job_id)[-1].seq:
+            assert time.monotonic() < deadline, f"the follower lags: {self.log}"
+            time.sleep(0.05)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            after = self.seqs[-1] if self.seqs else 0
+            try:
+                with self.harness.client() as client:
+                    for event in client.watch(self.job_id, after_seq=after):
+                        if after and event.seq == after + 1:
+                            self.resumed_streams += 1
+                        self.seqs.append(event.seq)
+                        if event.type == "state":
+                            self.last_state = str(event.data["state"])
+                if self.last_state in ("succeeded", "failed", "cancelled"):
+                    return  # the stream ended with the job
+                self.log.append(f"after {after}: the stream ended before the job did")
+                time.sleep(0.2)
+            except CryptotuneError as error:  # cut by the crash, or nothing listens yet
+                self.log.append(f"after {after}: {type(error).__name__}")
+                time.sleep(0.2)
+
+
+def test_a_crashed_daemon_reattaches_to_its_live_worker_and_watchers_resume(harness: Harness) -> None:
+    total, save = 8, 4
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=harness.root / "out", pipeline_id="reattach")
+    follower = Follower(harness, job.job_id)
+    follower.start()
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 2, "step 2")
+    row = harness.job_row(job.job_id)
+    pid, started_at = int(row["worker_pid"]), float(row["worker_started_at"])
+
+    follower.wait_caught_up()
+    harness.kill9()
+    assert same_process(pid, started_at), "the worker must outlive the daemon"
+    time.sleep(1.5)  # it keeps training and writing events while no daemon runs
+    harness.start()
+    assert harness.job_row(job.job_id)["worker_pid"] == pid
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 5, "step 5")
+    follower.wait_caught_up()
+
+    # Again, as if the daemon had died between starting the worker and storing its pid: the job
+    # lock and worker.pids still lead the new daemon to it, and it must not start a second one.
+    harness.kill9()
+    harness.forget_worker_in_db(job.job_id)
+    harness.start()
+    assert harness.job_row(job.job_id)["worker_pid"] == pid
+
+    with harness.client() as client:
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded"
+    events = harness.events(job.job_id)
+    runs = check_runs(events, total, save)
+    assert runs == [list(range(1, total + 1))], "one uninterrupted run"
+    assert "recovering" not in states(events)
+    leaders = [h.pid for h, role in wp._recorded(harness.job_dir(job.job_id)) if role == "leader"]
+    assert leaders == [pid], "exactly one worker was ever started"
+    assert not same_process(pid, started_at)
+    assert harness.job_row(job.job_id)["retries"] == 0
+
+    # Both crashes cut the follower's stream; resuming after its last seq lost and repeated nothing.
+    follower.join(timeout=30)
+    assert not follower.is_alive()
+    assert follower.resumed_streams == 2, follower.log
+    assert not [line for line in follower.log if "ended before" in line], follower.log
+    assert follower.seqs == [e.seq for e in events], "exactly the stored events, each once"
+    assert follower.last_state == "succeeded"
+
+
+# -- 3. a dead worker is resumed from its newest checkpoint, within a budget ---------------------------
+
+
+def test_a_killed_worker_is_resumed_from_its_newest_checkpoint(harness: Harness) -> None:
+    total, save = 6, 2
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    out = harness.root / "out"
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=out, pipeline_id="killed-worker")
+    before = harness.wait_events(
+        job.job_id,
+        lambda evs: bool(checkpoints(evs)) and max(checkpoints(evs)) >= 4 and progress_max(evs) > 4,
+        "a checkpoint at step 4 and a step after it",
+    )
+    victims = harness.processes(job.job_id)
+    assert victims
+    os.killpg(int(harness.job_row(job.job_id)["worker_pid"]), signal.SIGKILL)
+
+    with harness.client() as client:
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded", client.get_job(
+            job.job_id
+        ).failure_reason
+    assert not any(alive(p) for p in victims)
+    events = harness.events(job.job_id)
+    lost = [e for e in events if e.type == "state" and e.data["state"] == "recovering"]
+    assert len(lost) == 1 and "SIGKILL" in lost[0].data["reason"], describe(events)
+    assert states(events)[-4:] == ["recovering", "queued", "running", "succeeded"]
+    runs = check_runs(events, total, save)
+    resumed = [run for run in runs if run][-1][0] - 1
+    assert resumed >= max(checkpoints(before)), "resumed from an older checkpoint than the newest"
+    assert report_of(out)["resumed_from_step"] == resumed
+    assert harness.job_row(job.job_id)["retries"] == 1
+
+
+def test_a_worker_lost_more_often_than_the_budget_fails_with_a_reason(harness: Harness) -> None:
+    data, config = job_files(harness.root, steps=4, save_steps=2, records=8)
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=harness.root / "out", pipeline_id="doomed")
+        killed: list[int] = []
+        deadline = time.monotonic() + WAIT_S
+        while not client.get_job(job.job_id).terminal:
+            assert time.monotonic() < deadline, f"still {client.get_job(job.job_id).state}"
+            pid = harness.job_row(job.job_id)["worker_pid"]
+            if pid and pid not in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            time.sleep(0.1)
+        final = client.get_job(job.job_id)
+    assert final.state == "failed"
+    assert f"lost {RETRY_BUDGET + 1} times" in final.failure_reason, final.failure_reason
+    assert "SIGKILL" in final.failure_reason
+    assert len(killed) == RETRY_BUDGET + 1
+    assert states(harness.events(job.job_id)).count("recovering") == RETRY_BUDGET + 1
+
+
+# -- 4. a crash while a checkpoint is written ---------------------------------------------------------
+
+
+def test_a_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(harness: Harness) -> None:
+    total, save = 4, 2
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    out = harness.root / "out"
+    harness.start(env={TEST_CRASH_ENV: "4"})  # the worker SIGKILLs itself halfway through step 4's
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=out, pipeline_id="torn-checkpoint")
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded", client.get_job(
+            job.job_id
+        ).failure_reason
+    partial = Path((out / ".test-crashed-in-checkpoint-4").read_text())
+    assert partial.name.startswith(".tmp-step-000004"), "the crash happened inside the checkpoint write"
+    events = harness.events(job.job_id)
+    lost = next(e.seq for e in events if e.type == "state" and e.data["state"] == "recovering")
+    assert checkpoints(events[:lost]) == [2], "step 4's checkpoint was never completed"
+    assert checkpoints(events[lost:]) == [4]
+    runs = [run for run in check_runs(events, total, save) if run]
+    assert runs == [[1, 2, 3, 4], [3, 4]]
+    assert report_of(out)["resumed_from_step"] == 2
+    root = out / "checkpoints"
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")], "leftovers were cleaned"
+    assert all(verify_checkpoint(p)[0] is not None for p in root.iterdir())
+
+
+# -- 7. SIGTERM -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_daemon_promptly_and_loses_no_job(harness: Harness) -> None:
+    total, save = 10, 2
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    out = harness.root / "out"
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=out, pipeline_id="sigterm")
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 2, "step 2")
+    row = harness.job_row(job.job_id)
+    pid, started_at = int(row["worker_pid"]), float(row["worker_started_at"])
+
+    # A follower is connected: it must not hold the shutdown up.
+    ended: list[BaseException] = []
+
+    def follow() -> None:
+        with harness.client() as client:
+            try:
+                for _ in client.watch(job.job_id):
+                    pass
+            except CryptotuneError as error:
+                ended.append(error)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(0.5)
+    refused: list[BaseException] = []
+
+    def submit_during_shutdown() -> None:
+        with harness.client() as client:
+            try:
+                client.submit(data, config, output_dir=harness.root / "late", pipeline_id="late")
+            except CryptotuneError as error:
+                refused.append(error)
+
+    code, seconds = harness.sigterm(timeout=15, during=submit_during_shutdown)
+    assert code == 0 and seconds < 15
+    follower.join(timeout=5)
+    assert ended and not follower.is_alive()
+    assert refused, "a submission during shutdown must be refused"
+    assert same_process(pid, started_at), "outside systemd the worker keeps training"
+
+    harness.start()
+    assert harness.job_row(job.job_id)["worker_pid"] == pid, "reattached, not relaunched"
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 5, "step 5")
+
+    # Under systemd, KillMode=mixed ends the workers once the daemon has exited: the job resumes.
+    code, seconds = harness.sigterm(timeout=15)
+    assert code == 0 and seconds < 15
+    assert harness.kill_job(job.job_id) > 0
+    harness.start()
+    with harness.client() as client:
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded"
+        assert [j.pipeline_id for j in client.list_jobs()] == ["sigterm"]
+    events = harness.events(job.job_id)
+    runs = [run for run in check_runs(events, total, save) if run]
+    assert len(runs) == 2
+    assert report_of(out)["resumed_from_step"] == runs[1][0] - 1
+    resumed = next(e for e in events if e.type == "state" and e.data["state"] == "queued" and e.seq > 1)
+    assert "not counted" in resumed.data["reason"]
+    assert harness.job_row(job.job_id)["retries"] == 0, "daemon restarts do not use the retry budget"
+
+
+# -- the job lock ---------------------------------------------------------------------------------------
+
+
+def test_the_job_lock_refuses_a_second_worker_until_every_process_is_gone(tmp_path: Path) -> None:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    # A worker process that forks a child and dies: the child (a dataloader, say) still holds the lock.
+    script = (
+        "import os, time\n"
+        "from cryptotune_daemon.jobs.worker_process import join_job\n"
+        "join_job()\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(120)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, wp.JOB_DIR_ENV: str(job_dir)}
+    worker = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not wp.live_processes(job_dir):
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+        assert wp.lock_held(job_dir) and wp.job_alive(job_dir, None)
+        with pytest.raises(wp.WorkerStillRunning):
+            wp.launch(job_dir / "spec.json", 1, job_dir / "worker.log", env, job_dir)
+        assert not (job_dir / "worker.log").exists(), "nothing was started"
+
+        worker.kill()
+        worker.wait(timeout=10)
+        assert wp.job_alive(job_dir, None), "the forked child still holds the job"
+        with pytest.raises(wp.WorkerStillRunning):
+            wp.launch(job_dir / "spec.json", 1, job_dir / "worker.log", env, job_dir)
+
+        wp.signal_job(job_dir, None, signal.SIGKILL)  # finds the orphan by its environment
+        deadline = time.monotonic() + 10
+        while wp.job_alive(job_dir, None):
+            assert time.monotonic() < deadline, "the orphan survived"
+            time.sleep(0.05)
+        assert not wp.lock_held(job_dir)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        wp.signal_job(job_dir, None, signal.SIGKILL)
