@@ -64,6 +64,7 @@ class JobManager:
         self._blocked: set[str] = set()
         self._scheduler: asyncio.Task[None] | None = None
         self._accepting = True
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -80,6 +81,7 @@ class JobManager:
             except Exception:  # one broken job must not keep the daemon from serving the others
                 log.exception("could not reconcile job %s", job.job_id)
         self._reconciled = True
+        self._loop = asyncio.get_running_loop()
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="scheduler")
         self._wakeup.set()
 
@@ -112,6 +114,21 @@ class JobManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _wake_from_any_thread(self) -> None:
+        # submit() runs in a worker thread (the servicer keeps YAML parsing off the event loop), and
+        # asyncio.Event is not thread-safe: hand the wake-up to the loop.
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
     def owners(self) -> dict[str, str]:
         """Which job owns each allotted GPU (uuid → job id)."""
         return dict(self._allocated)
@@ -140,7 +157,7 @@ class JobManager:
             dry_run=request.dry_run,
             resumed_from=prepared.resumed_from,
         )
-        self._wakeup.set()
+        self._wake_from_any_thread()
         return job, existed
 
     def get(self, ref: str) -> Job:
