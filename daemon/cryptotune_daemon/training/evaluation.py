@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cryptotune_daemon.data.template import THINK_CLOSE
-from cryptotune_daemon.training.dataset import Example, collate
+from cryptotune_daemon.training.dataset import Example, collate, collate_packed
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.loss import per_example_loss_sums
 
@@ -63,6 +63,9 @@ def compute_eval_loss(
     pad_token_id: int,
     dist: DistContext,
     autocast: AutocastFactory = contextlib.nullcontext,
+    packing: bool = True,
+    row_tokens: int = 0,
+    single_row: bool = False,
 ) -> EvalLoss:
     """Eval loss over ``examples``, sharded over ranks and summed (every rank must call it).
 
@@ -73,6 +76,10 @@ def compute_eval_loss(
         pad_token_id: padding id for batches.
         dist: this rank's context.
         autocast: returns the mixed-precision context for forward passes.
+        packing: pack each batch padding-free (see
+            :func:`~cryptotune_daemon.training.dataset.collate_packed`) instead of padding it.
+        row_tokens: packed rows' capacity (0: the longest example of the batch).
+        single_row: pack into one unpadded row (FlashAttention's varlen layout).
     """
     was_training = model.training
     model.eval()
@@ -82,10 +89,19 @@ def compute_eval_loss(
     try:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
-            batch = {k: v.to(dist.device) for k, v in collate(chunk, pad_token_id).items()}
+            if packing:
+                cpu_batch = collate_packed(chunk, pad_token_id, row_tokens, single_row=single_row)
+            else:
+                cpu_batch = collate(chunk, pad_token_id)
+            batch = {k: v.to(dist.device) for k, v in cpu_batch.items()}
             with autocast():
                 loss_sums, token_counts = per_example_loss_sums(
-                    model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+                    model,
+                    batch["input_ids"],
+                    batch.get("attention_mask"),
+                    batch["labels"],
+                    position_ids=batch.get("position_ids"),
+                    sample_ids=batch.get("sample_ids"),
                 )
             for example, loss_sum, count in zip(
                 chunk, loss_sums.tolist(), token_counts.tolist(), strict=True

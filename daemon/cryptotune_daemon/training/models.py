@@ -203,17 +203,50 @@ def model_facts(source: ModelSource) -> ModelFacts:
     )
 
 
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def attention_implementation(device: torch.device, dtype: torch.dtype) -> str:
+    """``flash_attention_2`` on a CUDA device in half precision when flash-attn is installed, else ``sdpa``.
+
+    Packed batches work with both: SDPA gets a block-diagonal causal mask built from the restarting
+    position ids (attention cost per row grows with the row's square), FlashAttention's varlen
+    kernel gets the sample boundaries (cost per sample). flash-attn is optional and often missing
+    or built for another torch: any failure to find it means SDPA.
+    """
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    try:
+        from transformers.utils.import_utils import is_flash_attn_2_available
+
+        return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+    except Exception:  # a broken flash-attn install must not stop training
+        return "sdpa"
+
+
+def uses_varlen_attention(model: Any) -> bool:
+    """Whether ``model`` attends with FlashAttention (packed batches then go in as one unpadded row)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in VARLEN_ATTENTION
+
+
 def load_base_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> Any:
     """Loads the base causal LM in ``dtype`` on ``device`` (from the cache or directory only)."""
+    attention = attention_implementation(device, dtype)
     if source.kind == "builtin":
-        model = build_tiny_qwen3()
-    else:
-        from transformers import AutoModelForCausalLM
+        # Cast first: FlashAttention refuses a model that is still in fp32.
+        model = build_tiny_qwen3().to(device=device, dtype=dtype)
+        if attention != "sdpa":
+            model.set_attn_implementation(attention)
+        return model
+    from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source.path),
-            dtype=dtype,
-            trust_remote_code=source.trust_remote_code,
-            local_files_only=True,
-        )
+    auto: Any = AutoModelForCausalLM  # from_pretrained's wrapper is mistyped
+    model = auto.from_pretrained(
+        str(source.path),
+        dtype=dtype,
+        trust_remote_code=source.trust_remote_code,
+        local_files_only=True,
+        attn_implementation=attention,
+    )
     return model.to(device=device, dtype=dtype)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-from cryptotune_daemon.training.dataset import steps_per_epoch
+from cryptotune_daemon.training.dataset import packed_shape, steps_per_epoch
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS
 from cryptotune_daemon.training.models import ModelFacts
 
@@ -91,6 +91,30 @@ class PlanRequest:
     world_size: int = 1
     effective_batch_size: int = DEFAULT_EFFECTIVE_BATCH
     prefer_memory: bool = False
+    max_seq_length: int = 0
+    packing: bool = True
+    varlen_attention: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of one rank, in MB, by part (see :func:`estimate_memory`)."""
+
+    weights: int
+    lora_and_optimizer: int
+    activations: int
+    attention_mask: int
+    logits: int
+    overhead: int
+    total: int
+
+    def describe(self) -> str:
+        """One line for the plan: each part and the total."""
+        return (
+            f"weights {self.weights:,} + LoRA/grads/AdamW {self.lora_and_optimizer:,} + activations "
+            f"{self.activations:,} + attention mask {self.attention_mask:,} + logits {self.logits:,} "
+            f"+ overhead {self.overhead:,} = {self.total:,} MB"
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,12 @@ class Plan:
     memory_estimate_mb: int
     device: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    memory_budget_mb: int = 0
+    memory_breakdown: str = ""
+    packing: bool = True
+    packed_rows: int = 0
+    longest_row_tokens: int = 0
+    choice: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (persisted in ``pipeline_state.json`` for resumes)."""
@@ -142,6 +172,77 @@ def lora_parameter_count(facts: ModelFacts, rank: int, targets: tuple[str, ...])
     return per_layer * facts.num_layers
 
 
+def micro_batch_shape(
+    lengths_longest_first: list[int], micro_batch_size: int, *, packing: bool, max_seq_length: int
+) -> tuple[int, int]:
+    """``(rows, width)`` of the largest micro-batch: its ``micro_batch_size`` longest samples.
+
+    Packed, they fill rows of at most ``max_seq_length`` tokens (at least the longest sample) as
+    training packs them; padded, every sample is a row as wide as the longest.
+    """
+    chosen = lengths_longest_first[:micro_batch_size]
+    if not packing:
+        return len(chosen), chosen[0]
+    return packed_shape(chosen, max(max_seq_length, chosen[0]))
+
+
+def estimate_memory(
+    facts: ModelFacts,
+    *,
+    device: str,
+    rows: int,
+    width: int,
+    precision: str,
+    gradient_checkpointing: bool,
+    lora_parameters: int,
+    label_tokens: int | None = None,
+    varlen_attention: bool = False,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> MemoryEstimate:
+    """Peak memory of one rank for a micro-batch of ``rows × width`` tokens, by a deliberately simple model:
+
+    * base weights: ``P × b`` with ``b`` = 2 for bf16/fp16, 4 for fp32 (the frozen base is stored in
+      the training precision; LoRA adapters stay fp32);
+    * LoRA: ``L × 16`` (fp32 weight, gradient, and AdamW's two moments);
+    * activations, ``tokens = rows × width`` (padding included), with one layer's full activations
+      ``A = tokens × b × (12·hidden + 4·intermediate)`` (attention and MLP inputs/outputs kept for
+      backward): without checkpointing ``A × layers`` plus ``A`` for the gradients of the layer being
+      back-propagated; with checkpointing ``tokens × layers × b × hidden`` (one saved input per layer)
+      plus ``2 × A`` (one layer recomputed during backward, and its gradients);
+    * attention mask: SDPA gets a boolean ``rows × width × width`` mask (block-diagonal when packed,
+      padding when padded); FlashAttention's varlen kernel needs none;
+    * loss: logits exist only for one chunk of labelled tokens at a time, in fp32 with one temporary
+      of the same size (plus a half-precision copy for the gradient product in bf16/fp16);
+    * 10 % allocator slack plus a fixed overhead (CUDA context, kernels: 600 MB; CPU: 400 MB).
+
+    The budget it is compared with is 90 % of a GPU's memory, or 80 % of the available RAM shared
+    by the ranks on a CPU (:func:`detect_device`).
+    """
+    b = 4 if precision == "fp32" else 2
+    tokens = rows * width
+    labelled = tokens if label_tokens is None else label_tokens
+    full_layer = tokens * b * (12 * facts.hidden_size + 4 * facts.intermediate_size)
+    if gradient_checkpointing:
+        activations = tokens * facts.num_layers * b * facts.hidden_size + 2 * full_layer
+    else:
+        activations = full_layer * (facts.num_layers + 1)
+    mask = 0 if varlen_attention else rows * width * width
+    logits = min(labelled, chunk_tokens) * facts.vocab_size * (8 + (2 if b == 2 else 0))
+
+    def mb(value: float) -> int:
+        return math.ceil(value * 1.1 / MB)
+
+    parts = {
+        "weights": mb(facts.num_parameters * b),
+        "lora_and_optimizer": mb(lora_parameters * 16),
+        "activations": mb(activations),
+        "attention_mask": mb(mask),
+        "logits": mb(logits),
+        "overhead": _OVERHEAD_MB.get(device, 400),
+    }
+    return MemoryEstimate(**parts, total=sum(parts.values()))
+
+
 def estimate_memory_mb(
     facts: ModelFacts,
     *,
@@ -152,34 +253,17 @@ def estimate_memory_mb(
     gradient_checkpointing: bool,
     lora_parameters: int,
 ) -> int:
-    """Peak memory of one rank in MB, by a deliberately simple estimate (bytes per micro-step):
-
-    * base weights: ``P × b`` with ``b`` = 2 for bf16/fp16, 4 for fp32 (the frozen base is stored in
-      the training precision; LoRA adapters stay fp32);
-    * LoRA: ``L × 16`` (fp32 weight, gradient, and AdamW's two moments);
-    * activations, ``tokens = micro_batch × longest_sample``: without checkpointing
-      ``tokens × layers × b × (12·hidden + 4·intermediate)`` (attention and MLP inputs/outputs kept for
-      backward); with checkpointing ``tokens × layers × b × hidden`` (one saved input per layer) plus one
-      layer's full activations, recomputed during backward;
-    * loss: logits exist only for one chunk of labelled tokens at a time:
-      ``min(tokens, chunk) × vocab × 4 × 3`` (fp32 logits, softmax and its gradient);
-    * 10 % allocator slack plus a fixed overhead (CUDA context, kernels: 600 MB; CPU: 400 MB).
-
-    The budget it is compared with is 90 % of a GPU's memory, or 80 % of the available RAM shared
-    by the ranks on a CPU (:func:`detect_device`).
-    """
-    b = 4 if precision == "fp32" else 2
-    tokens = micro_batch_size * seq_len
-    weights = facts.num_parameters * b
-    lora = lora_parameters * 16
-    full_layer = tokens * b * (12 * facts.hidden_size + 4 * facts.intermediate_size)
-    if gradient_checkpointing:
-        activations = tokens * facts.num_layers * b * facts.hidden_size + full_layer
-    else:
-        activations = full_layer * facts.num_layers
-    logits = min(tokens, DEFAULT_CHUNK_TOKENS) * facts.vocab_size * 4 * 3
-    total = (weights + lora + activations + logits) * 1.1
-    return math.ceil(total / MB) + _OVERHEAD_MB.get(device, 400)
+    """Peak memory in MB of ``micro_batch_size`` padded samples of ``seq_len`` tokens (see
+    :func:`estimate_memory`)."""
+    return estimate_memory(
+        facts,
+        device=device,
+        rows=micro_batch_size,
+        width=seq_len,
+        precision=precision,
+        gradient_checkpointing=gradient_checkpointing,
+        lora_parameters=lora_parameters,
+    ).total
 
 
 def resolve_precision(device: DeviceInfo, fp16: bool | None, bf16: bool | None) -> tuple[str, list[str]]:
@@ -212,11 +296,14 @@ def plan_training(
     """Resolves every ``auto`` setting and computes the number of optimiser steps.
 
     The target effective batch is ``micro × accumulation × world`` when both are set, else
-    ``DEFAULT_EFFECTIVE_BATCH`` (16). Micro-batch (auto): the largest power of two (≤ 64, ≤ the
-    target per rank and accumulation step, ≤ samples per rank) whose estimate fits the budget.
-    Accumulation (auto): ``ceil(target / (micro × world))``, keeping the effective batch.
-    Gradient checkpointing (auto): on when ``lora.optimization_strategy`` is ``memory``; otherwise
-    off when a micro-batch of at least 4 (or all a rank's samples) fits without it, else on.
+    ``DEFAULT_EFFECTIVE_BATCH`` (16). Memory is estimated for the heaviest micro-batch: the
+    ``micro`` longest samples, packed into rows of at most ``max_seq_length`` tokens (or padded).
+    Micro-batch (auto): the largest power of two (≤ 64, ≤ the target per rank and accumulation
+    step, ≤ samples per rank) whose estimate fits the budget. Accumulation (auto):
+    ``ceil(target / (micro × world))``, keeping the effective batch. Gradient checkpointing (auto):
+    on when ``lora.optimization_strategy`` is ``memory``; otherwise off when a micro-batch of at
+    least 4 (or all a rank's samples) fits without it, else on. Precision: bf16 where supported,
+    else fp16, fp32 on CPUs (:func:`resolve_precision`).
 
     Raises:
         CryptotuneError: CONFIG_INVALID when there is nothing to train on.
@@ -225,20 +312,31 @@ def plan_training(
         raise CryptotuneError(ErrorCode.DATA_INVALID, "there are no training samples to plan for")
     world = max(request.world_size, 1)
     precision, notes = resolve_precision(device, request.fp16, request.bf16)
-    seq_len = max(train_lengths)
+    longest_first = sorted(train_lengths, reverse=True)
     lora = lora_parameter_count(facts, request.lora_rank, request.lora_target_modules)
     per_rank_samples = math.ceil(len(train_lengths) / world)
 
-    def estimate(micro: int, checkpointing: bool) -> int:
-        return estimate_memory_mb(
+    def shape(micro: int) -> tuple[int, int]:
+        return micro_batch_shape(
+            longest_first, micro, packing=request.packing, max_seq_length=request.max_seq_length
+        )
+
+    def breakdown(micro: int, checkpointing: bool) -> MemoryEstimate:
+        rows, width = shape(micro)
+        return estimate_memory(
             facts,
             device=device.kind,
-            micro_batch_size=micro,
-            seq_len=seq_len,
+            rows=rows,
+            width=width,
             precision=precision,
             gradient_checkpointing=checkpointing,
             lora_parameters=lora,
+            label_tokens=sum(longest_first[:micro]),
+            varlen_attention=request.varlen_attention,
         )
+
+    def estimate(micro: int, checkpointing: bool) -> int:
+        return breakdown(micro, checkpointing).total
 
     target = request.effective_batch_size
     if request.micro_batch_size is not None and request.gradient_accumulation_steps is not None:
@@ -247,32 +345,60 @@ def plan_training(
     per_micro = world * (request.gradient_accumulation_steps or 1)
     cap = max(1, min(MAX_AUTO_MICRO_BATCH, math.ceil(target / per_micro), per_rank_samples))
     candidates = [2**k for k in range(int(math.log2(cap)) + 1)]
+    budget = device.memory_budget_mb
 
     def largest_fitting(checkpointing: bool) -> int | None:
-        fitting = [m for m in candidates if estimate(m, checkpointing) <= device.memory_budget_mb]
+        fitting = [m for m in candidates if estimate(m, checkpointing) <= budget]
         return fitting[-1] if fitting else None
 
     checkpointing = request.gradient_checkpointing
     micro = request.micro_batch_size
+    why_checkpointing = "as configured"
     if checkpointing is None and request.prefer_memory:
-        checkpointing = True
+        checkpointing, why_checkpointing = True, "lora.optimization_strategy is memory"
     if checkpointing is None:
         if micro is not None:
-            checkpointing = estimate(micro, False) > device.memory_budget_mb
+            checkpointing = estimate(micro, False) > budget
+            why_checkpointing = (
+                f"micro-batch {micro} does not fit without it"
+                if checkpointing
+                else f"micro-batch {micro} fits without it"
+            )
         else:
             best = largest_fitting(False)
             checkpointing = best is None or best < min(MIN_MICRO_BATCH_WITHOUT_CHECKPOINTING, cap)
+            if best is None:
+                why_checkpointing = "not even micro-batch 1 fits without it"
+            elif checkpointing:
+                why_checkpointing = f"without it only micro-batch {best} fits"
+            else:
+                why_checkpointing = f"micro-batch {best} fits without it"
+    why_micro = "as configured"
     if micro is None:
-        micro = largest_fitting(checkpointing) or 1
+        fitting = largest_fitting(checkpointing)
+        micro = fitting or 1
+        why_micro = (
+            f"the largest power of two up to {cap} that fits"
+            if fitting
+            else "nothing fits: the smallest possible"
+        )
     accumulation = request.gradient_accumulation_steps or max(1, math.ceil(target / (micro * world)))
-    memory = estimate(micro, checkpointing)
-    if memory > device.memory_budget_mb:
+    memory = breakdown(micro, checkpointing)
+    rows, width = shape(micro)
+    if memory.total > budget:
         notes.append(
-            f"estimated memory {memory} MB exceeds the budget of {device.memory_budget_mb} MB "
+            f"estimated memory {memory.total} MB exceeds the budget of {budget} MB "
             f"on {device.name}; "
             "training may run out of memory: lower per_device_train_batch_size or max_seq_length"
             + ("" if checkpointing else ", or enable gradient_checkpointing")
         )
+    choice = (
+        f"micro-batch {micro} ({why_micro}) × accumulation {accumulation} × {world} process(es) = "
+        f"effective batch {micro * accumulation * world}; gradient checkpointing "
+        f"{'on' if checkpointing else 'off'} ({why_checkpointing}); {precision} "
+        f"({'the GPU' if device.kind == 'cuda' else 'CPUs train in fp32'}); "
+        f"estimated {memory.total:,} of {budget:,} MB on {device.name}"
+    )
     per_epoch = steps_per_epoch(len(train_lengths), micro, accumulation, world)
     if request.max_steps and request.max_steps > 0:
         total = request.max_steps
@@ -289,7 +415,13 @@ def plan_training(
         steps_per_epoch=per_epoch,
         epochs=round(total / per_epoch, 4),
         warmup_steps=math.ceil(request.warmup_ratio * total),
-        memory_estimate_mb=memory,
+        memory_estimate_mb=memory.total,
         device=device.kind,
         notes=tuple(notes),
+        memory_budget_mb=budget,
+        memory_breakdown=memory.describe(),
+        packing=request.packing,
+        packed_rows=rows,
+        longest_row_tokens=width,
+        choice=choice,
     )

@@ -18,17 +18,30 @@ import torch
 from torch import nn
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.training.allocator import retain_freed_memory
 from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
-from cryptotune_daemon.training.dataset import Example, collate, epoch_batches
+from cryptotune_daemon.training.dataset import (
+    Example,
+    collate,
+    collate_packed,
+    epoch_steps,
+    split_micro_batches,
+)
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
-from cryptotune_daemon.training.loss import LossModule
+from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, LossModule
+from cryptotune_daemon.training.models import uses_varlen_attention
+from cryptotune_daemon.training.oom import OomTestHook, TrainingOutOfMemory
 
 Emit = Callable[[str, Mapping[str, Any]], None]
 
 ADAPTER_SUBDIR = "adapter"
 TRAINER_STATE_FILE = "trainer_state.json"
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Version of the data order (:func:`~cryptotune_daemon.training.dataset.epoch_steps`, per optimiser
+# step). Checkpoints without it (1) were trained with length-grouped micro-batches and cannot be
+# continued exactly.
+DATA_ORDER = 2
 
 
 def precision_dtype(precision: str) -> torch.dtype:
@@ -42,6 +55,9 @@ class TrainerSettings:
 
     ``save_strategy``/``eval_strategy`` are ``steps``, ``epoch`` or ``no``; with ``no`` (or a
     non-positive interval) only the final checkpoint is written, and no eval runs mid-training.
+    ``packing`` (the default) feeds micro-batches padding-free, packed into rows of at most
+    ``max_seq_length`` tokens (0: as long as the longest sample); False pads each micro-batch to its
+    longest sample, the plain path kept for comparison. Both give the same loss on the same data.
     """
 
     learning_rate: float
@@ -66,6 +82,14 @@ class TrainerSettings:
     eval_steps: int = 0
     shuffle: bool = True
     eval_batch_size: int = 0
+    packing: bool = True
+    max_seq_length: int = 0
+    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one rank trains on per optimiser step (micro-batch × accumulation)."""
+        return self.micro_batch_size * self.gradient_accumulation_steps
 
 
 @dataclass
@@ -75,12 +99,14 @@ class TrainerState:
     Attributes:
         step: optimiser steps done.
         epoch: current epoch (0-based).
-        batch_in_epoch: micro-batches of ``epoch`` already consumed by this rank.
+        step_in_epoch: optimiser steps of ``epoch`` done: what a resume continues from.
+        batch_in_epoch: micro-batches of ``epoch`` consumed by this rank (informational: the
+            micro-batch size may change on an out-of-memory recovery, the steps do not).
         trained_tokens: label tokens trained on, over all ranks.
         loss_history: ``[step, loss]`` for every step.
         eval_history: ``[step, eval_loss]`` for every mid-training eval.
-        world_size, micro_batch_size, gradient_accumulation_steps, seed: the data-order inputs a
-            resume must share.
+        world_size, micro_batch_size, gradient_accumulation_steps, seed, data_order: the data-order
+            inputs a resume must share (micro-batch and accumulation only through their product).
     """
 
     step: int = 0
@@ -93,6 +119,8 @@ class TrainerState:
     micro_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     seed: int = 0
+    step_in_epoch: int = 0
+    data_order: int = 1
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -158,6 +186,7 @@ class LoraTrainer:
         dist: DistContext,
         pad_token_id: int,
         emit: Emit,
+        oom_test_hook: OomTestHook | None = None,
     ) -> None:
         self.base_model = base_model
         self.train_examples = list(train_examples)
@@ -173,8 +202,13 @@ class LoraTrainer:
             micro_batch_size=settings.micro_batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             seed=settings.seed,
+            data_order=DATA_ORDER,
         )
+        self.oom_test_hook = oom_test_hook
         self.resumed_from_step: int | None = None
+        # Label tokens trained and seconds spent by train() in this trainer (not counting a resume's past).
+        self.run_tokens = 0
+        self.run_seconds = 0.0
         self.model: Any = None
         self._loss_module: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -182,6 +216,9 @@ class LoraTrainer:
         self._scaler: torch.amp.GradScaler | None = None
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
         self._lengths = [e.length for e in self.train_examples]
+        longest = max(self._lengths, default=1)
+        self._row_tokens = max(settings.max_seq_length, longest)
+        self._single_row = False
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -196,6 +233,8 @@ class LoraTrainer:
 
         settings = self.settings
         seed_everything(settings.seed)  # LoRA init must not depend on what ran before
+        if self.dist.device.type == "cpu":
+            retain_freed_memory()  # every step would page-fault its activations in again otherwise
         if settings.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs; input grads are still enabled
             # because peft's reentrant fallbacks need them.
@@ -222,7 +261,9 @@ class LoraTrainer:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.model = peft.get_peft_model(self.base_model, lora_config)
         self.model.train()
-        loss_module: nn.Module = LossModule(self.model)
+        # FlashAttention's varlen kernel reads sample boundaries only from a batch of one row.
+        self._single_row = uses_varlen_attention(self.base_model)
+        loss_module: nn.Module = LossModule(self.model, chunk_tokens=settings.loss_chunk_tokens)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -257,15 +298,26 @@ class LoraTrainer:
         path = checkpoint.path
         raw = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         state = TrainerState(**raw)
-        expected = {
-            "world_size": self.dist.world_size,
-            "micro_batch_size": self.settings.micro_batch_size,
-            "gradient_accumulation_steps": self.settings.gradient_accumulation_steps,
-            "seed": self.settings.seed,
-        }
+        if state.data_order != DATA_ORDER:
+            raise CryptotuneError(
+                ErrorCode.RESUME_REFUSED,
+                f"cannot resume from {path.name}: it was written by an earlier cryptotune whose data order "
+                "differs, so the run could not continue exactly; start a new pipeline",
+            )
+        settings = self.settings
+        expected = {"world_size": self.dist.world_size, "seed": settings.seed}
         differing = [
             f"{k}: {getattr(state, k)} -> {v}" for k, v in expected.items() if getattr(state, k) != v
         ]
+        # The data order is fixed per optimiser step, so only the samples per step matter: another
+        # micro-batch × accumulation split of the same effective batch (an out-of-memory recovery
+        # halves the micro-batch and doubles accumulation) continues with exactly the same samples.
+        if state.micro_batch_size * state.gradient_accumulation_steps != settings.samples_per_step:
+            differing.append(f"micro_batch_size: {state.micro_batch_size} -> {settings.micro_batch_size}")
+            differing.append(
+                "gradient_accumulation_steps: "
+                f"{state.gradient_accumulation_steps} -> {settings.gradient_accumulation_steps}"
+            )
         if differing:
             raise CryptotuneError(
                 ErrorCode.RESUME_REFUSED,
@@ -297,6 +349,8 @@ class LoraTrainer:
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.exists():
             set_rng_state(torch.load(rng_file, weights_only=True), self.dist.device)
+        state.micro_batch_size = settings.micro_batch_size
+        state.gradient_accumulation_steps = settings.gradient_accumulation_steps
         self.state = state
         self.resumed_from_step = state.step
 
@@ -308,19 +362,25 @@ class LoraTrainer:
             return torch.autocast("cuda", dtype=precision_dtype(self.settings.precision))
         return contextlib.nullcontext()
 
-    def _batches(self, epoch: int) -> list[list[int]]:
+    def _steps(self, epoch: int) -> list[list[int]]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            batches = epoch_batches(
+            steps = epoch_steps(
                 self._lengths,
-                micro_batch_size=self.settings.micro_batch_size,
+                samples_per_step=self.settings.samples_per_step,
                 seed=self.settings.seed,
                 epoch=epoch,
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
                 shuffle=self.settings.shuffle,
             )
-            self._epoch_cache = (epoch, batches)
+            self._epoch_cache = (epoch, steps)
         return self._epoch_cache[1]
+
+    def collate_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """One micro-batch as model inputs: packed (the default) or padded (``settings.packing``)."""
+        if self.settings.packing:
+            return collate_packed(examples, self.pad_token_id, self._row_tokens, single_row=self._single_row)
+        return collate(examples, self.pad_token_id)
 
     def _due(self, strategy: str, interval: int, ended_epoch: bool) -> bool:
         if strategy == "epoch":
@@ -333,32 +393,37 @@ class LoraTrainer:
         """Runs optimiser steps until ``total_steps``, emitting progress, eval and checkpoint events.
 
         Raises:
-            CryptotuneError: RESOURCE_EXHAUSTED on CUDA out-of-memory; INTERNAL when the loss diverges.
+            TrainingOutOfMemory: on CUDA out-of-memory (RESOURCE_EXHAUSTED; the caller may recover).
+            CryptotuneError: INTERNAL when the loss diverges.
         """
         assert self._loss_module is not None and self._optimizer is not None, "call setup() first"
         settings, state = self.settings, self.state
         started, start_step, run_tokens = time.monotonic(), state.step, 0
         while state.step < settings.total_steps:
-            batches = self._batches(state.epoch)
-            if state.batch_in_epoch >= len(batches):
+            steps = self._steps(state.epoch)
+            if state.step_in_epoch >= len(steps):
                 state.epoch += 1
+                state.step_in_epoch = 0
                 state.batch_in_epoch = 0
                 continue
-            group = batches[
-                state.batch_in_epoch : state.batch_in_epoch + settings.gradient_accumulation_steps
-            ]
+            group = split_micro_batches(steps[state.step_in_epoch], settings.micro_batch_size)
             try:
                 loss, grad_norm, lr, tokens = self._step(group)
-            except torch.cuda.OutOfMemoryError as error:
-                raise CryptotuneError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"OOM at step {state.step + 1} with micro-batch {settings.micro_batch_size}: lower "
-                    "training.per_device_train_batch_size or enable gradient_checkpointing",
+            except torch.OutOfMemoryError as error:
+                # Partial gradients of this step are dropped; the optimiser has not stepped.
+                self._optimizer.zero_grad(set_to_none=True)
+                raise TrainingOutOfMemory(
+                    step=state.step + 1,
+                    micro_batch_size=settings.micro_batch_size,
+                    gradient_checkpointing=settings.gradient_checkpointing,
                 ) from error
             state.step += 1
+            state.step_in_epoch += 1
             state.batch_in_epoch += len(group)
             state.trained_tokens += tokens
             run_tokens += tokens
+            self.run_tokens = run_tokens
+            self.run_seconds = time.monotonic() - started
             state.loss_history.append([state.step, loss])
             if not math.isfinite(loss) and self._scaler is None:
                 raise CryptotuneError(
@@ -366,7 +431,7 @@ class LoraTrainer:
                     f"training diverged: the loss is {loss} at step {state.step}; "
                     "lower training.learning_rate or set training.max_grad_norm",
                 )
-            ended_epoch = state.batch_in_epoch >= len(batches)
+            ended_epoch = state.step_in_epoch >= len(steps)
             last = state.step == settings.total_steps
             if (settings.logging_steps > 0 and state.step % settings.logging_steps == 0) or last:
                 elapsed = max(time.monotonic() - started, 1e-9)
@@ -376,7 +441,7 @@ class LoraTrainer:
                     {
                         "step": state.step,
                         "total_steps": settings.total_steps,
-                        "epoch": round(state.epoch + state.batch_in_epoch / max(len(batches), 1), 4),
+                        "epoch": round(state.epoch + state.step_in_epoch / max(len(steps), 1), 4),
                         "loss": loss,
                         "learning_rate": lr,
                         "grad_norm": grad_norm,
@@ -405,10 +470,8 @@ class LoraTrainer:
         """One optimiser step over a group of micro-batches; returns loss, grad norm, lr, label tokens."""
         assert self._loss_module is not None and self._optimizer is not None
         device = self.dist.device
-        micro_batches = [
-            collate([self.train_examples[i] for i in batch], self.pad_token_id) for batch in group
-        ]
-        local_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
+        micro_batches = [self.collate_batch([self.train_examples[i] for i in batch]) for batch in group]
+        local_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
         global_tokens = int(
             self.dist.all_reduce_sum(torch.tensor([local_tokens], device=device, dtype=torch.int64)).item()
         )
@@ -423,6 +486,9 @@ class LoraTrainer:
             no_sync = getattr(self._loss_module, "no_sync", None)
             context = contextlib.nullcontext() if sync or no_sync is None else no_sync()
             with context:
+                if self.oom_test_hook is not None and position == len(micro_batches) - 1:
+                    # After the earlier micro-batches' backward: partial gradients exist, as in a real OOM.
+                    self.oom_test_hook.check(self.state.step + 1, self.settings.micro_batch_size)
                 with self.autocast():
                     sums, _ = self._loss_module(**inputs)
                     loss = sums.sum() * scale
@@ -456,6 +522,9 @@ class LoraTrainer:
             pad_token_id=self.pad_token_id,
             dist=self.dist,
             autocast=self.autocast,
+            packing=self.settings.packing,
+            row_tokens=self._row_tokens,
+            single_row=self._single_row,
         )
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -504,6 +573,12 @@ class LoraTrainer:
         self._loss_module = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def release(self) -> None:
+        """Releases everything, the model included (before building a trainer anew)."""
+        self.model = None
+        self.base_model = None
+        self.cleanup()
 
 
 def _target_modules(targets: tuple[str, ...]) -> list[str] | str:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.dataset import PreparedData
     from cryptotune_daemon.training.distributed import DistContext
     from cryptotune_daemon.training.models import ModelSource
+    from cryptotune_daemon.training.oom import OomRecovery
     from cryptotune_daemon.training.planner import Plan, PlanRequest
     from cryptotune_daemon.training.trainer import TrainerSettings, TrainerState
 
@@ -347,26 +348,19 @@ class Pipeline:
     # -- config_gen ------------------------------------------------------------------------------------
 
     def _config_gen(self) -> None:
-        import yaml
-
         from cryptotune_daemon.training.models import model_facts
         from cryptotune_daemon.training.planner import detect_device, plan_training
 
         config, data = self.ctx.config, self.ctx.data
         facts = model_facts(self.ctx.source)
         device = detect_device(self.spec.device, self.world_size)
-        plan = plan_training(
-            plan_request(config, self.world_size), facts, device, [e.length for e in data.train]
-        )
+        request = plan_request(config, self.world_size, varlen_attention=_flash_attention(device.kind))
+        plan = plan_training(request, facts, device, [e.length for e in data.train])
         for note in plan.notes:
             self._warn(note)
         self.ctx.plan = plan
         self.state.results["plan"] = plan.to_json()
-        if self.is_main:
-            resolved = resolved_config(self.state.results["config_fingerprint"], plan)
-            (self.output_dir / RESOLVED_CONFIG).write_text(
-                yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
-            )
+        self._write_resolved_config()
         stats = data.stats
         self.events.emit(
             "plan",
@@ -385,6 +379,12 @@ class Pipeline:
                 "gradient_checkpointing": plan.gradient_checkpointing,
                 "device": plan.device,
                 "memory_estimate_mb": plan.memory_estimate_mb,
+                "memory_budget_mb": plan.memory_budget_mb,
+                "memory_breakdown": plan.memory_breakdown,
+                "packing": plan.packing,
+                "packed_rows": plan.packed_rows,
+                "longest_row_tokens": plan.longest_row_tokens,
+                "choice": plan.choice,
                 "model": self.ctx.source.name,
             },
         )
@@ -431,6 +431,7 @@ class Pipeline:
 
     def _training(self) -> None:
         from cryptotune_daemon.training.models import load_base_model
+        from cryptotune_daemon.training.oom import OomTestHook, train_with_oom_recovery
         from cryptotune_daemon.training.trainer import LoraTrainer, precision_dtype
 
         plan, dist = self.ctx.plan, self.ctx.dist
@@ -447,35 +448,83 @@ class Pipeline:
                     self._log(f"removed {removed} checkpoint(s) of an earlier, non-resumed run")
         dist.barrier()
         dtype = precision_dtype(plan.precision if dist.device.type == "cuda" else "fp32")
-        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
-        trainer = LoraTrainer(
-            base_model=base,
-            train_examples=self.ctx.data.train,
-            eval_examples=self.ctx.data.eval,
-            settings=trainer_settings(self.ctx.config, plan),
-            hashes=self.ctx.hashes,
-            output_dir=self.output_dir,
-            dist=dist,
-            pad_token_id=pad_token_id(self.ctx.tokenizer),
-            emit=self.events.emit,
-        )
-        trainer.setup(resume)
+        oom_test_hook = OomTestHook.from_env()  # unset outside tests
+
+        def build(settings: TrainerSettings) -> LoraTrainer:
+            return LoraTrainer(
+                base_model=load_base_model(self.ctx.source, dtype=dtype, device=dist.device),
+                train_examples=self.ctx.data.train,
+                eval_examples=self.ctx.data.eval,
+                settings=settings,
+                hashes=self.ctx.hashes,
+                output_dir=self.output_dir,
+                dist=dist,
+                pad_token_id=pad_token_id(self.ctx.tokenizer),
+                emit=self.events.emit,
+                oom_test_hook=oom_test_hook,
+            )
+
         if resume is not None:
             self._log(f"resuming training from checkpoint {resume.path.name} (step {resume.step})")
-        started, tokens_before = time.monotonic(), trainer.state.trained_tokens
-        state = trainer.train()
-        elapsed = max(time.monotonic() - started, 1e-9)
+        trainer = train_with_oom_recovery(
+            build,
+            trainer_settings(self.ctx.config, plan),
+            resume=resume,
+            latest_checkpoint=lambda: newest_verified(self.output_dir, self._warn),
+            on_recovery=self._recovered_from_oom,
+            # One rank cannot change its batch alone (and its peers are blocked in a collective).
+            recover=dist.world_size == 1,
+        )
+        state = trainer.state
         trainer.cleanup()
         self.ctx.model = trainer.model
         self.ctx.trainer_state = state
         self.ctx.resumed_from_step = trainer.resumed_from_step
-        self.ctx.tokens_per_second = (state.trained_tokens - tokens_before) / elapsed
+        self.ctx.tokens_per_second = trainer.run_tokens / max(trainer.run_seconds, 1e-9)
         self.state.results["training"] = {
             "final_step": state.step,
             "trained_tokens": state.trained_tokens,
             "tokens_per_second": self.ctx.tokens_per_second,
             "resumed_from_step": trainer.resumed_from_step,
         }
+
+    def _recovered_from_oom(self, recovery: OomRecovery, settings: TrainerSettings) -> None:
+        """Reports an out-of-memory recovery and records the new split, so a later resume uses it."""
+        import dataclasses
+
+        origin = (
+            f"checkpoint step-{recovery.resumed_from_step:06d}" if recovery.resumed_from_step else "the start"
+        )
+        self._warn(
+            f"out of memory at step {recovery.step} with micro-batch {recovery.old_micro_batch}: "
+            f"continuing from {origin} with micro-batch {recovery.new_micro_batch} × gradient accumulation "
+            f"{recovery.new_accumulation} (same effective batch, samples per step and learning-rate schedule)"
+        )
+        self.events.emit("oom_recovery", recovery.to_json())
+        plan = self.ctx.plan
+        self.ctx.plan = dataclasses.replace(
+            plan,
+            micro_batch_size=settings.micro_batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            notes=(
+                *plan.notes,
+                f"out of memory at step {recovery.step}: micro-batch {recovery.old_micro_batch} -> "
+                f"{recovery.new_micro_batch}",
+            ),
+        )
+        self.state.results["plan"] = self.ctx.plan.to_json()
+        self.state.results.setdefault("oom_recoveries", []).append(recovery.to_json())
+        self._write_resolved_config()
+        self._save_state()
+
+    def _write_resolved_config(self) -> None:
+        import yaml
+
+        if self.is_main:
+            resolved = resolved_config(self.state.results["config_fingerprint"], self.ctx.plan)
+            (self.output_dir / RESOLVED_CONFIG).write_text(
+                yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
 
     def _restore_training(self) -> bool:
         import json
@@ -524,6 +573,7 @@ class Pipeline:
 
     def _evaluation(self) -> None:
         from cryptotune_daemon.training.evaluation import compute_eval_loss, generation_eval
+        from cryptotune_daemon.training.models import uses_varlen_attention
 
         config, data, dist = self.ctx.config, self.ctx.data, self.ctx.dist
         if not data.eval:
@@ -535,6 +585,8 @@ class Pipeline:
             pad_token_id=pad_token_id(self.ctx.tokenizer),
             dist=dist,
             autocast=self._autocast,
+            row_tokens=int(config.training.max_seq_length),
+            single_row=uses_varlen_attention(self.ctx.model),
         )
         step = self.ctx.trainer_state.step
         self.events.emit(
@@ -659,7 +711,18 @@ def _targets(value: Any) -> tuple[str, ...]:
     return tuple(str(t) for t in value)
 
 
-def plan_request(config: CryptotuneConfig, world_size: int) -> PlanRequest:
+def _flash_attention(device_kind: str) -> bool:
+    """Whether training on ``device_kind`` will attend with FlashAttention (no SDPA mask to plan for)."""
+    if device_kind != "cuda":
+        return False
+    import torch
+
+    from cryptotune_daemon.training.models import VARLEN_ATTENTION, attention_implementation
+
+    return attention_implementation(torch.device("cuda"), torch.bfloat16) in VARLEN_ATTENTION
+
+
+def plan_request(config: CryptotuneConfig, world_size: int, *, varlen_attention: bool = False) -> PlanRequest:
     """The planner's input from the config (``auto`` becomes None)."""
     from cryptotune_daemon.training.planner import DEFAULT_EFFECTIVE_BATCH, PlanRequest
 
@@ -681,6 +744,9 @@ def plan_request(config: CryptotuneConfig, world_size: int) -> PlanRequest:
         world_size=world_size,
         effective_batch_size=DEFAULT_EFFECTIVE_BATCH,
         prefer_memory=str(lora.optimization_strategy) == "memory",
+        max_seq_length=int(training.max_seq_length),
+        packing=True,
+        varlen_attention=varlen_attention,
     )
 
 
@@ -711,6 +777,7 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         eval_strategy=str(training.eval_strategy),
         eval_steps=int(training.eval_steps or 0),
         shuffle=bool(data.shuffle_data),
+        max_seq_length=int(training.max_seq_length),
     )
 
 

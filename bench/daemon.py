@@ -1,0 +1,407 @@
+"""Daemon benchmarks against a real daemon on a temp state dir and unix socket (nothing leaves loopback).
+
+  * CLI round trip: ``cryptotune list-gpus``, one fresh process per call (what a user waits for);
+  * submit latency: the SubmitJob call of dry-run jobs (upload already stored), then the time a
+    dry run takes to produce its plan;
+  * N concurrent watchers (default 200) on one short training job: event delivery latency
+    (worker's event timestamp → watcher receives it) p50/p99, completeness, and the daemon's CPU
+    and RSS meanwhile (psutil);
+  * ``inspect-data`` on generated 10k- and 100k-record JSONL files: wall time and the daemon's peak
+    RSS above its level before the call (inspection streams, so this must not grow with the file).
+
+Usage: ``python bench/daemon.py [--watchers 200] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = REPO / "client" / "cryptotune" / "examples" / "crypto_qa_zh.jsonl"
+TERMS = [
+    ("AES", "对称加密", "分组密码"),
+    ("RSA", "公钥加密", "大整数分解"),
+    ("SM2", "数字签名", "椭圆曲线"),
+    ("SM3", "杂凑函数", "消息摘要"),
+    ("SM4", "分组密码", "轮函数"),
+    ("HMAC", "消息认证", "密钥"),
+    ("ECDH", "密钥交换", "椭圆曲线"),
+    ("GCM", "认证加密", "计数器模式"),
+]
+JOB_CONFIG = """\
+model:
+  model_name: builtin:tiny-qwen3
+training:
+  max_steps: {steps}
+  per_device_train_batch_size: 4
+  gradient_accumulation_steps: 1
+  learning_rate: 1.0e-3
+  logging_steps: 1
+  save_steps: {steps}
+  eval_steps: {steps}
+  max_seq_length: 1024
+  eval_sample_size: 1
+  max_new_tokens: 4
+  seed: 3
+lora:
+  rank: 4
+  alpha: 8
+data:
+  train_split_ratio: 0.9
+  eval_split_ratio: 0.1
+"""
+
+
+def percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(percent / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# -- the daemon -------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    """A ``cryptotuned`` on a temp state dir, listening on a unix socket only."""
+
+    def __init__(self, root: Path) -> None:
+        self.state_dir = root / "state"
+        self.state_dir.mkdir(parents=True)
+        self.address = f"unix://{self.state_dir}/d.sock"
+        self.log_path = root / "daemon.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "cryptotuned"), "--state-dir", str(self.state_dir), "--listen", self.address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                start_new_session=True,
+            )
+        self.ps = psutil.Process(self.process.pid)
+        self._wait_serving()
+
+    def _wait_serving(self, timeout: float = 90.0) -> None:
+        from cryptotune import Client
+        from cryptotune.errors import DaemonUnavailable
+
+        deadline = time.monotonic() + timeout
+        with Client(self.address) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"daemon exited:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+                with contextlib.suppress(DaemonUnavailable):
+                    if client.ping(timeout=1.0) == "SERVING":
+                        return
+                time.sleep(0.1)
+        raise TimeoutError("the daemon did not start")
+
+    def client(self) -> Any:
+        from cryptotune import Client
+
+        return Client(self.address)
+
+    def stop(self) -> None:
+        # Workers run in their own process groups and may outlive the daemon: end the ones it started.
+        workers: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            workers = self.ps.children(recursive=True)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
+
+
+class Sampler:
+    """Samples a process's RSS (peak) and CPU time while running."""
+
+    def __init__(self, process: psutil.Process, interval: float = 0.02) -> None:
+        self.process = process
+        self.interval = interval
+        self.base_rss = process.memory_info().rss
+        self.peak_rss = self.base_rss
+        times = process.cpu_times()
+        self.cpu_start = times.user + times.system
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(psutil.Error):
+                self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        times = self.process.cpu_times()
+        wall = time.monotonic() - self.started
+        cpu = times.user + times.system - self.cpu_start
+        return {
+            "wall_seconds": wall,
+            "cpu_seconds": cpu,
+            "cpu_percent_of_one_core": 100 * cpu / max(wall, 1e-9),
+            "rss_before_mb": self.base_rss / 2**20,
+            "rss_peak_mb": self.peak_rss / 2**20,
+            "rss_peak_delta_mb": (self.peak_rss - self.base_rss) / 2**20,
+        }
+
+
+@contextlib.contextmanager
+def running_daemon() -> Iterator[tuple[Daemon, Path]]:
+    # Unix socket paths are limited to 107 bytes: keep the root short.
+    root = Path(tempfile.mkdtemp(prefix="ctb-", dir="/tmp"))
+    daemon = Daemon(root)
+    try:
+        yield daemon, root
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- the measurements ----------------------------------------------------------------------------------------
+
+
+def cli_round_trip(daemon: Daemon, runs: int) -> dict[str, Any]:
+    command = [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "list-gpus"]
+    seconds = []
+    for index in range(runs + 2):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        if index >= 2:  # the first two warm the page cache
+            seconds.append(time.perf_counter() - started)
+    return {
+        "runs": runs,
+        "median_seconds": statistics.median(seconds),
+        "p90_seconds": percentile(seconds, 90),
+        "min_seconds": min(seconds),
+    }
+
+
+def wait_terminal(client: Any, job_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get_job(job_id)
+        if job.state in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not end within {timeout:.0f} s")
+
+
+def submit_latency(daemon: Daemon, root: Path, submits: int) -> dict[str, Any]:
+    config = JOB_CONFIG.format(steps=2)
+    seconds = []
+    jobs = []
+    with daemon.client() as client:
+        client.upload(DATA)  # stored once: the submits measure the call itself
+        for index in range(submits):
+            started = time.perf_counter()
+            job = client.submit(DATA, config, output_dir=root / f"dry-{index}", dry_run=True)
+            seconds.append(time.perf_counter() - started)
+            jobs.append(job.job_id)
+        for job_id in jobs:
+            wait_terminal(client, job_id, 900)
+        # One more on an idle daemon: how long until its plan is there.
+        started = time.perf_counter()
+        job = client.submit(DATA, config, output_dir=root / "dry-alone", dry_run=True)
+        final = wait_terminal(client, job.job_id, 600)
+        plan_seconds = time.perf_counter() - started
+    return {
+        "submits": submits,
+        "median_seconds": statistics.median(seconds),
+        "p90_seconds": percentile(seconds, 90),
+        "dry_run_to_plan_seconds": plan_seconds,
+        "dry_run_state": final.state,
+    }
+
+
+async def _watch(address: str, job_id: str, deadline: float, record: dict[str, Any]) -> None:
+    import grpc
+
+    from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = job_pb2_grpc.JobServiceStub(channel)
+        call = stub.WatchJob(job_pb2.WatchJobRequest(job=job_id, after_seq=0))
+        record["connected"] = time.time()
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 1.0)):
+                async for event in call:
+                    record["events"].append((event.seq, event.ts, time.time()))
+        except TimeoutError:
+            call.cancel()
+            record["timed_out"] = True
+
+
+async def _watch_all(address: str, job_id: str, watchers: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    records: list[dict[str, Any]] = [{"events": [], "timed_out": False} for _ in range(watchers)]
+    await asyncio.gather(*(_watch(address, job_id, deadline, r) for r in records))
+    return records
+
+
+def watchers(daemon: Daemon, root: Path, count: int, steps: int, timeout: float) -> dict[str, Any]:
+    with daemon.client() as client:
+        job = client.submit(DATA, JOB_CONFIG.format(steps=steps), output_dir=root / "watched")
+        sampler = Sampler(daemon.ps)
+        records = asyncio.run(_watch_all(daemon.address, job.job_id, count, timeout))
+        usage = sampler.stop()
+        final = client.get_job(job.job_id)
+    ready = max(r["connected"] for r in records)
+    last_seq = max((e[0] for r in records for e in r["events"]), default=0)
+    complete = sum(1 for r in records if [e[0] for e in r["events"]] == list(range(1, last_seq + 1)))
+    # Only events written after every watcher was connected: replayed ones measure storage, not delivery.
+    latencies = [recv - ts for r in records for _, ts, recv in r["events"] if ts > ready]
+    return {
+        "watchers": count,
+        "job_state": final.state,
+        "events_per_watcher": last_seq,
+        "watchers_with_every_event": complete,
+        "timed_out_watchers": sum(1 for r in records if r["timed_out"]),
+        "live_deliveries": len(latencies),
+        "latency_p50_ms": 1000 * percentile(latencies, 50) if latencies else None,
+        "latency_p99_ms": 1000 * percentile(latencies, 99) if latencies else None,
+        "latency_max_ms": 1000 * max(latencies) if latencies else None,
+        "daemon": usage,
+    }
+
+
+def write_records(path: Path, count: int, seed: int = 0) -> Path:
+    """Distinct synthetic Q&A records in the bundled file's shape (~350 characters each)."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as handle:
+        for index in range(count):
+            term, topic, detail = TERMS[rng.randrange(len(TERMS))]
+            record = {
+                "instruction": f"请说明 {term} 在{topic}中的作用，并举例说明（第 {index} 题）。",
+                "input": "",
+                "output": f"{term} 用于{topic}，其安全性依赖于{detail}。实际部署时应使用标准参数、"
+                f"随机数发生器和经过验证的实现，并定期轮换密钥（编号 {rng.randrange(10**6)}）。",
+                "thinking": f"<thinking>先回忆 {term} 的定义，再说明它与{detail}的关系，"
+                f"最后给出工程上的注意事项。</thinking>",
+                "crypto_terms": [term, detail],
+                "difficulty": rng.randint(1, 4),
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def inspect_data(daemon: Daemon, root: Path, sizes: list[int]) -> dict[str, Any]:
+    command = [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "--json"]
+    # Warm up: the first inspection loads the tokenizer into the daemon, whatever the file's size.
+    subprocess.run([*command, "inspect-data", str(DATA)], capture_output=True, timeout=600, check=False)
+    results = {}
+    for size in sizes:
+        path = write_records(root / f"records-{size}.jsonl", size)
+        sampler = Sampler(daemon.ps, interval=0.01)
+        started = time.perf_counter()
+        completed = subprocess.run(
+            [*command, "inspect-data", str(path)], capture_output=True, text=True, timeout=1800, check=False
+        )
+        seconds = time.perf_counter() - started
+        usage = sampler.stop()
+        report = json.loads(completed.stdout) if completed.stdout.strip().startswith("{") else {}
+        results[str(size)] = {
+            "records": size,
+            "file_mb": path.stat().st_size / 2**20,
+            "seconds": seconds,
+            "records_valid": report.get("records_valid"),
+            "daemon_rss_before_mb": usage["rss_before_mb"],
+            "daemon_rss_peak_delta_mb": usage["rss_peak_delta_mb"],
+        }
+    return results
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    cli, submit, watch = summary["cli"], summary["submit"], summary["watchers"]
+    daemon = watch["daemon"]
+    latency = f"{watch['latency_p50_ms']:.1f} ms / {watch['latency_p99_ms']:.1f} ms"
+    lines = [
+        "| measurement | result |",
+        "|---|---|",
+        f"| `cryptotune list-gpus` round trip, median of {cli['runs']} fresh processes "
+        f"| {cli['median_seconds']:.3f} s (p90 {cli['p90_seconds']:.3f} s, min {cli['min_seconds']:.3f} s) |",
+        f"| dry-run SubmitJob call, median of {submit['submits']} | {1000 * submit['median_seconds']:.1f} ms "
+        f"(p90 {1000 * submit['p90_seconds']:.1f} ms) |",
+        "| dry run, submit → plan (idle daemon, worker start included) "
+        f"| {submit['dry_run_to_plan_seconds']:.1f} s |",
+        f"| {watch['watchers']} concurrent watchers on one {summary['job_steps']}-step training job: "
+        f"event delivery p50 / p99 | {latency} over {watch['live_deliveries']:,} live deliveries; "
+        f"{watch['watchers_with_every_event']}/{watch['watchers']} watchers got all "
+        f"{watch['events_per_watcher']} events; job {watch['job_state']} |",
+        f"| daemon while watched ({daemon['wall_seconds']:.0f} s) "
+        f"| CPU {daemon['cpu_percent_of_one_core']:.0f} % of one core ({daemon['cpu_seconds']:.1f} s), "
+        f"RSS {daemon['rss_before_mb']:.0f} → peak {daemon['rss_peak_mb']:.0f} MB |",
+    ]
+    for size, result in summary["inspect"].items():
+        lines.append(
+            f"| `inspect-data` {int(size):,} records ({result['file_mb']:.1f} MB) "
+            f"| {result['seconds']:.1f} s, daemon RSS +{result['daemon_rss_peak_delta_mb']:.0f} MB "
+            f"above {result['daemon_rss_before_mb']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--cli-runs", type=int, default=20)
+    parser.add_argument("--submits", type=int, default=10)
+    parser.add_argument("--watchers", type=int, default=200)
+    parser.add_argument("--job-steps", type=int, default=6)
+    parser.add_argument("--watch-timeout", type=float, default=600.0)
+    parser.add_argument("--inspect-sizes", default="10000,100000")
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    summary: dict[str, Any] = {"job_steps": args.job_steps}
+    with running_daemon() as (daemon, root):
+        steps = [
+            ("cli", lambda: cli_round_trip(daemon, args.cli_runs)),
+            ("submit", lambda: submit_latency(daemon, root, args.submits)),
+            ("watchers", lambda: watchers(daemon, root, args.watchers, args.job_steps, args.watch_timeout)),
+            ("inspect", lambda: inspect_data(daemon, root, [int(s) for s in args.inspect_sizes.split(",")])),
+        ]
+        for name, measure in steps:
+            print(f"[daemon] {name} ...", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            summary[name] = measure()
+            print(f"[daemon] {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    print(markdown(summary))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
