@@ -141,8 +141,12 @@ def test_unregistered_command_is_a_usage_error(daemon: RunningDaemon) -> None:
     assert "No such command" in result.stderr
 
 
-def test_inspect_data_with_an_unavailable_model_is_a_clean_error(daemon: RunningDaemon, tmp_path: Path) -> None:
-    result = run_cli("inspect-data", str(SAMPLE), "--model", str(tmp_path / "no-model"), address=daemon.address)
+def test_inspect_data_with_an_unavailable_model_is_a_clean_error(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "inspect-data", str(SAMPLE), "--model", str(tmp_path / "no-model"), address=daemon.address
+    )
     assert result.exit_code == 1
     assert "Traceback" not in result.stderr
     assert "no-model" in result.stderr
