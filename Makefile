@@ -8,7 +8,7 @@ PROTO_OUT := client
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint format typecheck protos check-protos bench clean
+.PHONY: setup demo test test-slow lint format typecheck protos check-protos bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -23,12 +23,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/cryptotune demo
 
-## test: the whole suite (unit + integration + slow), plus the generated-code freshness check
+## test: unit + integration tests (real daemon, real CLI) and the generated-code freshness check
 test: setup check-protos
-	$(PY) -m pytest -q
-
-test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+## test-slow: the long end-to-end runs (DDP, repeated kill -9, thin-client wheel…); CI runs them too
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check client daemon tests bench
