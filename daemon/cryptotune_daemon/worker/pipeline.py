@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -816,6 +817,12 @@ def describe_failure(error: BaseException, stage: str) -> str:
         )
     if isinstance(error, MemoryError):
         return f"out of memory during {stage}: lower training.per_device_train_batch_size or max_seq_length"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" at {error.filename}" if error.filename else ""
+        return (
+            f"the disk is full{where} during {stage}: free space (old checkpoints live in "
+            "OUTPUT_DIR/checkpoints), then continue with --resume PIPELINE_ID"
+        )
     if name in ("DistBackendError", "DistNetworkError") or "ProcessGroup" in str(error)[:200]:
         return f"a peer training process failed during {stage} (see the job log for the first error)"
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
