@@ -406,14 +406,18 @@ def lm_head_share(shape: dict[str, int], mean_tokens: float) -> float:
     return head / (head + 2 * per_layer * layers + attention)
 
 
-def describe_machine(device: str) -> str:
+def describe_machine(device: str, threads: int) -> str:
     if device == "cuda":
         import torch
 
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
     import platform
 
-    return f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU"
+    used = threads or os.cpu_count()
+    return (
+        f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU; "
+        f"{used} torch thread(s) per variant"
+    )
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -446,7 +450,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     examples, _ = load_examples(args.samples, cache)
     mean_tokens = sum(e.length for e in examples) / len(examples)
     summary = {
-        "machine": describe_machine(args.device),
+        "machine": describe_machine(args.device, args.threads),
         "device": args.device,
         "model_shape": args.model_shape,
         "samples": len(examples),
@@ -546,7 +550,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--effective-batch", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--max-seq-length", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    # One thread by default: on a shared machine a second thread stalls at every operation while
+    # another process holds its core, which made two-thread figures swing threefold between runs.
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: one per core)")
     parser.add_argument(
         "--no-allocator-tuning",
         action="store_true",
