@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,8 @@ import torch
 from cryptotune_daemon.data.records import Record
 from cryptotune_daemon.training.dataset import (
     Example,
-    batches_per_epoch,
     collate,
     dedupe,
-    epoch_batches,
     split_counts,
     split_examples,
 )
@@ -35,40 +32,6 @@ def _example(index: int, length: int, prompt: int = 3) -> Example:
         labels=(-100,) * prompt + ids[prompt:],
         prompt_tokens=prompt,
     )
-
-
-def test_epoch_batches_are_deterministic_complete_and_length_grouped() -> None:
-    lengths = [5 + (i * 7) % 23 for i in range(30)]
-    first = epoch_batches(lengths, micro_batch_size=4, seed=3, epoch=0)
-    assert first == epoch_batches(lengths, micro_batch_size=4, seed=3, epoch=0)
-    assert first != epoch_batches(lengths, micro_batch_size=4, seed=3, epoch=1)
-    assert sorted(i for b in first for i in b) == list(range(30))
-    assert len(first) == batches_per_epoch(30, 4, 1) == 8
-    # The longest sample's batch comes first; inside a batch lengths are close (sorted window).
-    assert max(lengths) in [lengths[i] for i in first[0]]
-    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first]
-    assert sum(spread) < sum(max(lengths) - min(lengths) for _ in first) / 2
-
-
-def test_ranks_get_disjoint_equal_shards_covering_everything() -> None:
-    lengths = [10 + i for i in range(11)]
-    shards = [
-        epoch_batches(lengths, micro_batch_size=2, seed=0, epoch=0, rank=r, world_size=2) for r in (0, 1)
-    ]
-    counts = [sum(len(b) for b in shard) for shard in shards]
-    assert counts == [6, 6]  # 11 padded to 12, like DistributedSampler
-    seen = Counter(i for shard in shards for b in shard for i in b)
-    assert set(seen) == set(range(11)) and sum(seen.values()) == 12
-    assert len(shards[0]) == len(shards[1]) == batches_per_epoch(11, 2, 2)
-
-
-def test_unshuffled_order_is_file_order_before_grouping() -> None:
-    lengths = [1] * 6
-    assert epoch_batches(lengths, micro_batch_size=2, seed=0, epoch=0, shuffle=False) == [
-        [0, 1],
-        [2, 3],
-        [4, 5],
-    ]
 
 
 @pytest.mark.parametrize(

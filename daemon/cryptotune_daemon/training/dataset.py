@@ -21,7 +21,6 @@ from cryptotune_daemon.training.loss import IGNORE_INDEX
 CACHE_FORMAT = 1
 MAX_LISTED_PROBLEMS = 20
 # Like transformers' LengthGroupedSampler: sort by length inside windows of 50 micro-batches.
-LENGTH_GROUP_WINDOW = 50
 
 
 @dataclass(frozen=True)
@@ -399,38 +398,6 @@ def shard_for_rank(order: Sequence[int], rank: int, world_size: int) -> list[int
     total = math.ceil(len(order) / world_size) * world_size
     padded = list(order) + [order[i % len(order)] for i in range(total - len(order))]
     return padded[rank:total:world_size]
-
-
-def epoch_batches(
-    lengths: Sequence[int],
-    *,
-    micro_batch_size: int,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle: bool = True,
-) -> list[list[int]]:
-    """Length-grouped micro-batches (lists of example positions) for one rank and epoch.
-
-    The trainer's order before packing (data order 1); it now uses :func:`epoch_steps`, whose
-    order does not depend on the micro-batch size. A pure function of its arguments, so a resumed
-    run recomputes the exact same order. Within windows of ``LENGTH_GROUP_WINDOW`` micro-batches
-    samples are sorted by length (less padding), and the batch holding the longest sample goes
-    first (an out-of-memory shows at once, not hours in).
-    """
-    count = len(lengths)
-    order = seeded_permutation(count, seed * 1_000_003 + epoch) if shuffle else list(range(count))
-    mine = shard_for_rank(order, rank, world_size)
-    window = micro_batch_size * LENGTH_GROUP_WINDOW
-    batches: list[list[int]] = []
-    for start in range(0, len(mine), window):
-        group = sorted(mine[start : start + window], key=lambda i: -lengths[i])
-        batches.extend(group[i : i + micro_batch_size] for i in range(0, len(group), micro_batch_size))
-    if batches:
-        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-        batches[0], batches[longest] = batches[longest], batches[0]
-    return batches
 
 
 def batches_per_epoch(num_samples: int, micro_batch_size: int, world_size: int) -> int:
