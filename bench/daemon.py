@@ -379,6 +379,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watch-timeout", type=float, default=600.0)
     parser.add_argument("--inspect-sizes", default="10000,100000")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of cli,submit,watchers,inspect (prints JSON instead of the table)",
+    )
     return parser.parse_args(argv)
 
 
@@ -392,12 +397,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("watchers", lambda: watchers(daemon, root, args.watchers, args.job_steps, args.watch_timeout)),
             ("inspect", lambda: inspect_data(daemon, root, [int(s) for s in args.inspect_sizes.split(",")])),
         ]
+        only = {name for name in args.only.split(",") if name}
+        unknown = only - {name for name, _ in steps}
+        if unknown:
+            raise SystemExit(f"--only: unknown measurement(s) {', '.join(sorted(unknown))}")
         for name, measure in steps:
+            if only and name not in only:
+                continue
             print(f"[daemon] {name} ...", file=sys.stderr, flush=True)
             started = time.monotonic()
             summary[name] = measure()
             print(f"[daemon] {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    print(markdown(summary))
+    print(json.dumps(summary, indent=1) if only else markdown(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary

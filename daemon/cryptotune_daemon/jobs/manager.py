@@ -23,7 +23,11 @@ from cryptotune_daemon.storage.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.25
+POLL_S = 0.25  # how often a worker's liveness is checked
+# How often a running worker's event file is checked for growth (one stat call): what a watcher
+# waits at most for an event beyond the worker writing it. Polling rather than inotify: it is
+# portable, survives the file being created late, and costs ~20 stat calls a second per job.
+EVENT_POLL_S = 0.05
 # Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
 RETRY_BUDGET = 3
 STOP_MARKER = "daemon_stopped.json"
@@ -414,9 +418,16 @@ class JobManager:
         try:
             # Without a known leader (the daemon died between launch and recording it) the job
             # lock, held by every process of the worker, says when it is over.
+            events_size = -1
             while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
-                self._ingest_safely(job_id)
-                await asyncio.sleep(POLL_S)
+                for _ in range(round(POLL_S / EVENT_POLL_S)):
+                    size = _file_size(job_dir / "events.jsonl")
+                    if size != events_size:
+                        if not self._ingest_safely(job_id):
+                            await asyncio.sleep(POLL_S)  # e.g. a full disk: retry at a calmer pace
+                            break
+                        events_size = size
+                    await asyncio.sleep(EVENT_POLL_S)
             # Stragglers (dataloader children, torchrun ranks in sessions of their own, ranks
             # orphaned by a killed torchrun) hold GPUs too: end them and wait until none remains.
             if wp.job_alive(job_dir, handle):
@@ -457,13 +468,15 @@ class JobManager:
             self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)
             self._notify(job_id)
 
-    def _ingest_safely(self, job_id: str) -> None:
+    def _ingest_safely(self, job_id: str) -> bool:
         # A failing ingest (full disk) must not end the supervisor: it would free the job's GPUs
         # while its worker still runs. The events stay in the file and are taken next time.
         try:
             self._ingest(job_id)
         except Exception:
             log.exception("could not ingest the events of job %s (will retry)", job_id)
+            return False
+        return True
 
     def _outcome(self, job_id: str) -> tuple[bool, str]:
         """(has a result event, failure reason from a failed event or "") of the latest run."""
@@ -606,7 +619,14 @@ class JobManager:
 
 
 def _shutting_down(hint: str) -> CryptotuneError:
-    return CryptotuneError(ErrorCode.RESOURCE_EXHAUSTED, f"the daemon is shutting down; {hint}")
+    return CryptotuneError(ErrorCode.DAEMON_SHUTTING_DOWN, f"the daemon is shutting down; {hint}")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _db_handle(job: Job) -> wp.WorkerHandle | None:
