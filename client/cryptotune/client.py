@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import grpc
 
 from cryptotune import _convert
 from cryptotune import types as t
-from cryptotune.errors import CryptotuneError, InvalidArgument, from_rpc_error
+from cryptotune.errors import CryptotuneError, DaemonUnavailable, InvalidArgument, from_rpc_error
 from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir
 from cryptotune.proto.v1 import (
     config_pb2,
@@ -322,6 +323,56 @@ class Client:
         request = job_pb2.WatchJobRequest(job=job, after_seq=after_seq)
         for message in self._stream(self._jobs.WatchJob, request):
             yield _convert.event(message)
+
+    def follow(
+        self,
+        job: str,
+        after_seq: int = 0,
+        *,
+        reconnect_for: float = 120.0,
+        on_disconnect: Callable[[DaemonUnavailable], None] | None = None,
+    ) -> Iterator[t.JobEvent]:
+        """Like :meth:`watch`, but rides out daemon restarts.
+
+        When the stream breaks because the daemon went away (a crash, ``systemctl restart``), it
+        watches again from the last event received, so every event arrives exactly once. Jobs keep
+        running while the daemon is down; a restarted daemon reattaches to them or resumes them.
+
+        Args:
+            job: job id or pipeline id.
+            after_seq: start after this event (0: from the first).
+            reconnect_for: how long to keep trying, in seconds, each time the daemon is gone.
+            on_disconnect: called once per outage with the error, e.g. to tell the user.
+
+        Raises:
+            DaemonUnavailable: the daemon stayed away longer than ``reconnect_for``.
+        """
+        seq = after_seq
+        while True:
+            try:
+                for event in self.watch(job, after_seq=seq):
+                    seq = event.seq
+                    yield event
+                return
+            except DaemonUnavailable as error:
+                if on_disconnect is not None:
+                    on_disconnect(error)
+                self._wait_for_daemon(error, reconnect_for, job, seq)
+
+    def _wait_for_daemon(self, error: DaemonUnavailable, patience: float, job: str, seq: int) -> None:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                if self.ping(timeout=2.0) == "SERVING":
+                    return
+            except DaemonUnavailable:
+                continue
+        raise DaemonUnavailable(
+            f"{error.message}. Gave up after waiting {patience:.0f} s for the daemon to come back; "
+            f"the job keeps its state. Follow it again with: cryptotune watch {job} --since {seq}",
+            error.code,
+        )
 
     def logs(self, job: str, follow: bool = False) -> Iterator[str]:
         """The job's log lines; with ``follow`` keeps streaming until the job ends."""

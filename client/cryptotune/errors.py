@@ -50,7 +50,7 @@ class Unauthenticated(CryptotuneError):
 
 
 class DaemonUnavailable(CryptotuneError):
-    """Nothing answers at the daemon's address."""
+    """Nothing answers at the daemon's address, or the daemon is shutting down (retry later)."""
 
 
 class Unimplemented(CryptotuneError):
@@ -84,6 +84,8 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> CryptotuneError:
         for key, value in error.trailing_metadata() or ():
             if key == ERROR_CODE_METADATA_KEY:
                 code = str(value)
+    if status == grpc.StatusCode.UNAVAILABLE and code:
+        return DaemonUnavailable(details, code)  # the daemon said why (e.g. it is shutting down)
     if status == grpc.StatusCode.UNAVAILABLE:
         return DaemonUnavailable(
             f"no cryptotune daemon answers at {address} ({details}). Start one with "

@@ -24,6 +24,7 @@ class ErrorCode(enum.Enum):
     UNAUTHENTICATED = "auth.unauthenticated"
     NOT_IMPLEMENTED = "not_implemented"
     RESOURCE_EXHAUSTED = "resource.exhausted"
+    DAEMON_SHUTTING_DOWN = "daemon.shutting_down"
     INTERNAL = "internal"
 
 

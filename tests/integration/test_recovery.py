@@ -458,6 +458,31 @@ def test_a_crashed_daemon_reattaches_to_its_live_worker_and_watchers_resume(harn
 # -- 3. a dead worker is resumed from its newest checkpoint, within a budget ---------------------------
 
 
+def test_cli_watch_rides_out_a_daemon_crash_and_misses_no_event(harness: Harness) -> None:
+    total, save = 8, 2
+    data, config = job_files(harness.root, steps=total, save_steps=save)
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=harness.root / "out", pipeline_id="ride")
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 1, "step 1")
+    command = [str(BIN / "cryptotune"), "--address", harness.address, "--no-autostart", "--json"]
+    watcher = subprocess.Popen(
+        [*command, "watch", job.job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None
+    first = json.loads(watcher.stdout.readline())  # connected: the stored events are arriving
+    assert first["seq"] == 1
+    harness.kill9()
+    time.sleep(1.0)
+    harness.start()
+    rest, err = watcher.communicate(timeout=WAIT_S)
+    assert watcher.returncode == 0, err
+    received = [first, *(json.loads(line) for line in rest.splitlines())]
+    assert [e["seq"] for e in received] == [e.seq for e in harness.events(job.job_id)], "each event once"
+    assert received[-1]["type"] == "state" and received[-1]["data"]["state"] == "succeeded"
+    assert "The daemon went away" in err and "Traceback" not in err
+
+
 def test_a_killed_worker_is_resumed_from_its_newest_checkpoint(harness: Harness) -> None:
     total, save = 6, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -582,6 +607,7 @@ def test_sigterm_stops_the_daemon_promptly_and_loses_no_job(harness: Harness) ->
     assert code == 0 and seconds < 15
     follower.join(timeout=5)
     assert ended and not follower.is_alive()
+    assert isinstance(ended[0], DaemonUnavailable) and "shutting down" in ended[0].message, ended
     assert refused, "a submission during shutdown must be refused"
     assert same_process(pid, started_at), "outside systemd the worker keeps training"
 

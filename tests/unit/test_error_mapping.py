@@ -25,6 +25,7 @@ EXPECTED_SDK_CLASS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: sdk_errors.ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: sdk_errors.Unauthenticated,
     grpc.StatusCode.UNIMPLEMENTED: sdk_errors.Unimplemented,
+    grpc.StatusCode.UNAVAILABLE: sdk_errors.DaemonUnavailable,
     grpc.StatusCode.INTERNAL: sdk_errors.InternalError,
 }
 
@@ -36,6 +37,7 @@ def test_every_domain_code_has_a_status() -> None:
     assert STATUS_BY_CODE[ErrorCode.UPLOAD_TOO_LARGE] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert STATUS_BY_CODE[ErrorCode.UNAUTHENTICATED] == grpc.StatusCode.UNAUTHENTICATED
     assert STATUS_BY_CODE[ErrorCode.RESUME_REFUSED] == grpc.StatusCode.FAILED_PRECONDITION
+    assert STATUS_BY_CODE[ErrorCode.DAEMON_SHUTTING_DOWN] == grpc.StatusCode.UNAVAILABLE
 
 
 class _Raising(config_pb2_grpc.ConfigServiceServicer):

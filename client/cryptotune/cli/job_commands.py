@@ -16,6 +16,7 @@ from rich.text import Text
 
 from cryptotune.cli.context import CliContext, pass_cli
 from cryptotune.cli.live import JobView, LiveDisplay
+from cryptotune.errors import DaemonUnavailable
 from cryptotune.types import Job, JobEvent
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -40,11 +41,10 @@ def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, 
 
 def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
     """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
-    client = cli_ctx.client()
     view = JobView(job_id=job.job_id, state=job.state)
     display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
     try:
-        return display.follow(view, client.watch(job.job_id, after_seq=after_seq))
+        return display.follow(view, _events(cli_ctx, job.job_id, after_seq))
     except KeyboardInterrupt:
         cli_ctx.err.print(
             Text.assemble(
@@ -55,11 +55,25 @@ def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
         sys.exit(0)
 
 
+def _events(cli_ctx: CliContext, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
+    """The job's events; a daemon restart pauses them (with a note on stderr) instead of ending them."""
+
+    def disconnected(error: DaemonUnavailable) -> None:
+        cli_ctx.err.print(
+            Text.assemble(
+                ("The daemon went away ", "yellow"),
+                f"({error.message}); the job keeps running. Waiting for it to come back (Ctrl-C detaches)…",
+            )
+        )
+
+    return cli_ctx.client().follow(job_id, after_seq=after_seq, on_disconnect=disconnected)
+
+
 def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
     """Follows a job until it ends, prints its outcome (or final status JSON) and exits 0/1."""
     client = cli_ctx.client()
     if cli_ctx.json_output:
-        for _ in client.watch(job.job_id):
+        for _ in _events(cli_ctx, job.job_id):
             pass
     else:
         _follow(cli_ctx, job)
@@ -256,7 +270,7 @@ def watch(cli_ctx: CliContext, job: str, since: int) -> None:
     client = cli_ctx.client()
     found = client.get_job(job)
     if cli_ctx.json_output:
-        _print_json_events(client.watch(found.job_id, after_seq=since))
+        _print_json_events(_events(cli_ctx, found.job_id, since))
     else:
         _follow(cli_ctx, found, after_seq=since)
         _print_outcome(cli_ctx, client.get_job(found.job_id))
