@@ -20,6 +20,7 @@ from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.submission import SubmitRequest, prepare
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
+from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,7 @@ class JobManager:
         self._ingest(job.job_id)
         wp.drop_partial_events(events_path, self._store.get(job.job_id).events_offset)
         wp.forget_processes(job_dir)  # so that a crash from here on never sees an earlier leader
+        clear_request(job_dir)  # an earlier run's out-of-memory request was handled (or is stale)
         running = self._store.transition(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
         if running is None:
             return  # cancelled meanwhile
@@ -499,6 +501,8 @@ class JobManager:
             if job.is_terminal:
                 return
             has_result, reason = self._outcome(job_id)
+            if not has_result and self._relaunch_after_oom(job):
+                return
             if job.state == JobState.CANCELLING:
                 target, why = JobState.CANCELLED, "cancelled by user"
             elif has_result and not reason:
@@ -536,6 +540,9 @@ class JobManager:
             return
         self._ingest(job.job_id)
         has_result, reason = self._outcome(job.job_id)
+        if not has_result and self._relaunch_after_oom(job):
+            self._notify(job.job_id)
+            return
         if job.state == JobState.CANCELLING:
             self._store.transition(job.job_id, JobState.CANCELLED, reason="cancelled by user")
         elif has_result and not reason:
@@ -559,13 +566,49 @@ class JobManager:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def _recover(self, job_id: str, why: str, *, count: bool) -> bool:
+    def _relaunch_after_oom(self, job: Job) -> bool:
+        """Handles a multi-process job that ran out of memory (see training/oom_relaunch.py).
+
+        Returns:
+            Whether the job had such a request: it is queued again with the smaller split, or
+            failed when the micro-batch was 1 already. (False: no request; decide as usual.)
+        """
+        if job.state not in (JobState.RUNNING, JobState.RECOVERING):
+            return False  # a cancel wins; so does a verdict already recorded
+        job_dir = self._job_dir(job.job_id)
+        try:
+            request = read_request(job_dir)
+        except (OSError, ValueError) as error:
+            log.warning("ignoring the out-of-memory request of job %s: %s", job.job_id, error)
+            request = None
+        if request is None:
+            return False
+        if request.can_continue:
+            moved = self._recover(job.job_id, request.message, count=False, oom=request)
+        else:
+            self._store.set_worker(job.job_id, None, None)
+            moved = (
+                self._store.transition(
+                    job.job_id,
+                    JobState.FAILED,
+                    expected={JobState.RUNNING, JobState.RECOVERING},
+                    reason=request.message,
+                )
+                is not None
+            )
+            self._notify(job.job_id)
+        # Removed only once acted on: a daemon crash in between finds it again.
+        clear_request(job_dir)
+        return moved
+
+    def _recover(self, job_id: str, why: str, *, count: bool, oom: OomRelaunchRequest | None = None) -> bool:
         """A worker vanished without a verdict: resume the job from its newest checkpoint, within budget.
 
         Args:
             job_id: the job (RUNNING or RECOVERING; other states are left alone).
             why: what happened, for the state events and the failure reason.
             count: whether this was a real worker failure that uses up the retry budget.
+            oom: set when a process ran out of memory: continue with its smaller split.
 
         Returns:
             Whether the job was moved (False: its state changed meanwhile, e.g. a cancel).
@@ -573,7 +616,10 @@ class JobManager:
         job = self._store.get(job_id)
         if job.state == JobState.RUNNING:
             moved = self._store.transition(
-                job_id, JobState.RECOVERING, expected={JobState.RUNNING}, reason=f"worker lost: {why}"
+                job_id,
+                JobState.RECOVERING,
+                expected={JobState.RUNNING},
+                reason=why if oom is not None else f"worker lost: {why}",
             )
             if moved is None:
                 return False
@@ -593,13 +639,19 @@ class JobManager:
             )
             self._notify(job_id)
             return failed is not None
-        self._store.update_spec(job_id, {**job.spec, "resume": {"output_dir": job.output_dir, "step": None}})
+        resume: dict[str, object] = {"output_dir": job.output_dir, "step": None}
         counted = f"retry {retries} of {RETRY_BUDGET}" if count else f"{why}; not counted as a retry"
+        reason = f"resuming from the newest verified checkpoint ({counted})"
+        if oom is not None:
+            resume["oom"] = oom.to_json()
+            reason = (
+                f"resuming from the newest verified checkpoint with micro-batch {oom.new_micro_batch} × "
+                f"gradient accumulation {oom.new_accumulation} (was {oom.old_micro_batch} × "
+                f"{oom.old_accumulation}: out of memory at step {oom.step}; same effective batch)"
+            )
+        self._store.update_spec(job_id, {**job.spec, "resume": resume})
         queued = self._store.transition(
-            job_id,
-            JobState.QUEUED,
-            expected={JobState.RECOVERING},
-            reason=f"resuming from the newest verified checkpoint ({counted})",
+            job_id, JobState.QUEUED, expected={JobState.RECOVERING}, reason=reason
         )
         self._notify(job_id)
         self._wakeup.set()

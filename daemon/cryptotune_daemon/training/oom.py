@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest
 
 if TYPE_CHECKING:
     from cryptotune_daemon.training.checkpoints import CheckpointInfo
     from cryptotune_daemon.training.trainer import LoraTrainer, TrainerSettings
 
-# Test hook, never set in production: "STEP:MICRO" makes the trainer raise torch.OutOfMemoryError
-# at optimiser step STEP whenever its micro-batch is larger than MICRO (0: whatever the size).
+# Test hook, never set in production: "STEP:MICRO[:RANK]" makes the trainer raise
+# torch.OutOfMemoryError at optimiser step STEP whenever its micro-batch is larger than MICRO (0:
+# whatever the size), in every process or only in process RANK.
 TEST_HOOK_ENV = "CRYPTOTUNE_TEST_HOOK_INJECT_OOM"
 
 
@@ -29,10 +31,12 @@ class OomTestHook:
     Attributes:
         at_step: the optimiser step (1-based) whose forward pass runs out of memory.
         fits_micro_batch: the largest micro-batch that "fits"; 0 means none does.
+        rank: the only process that runs out of memory, or None for all of them.
     """
 
     at_step: int
     fits_micro_batch: int
+    rank: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OomTestHook | None:
@@ -44,16 +48,22 @@ class OomTestHook:
         raw = environ.get(TEST_HOOK_ENV, "").strip()
         if not raw:
             return None
-        step, _, micro = raw.partition(":")
+        step, _, rest = raw.partition(":")
+        micro, _, rank = rest.partition(":")
         try:
-            return cls(at_step=int(step), fits_micro_batch=int(micro or "0"))
+            return cls(
+                at_step=int(step), fits_micro_batch=int(micro or "0"), rank=int(rank) if rank else None
+            )
         except ValueError as error:
             raise CryptotuneError(
-                ErrorCode.CONFIG_INVALID, f"{TEST_HOOK_ENV} must look like STEP:MICRO_BATCH, not {raw!r}"
+                ErrorCode.CONFIG_INVALID,
+                f"{TEST_HOOK_ENV} must look like STEP:MICRO_BATCH[:RANK], not {raw!r}",
             ) from error
 
-    def check(self, step: int, micro_batch_size: int) -> None:
+    def check(self, step: int, micro_batch_size: int, rank: int = 0) -> None:
         """Raises the simulated out-of-memory when ``step`` runs with too large a micro-batch."""
+        if self.rank is not None and rank != self.rank:
+            return
         if step == self.at_step and micro_batch_size > self.fits_micro_batch:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by the test hook {TEST_HOOK_ENV} at step {step} "
@@ -123,6 +133,20 @@ def halved_settings(settings: TrainerSettings) -> TrainerSettings | None:
     micro = max(d for d in range(1, old // 2 + 1) if per_step % d == 0)
     return dataclasses.replace(
         settings, micro_batch_size=micro, gradient_accumulation_steps=per_step // micro
+    )
+
+
+def relaunch_request(error: TrainingOutOfMemory, settings: TrainerSettings, rank: int) -> OomRelaunchRequest:
+    """What a process of a multi-process job asks the daemon for after running out of memory."""
+    smaller = halved_settings(settings)
+    return OomRelaunchRequest(
+        step=error.step,
+        rank=rank,
+        old_micro_batch=settings.micro_batch_size,
+        old_accumulation=settings.gradient_accumulation_steps,
+        new_micro_batch=None if smaller is None else smaller.micro_batch_size,
+        new_accumulation=None if smaller is None else smaller.gradient_accumulation_steps,
+        message=f"{error.message} (in process {rank})",
     )
 
 

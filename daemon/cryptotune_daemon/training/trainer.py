@@ -488,7 +488,9 @@ class LoraTrainer:
             with context:
                 if self.oom_test_hook is not None and position == len(micro_batches) - 1:
                     # After the earlier micro-batches' backward: partial gradients exist, as in a real OOM.
-                    self.oom_test_hook.check(self.state.step + 1, self.settings.micro_batch_size)
+                    self.oom_test_hook.check(
+                        self.state.step + 1, self.settings.micro_batch_size, self.dist.rank
+                    )
                 with self.autocast():
                     sums, _ = self._loss_module(**inputs)
                     loss = sums.sum() * scale

@@ -28,6 +28,7 @@ from cryptotune_daemon.training.checkpoints import (
     remove_temp_dirs,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
+from cryptotune_daemon.training.oom_relaunch import write_request
 from cryptotune_daemon.worker.events import EventWriter
 from cryptotune_daemon.worker.spec import JobSpec
 from cryptotune_daemon.worker.state import STAGES, PipelineState, read_state, write_state
@@ -432,7 +433,12 @@ class Pipeline:
 
     def _training(self) -> None:
         from cryptotune_daemon.training.models import load_base_model
-        from cryptotune_daemon.training.oom import OomTestHook, train_with_oom_recovery
+        from cryptotune_daemon.training.oom import (
+            OomTestHook,
+            TrainingOutOfMemory,
+            relaunch_request,
+            train_with_oom_recovery,
+        )
         from cryptotune_daemon.training.trainer import LoraTrainer, precision_dtype
 
         plan, dist = self.ctx.plan, self.ctx.dist
@@ -467,15 +473,24 @@ class Pipeline:
 
         if resume is not None:
             self._log(f"resuming training from checkpoint {resume.path.name} (step {resume.step})")
-        trainer = train_with_oom_recovery(
-            build,
-            trainer_settings(self.ctx.config, plan),
-            resume=resume,
-            latest_checkpoint=lambda: newest_verified(self.output_dir, self._warn),
-            on_recovery=self._recovered_from_oom,
-            # One rank cannot change its batch alone (and its peers are blocked in a collective).
-            recover=dist.world_size == 1,
-        )
+        settings = self._apply_oom_relaunch(trainer_settings(self.ctx.config, plan), resume)
+        try:
+            trainer = train_with_oom_recovery(
+                build,
+                settings,
+                resume=resume,
+                latest_checkpoint=lambda: newest_verified(self.output_dir, self._warn),
+                on_recovery=self._recovered_from_oom,
+                # One rank cannot change its batch alone (its peers are blocked in a collective):
+                # it asks the daemon to relaunch every rank with the smaller split instead.
+                recover=dist.world_size == 1,
+            )
+        except TrainingOutOfMemory as error:
+            if dist.world_size > 1 and self.spec.events_path is not None:
+                request = relaunch_request(error, settings, dist.rank)
+                write_request(self.spec.events_path.parent, request)
+                log.warning("out of memory in process %s: asked the daemon for a relaunch", dist.rank)
+            raise
         state = trainer.state
         trainer.cleanup()
         self.ctx.model = trainer.model
@@ -488,6 +503,36 @@ class Pipeline:
             "tokens_per_second": self.ctx.tokens_per_second,
             "resumed_from_step": trainer.resumed_from_step,
         }
+
+    def _apply_oom_relaunch(
+        self, settings: TrainerSettings, resume: CheckpointInfo | None
+    ) -> TrainerSettings:
+        """The settings with the smaller split the daemon relaunched this job with, if any."""
+        import dataclasses
+
+        from cryptotune_daemon.training.oom import OomRecovery
+
+        oom = self.spec.resume.oom if self.spec.resume is not None else None
+        if oom is None or oom.new_micro_batch is None or oom.new_accumulation is None:
+            return settings
+        if (settings.micro_batch_size, settings.gradient_accumulation_steps) != (
+            oom.old_micro_batch,
+            oom.old_accumulation,
+        ):
+            return settings  # applied by an earlier run of this job already
+        smaller = dataclasses.replace(
+            settings, micro_batch_size=oom.new_micro_batch, gradient_accumulation_steps=oom.new_accumulation
+        )
+        recovery = OomRecovery(
+            step=oom.step,
+            old_micro_batch=oom.old_micro_batch,
+            new_micro_batch=oom.new_micro_batch,
+            old_accumulation=oom.old_accumulation,
+            new_accumulation=oom.new_accumulation,
+            resumed_from_step=0 if resume is None else resume.step,
+        )
+        self._recovered_from_oom(recovery, smaller)
+        return smaller
 
     def _recovered_from_oom(self, recovery: OomRecovery, settings: TrainerSettings) -> None:
         """Reports an out-of-memory recovery and records the new split, so a later resume uses it."""

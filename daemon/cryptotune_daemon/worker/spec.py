@@ -8,14 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest
 
 
 @dataclass(frozen=True)
 class ResumeSpec:
-    """Where to resume: the pipeline's output dir and an optional checkpoint step (None: newest)."""
+    """Where to resume: the pipeline's output dir and an optional checkpoint step (None: newest).
+
+    ``oom`` is set when the daemon relaunches a multi-process job that ran out of memory: the run
+    continues with the request's smaller micro-batch.
+    """
 
     output_dir: Path
     step: int | None = None
+    oom: OomRelaunchRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,15 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
     resume_raw = raw.get("resume")
     resume: ResumeSpec | None = None
     if isinstance(resume_raw, dict):
-        step = resume_raw.get("step")
+        step, oom = resume_raw.get("step"), resume_raw.get("oom")
+        try:
+            request = None if oom is None else OomRelaunchRequest.from_json(oom)
+        except ValueError as error:
+            raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec 'resume.oom': {error}") from error
         resume = ResumeSpec(
             output_dir=Path(str(resume_raw.get("output_dir") or _required(raw, "output_dir"))),
             step=int(step) if step is not None else None,
+            oom=request,
         )
     elif resume_raw is not None:
         raise CryptotuneError(ErrorCode.REQUEST_INVALID, "job spec 'resume' must be null or an object")
