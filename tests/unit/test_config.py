@@ -619,3 +619,13 @@ def test_fuzz_structured_yaml_never_raises_and_valid_configs_round_trip(document
     else:
         with pytest.raises(CryptotuneError):
             load_config(text, gpu_count=2)
+
+
+def test_a_flood_of_errors_lists_the_first_hundred_in_line_order_and_counts_the_rest() -> None:
+    text = "training:\n" + "".join(f"  bogus_key_{i}: {i}\n" for i in range(150))
+    report = validate_config_text(text)
+    assert not report.valid and len(report.errors) == 101
+    listed, note = report.errors[:100], report.errors[100]
+    assert [issue.line for issue in listed] == list(range(2, 102))
+    assert all(issue.message.startswith("unknown key 'bogus_key_") for issue in listed)
+    assert note.message == "50 more errors not listed: fix the ones above and validate again"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -98,7 +99,15 @@ class ConfigReport:
     config: CryptotuneConfig | None
 
 
-class _Loader(yaml.SafeLoader):
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    # libyaml's parser (in PyYAML's wheels) reads a 1 MiB config 4× faster than the pure-Python one;
+    # the constructors and resolvers (YAML 1.1 quirks included) are the same Python code in both.
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """SafeLoader that never raises ValueError while constructing scalars.
 
     Python refuses int() of more than 4300 digits and PyYAML builds dates like 2024-13-45 with
@@ -123,6 +132,11 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_lenient_int)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_lenient_timestamp)
 
 
+# A report lists at most this many errors, then counts the rest: nobody reads 50,000 "unknown key"
+# lines, and working out a did-you-mean for each of them costs seconds of daemon CPU.
+MAX_LISTED_ERRORS = 100
+
+
 @dataclass
 class _Collector:
     """Accumulates issues and knows the line of every key seen in the document."""
@@ -132,6 +146,28 @@ class _Collector:
     warnings: list[ConfigIssue] = field(default_factory=list)
     # "section" or "section.key" entries whose value was rejected (and replaced by the default).
     failed: set[str] = field(default_factory=set)
+    unlisted: int = 0  # errors found beyond MAX_LISTED_ERRORS
+
+    def add(self, issue: ConfigIssue | Callable[[], ConfigIssue]) -> None:
+        """Records an error (built only while the list has room: a callable defers the work)."""
+        if len(self.errors) >= MAX_LISTED_ERRORS:
+            self.unlisted += 1
+            return
+        self.errors.append(issue() if callable(issue) else issue)
+
+    def listed_errors(self) -> list[ConfigIssue]:
+        """The errors in line order, then a note counting those not listed."""
+        errors = _sorted(self.errors)
+        if self.unlisted:
+            errors.append(
+                ConfigIssue(
+                    "",
+                    None,
+                    f"{self.unlisted} more error{'s' if self.unlisted != 1 else ''} not listed: "
+                    "fix the ones above and validate again",
+                )
+            )
+        return errors
 
     def usable(self, *paths: str) -> bool:
         """Whether every ``section.key`` given, and its section, was valid."""
@@ -152,8 +188,12 @@ class _Collector:
         """The first location that is written in the file (the first one given if none is)."""
         return next((loc for loc in locs if loc in self.lines), locs[0])
 
-    def error(self, loc: _Loc, message: str, *also: _Loc) -> None:
-        self.errors.append(ConfigIssue(_dotted(loc), self.line_of(loc, *also), message))
+    def error(self, loc: _Loc, message: str | Callable[[], str], *also: _Loc) -> None:
+        self.add(
+            lambda: ConfigIssue(
+                _dotted(loc), self.line_of(loc, *also), message() if callable(message) else message
+            )
+        )
 
     def warn(self, loc: _Loc, message: str, *also: _Loc) -> None:
         self.warnings.append(ConfigIssue(_dotted(loc), self.line_of(loc, *also), message))
@@ -192,15 +232,25 @@ def _yaml_error(error: Exception, text: str) -> ConfigIssue:
         if error.context and error.problem:
             started = f" started at line {error.context_mark.line + 1}" if error.context_mark else ""
             context = f" ({error.context}{started})"
-        hint = _yaml_hint(f"{error.problem} {error.context}")
+        hint = _yaml_hint(f"{error.problem} {error.context}", _char_at(text, mark))
         return ConfigIssue(
             "", mark.line + 1 if mark else None, f"YAML syntax error{where}: {problem}{context}; {hint}"
         )
     return ConfigIssue("", None, f"the YAML could not be read ({error}); check the indentation and quoting")
 
 
-def _yaml_hint(problem: str) -> str:
-    if "'\\t'" in problem:
+def _char_at(text: str, mark: yaml.Mark | None) -> str:
+    """The character a parser mark points at ("" past the end or without a mark)."""
+    if mark is None:
+        return ""
+    lines = text.split("\n")
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return line[mark.column] if mark.column < len(line) else ""
+
+
+def _yaml_hint(problem: str, offending: str = "") -> str:
+    # libyaml (the C parser) says "found character that cannot start any token" for a tab.
+    if "'\\t'" in problem or offending == "\t":
         return "indent with spaces: YAML does not allow tabs"
     if "single document" in problem:
         return "a config is one YAML document: remove the '---' and everything after it"
@@ -255,7 +305,7 @@ def _walk(root: yaml.Node, out: _Collector) -> None:
                 line = key_node.start_mark.line + 1
                 signature = (key_node.tag, name)
                 if signature in first_line:
-                    out.errors.append(
+                    out.add(
                         ConfigIssue(
                             _dotted(key_loc),
                             line,
@@ -342,7 +392,7 @@ def _split_sections(data: Any, out: _Collector) -> dict[str, dict[str, Any]]:
     for raw_key, value in data.items():
         key = _key_name(raw_key)
         if key not in SECTIONS:
-            out.error((key,), _unknown_section_message(key))
+            out.error((key,), functools.partial(_unknown_section_message, key))
             continue
         if value is None:
             # `training:` with nothing under it: the section's defaults.
@@ -363,7 +413,7 @@ def _split_sections(data: Any, out: _Collector) -> dict[str, dict[str, Any]]:
             if name in SECTIONS[key].model_fields:
                 known[name] = item
             else:
-                out.error((key, name), _unknown_key_message(key, name))
+                out.error((key, name), functools.partial(_unknown_key_message, key, name))
         sections[key] = known
     return sections
 
@@ -618,13 +668,13 @@ def validate_config_text(
         return ConfigReport(False, out.errors, [], None)
     ok, data = _parse(text, out)
     if not ok:
-        return ConfigReport(False, _sorted(out.errors), [], None)
+        return ConfigReport(False, out.listed_errors(), [], None)
     raw = _split_sections(data, out)
     config = _validate_sections(raw, out)
     _cross_checks(config, out, gpu_count)
     _warnings(config, out)
     valid = not out.errors
-    return ConfigReport(valid, _sorted(out.errors), _sorted(out.warnings), config if valid else None)
+    return ConfigReport(valid, out.listed_errors(), _sorted(out.warnings), config if valid else None)
 
 
 def format_issue(issue: ConfigIssue, source_name: str) -> str:
