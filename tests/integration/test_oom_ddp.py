@@ -56,6 +56,7 @@ def test_an_oom_in_one_rank_relaunches_the_job_with_half_the_micro_batch(harness
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == total and report["world_size"] == 2
     assert (report["micro_batch_size"], report["gradient_accumulation_steps"]) == (2, 2)
+    assert report["oom_recoveries"] == [recovery]
     assert harness.job_row(job.job_id)["retries"] == 0, "an OOM relaunch is not a lost worker"
     assert not (harness.state_dir / "jobs" / job.job_id / "oom_relaunch.json").exists()
 

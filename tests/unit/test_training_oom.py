@@ -257,6 +257,8 @@ def test_job_recovers_from_an_oom_and_ends_with_the_planned_steps(
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 4 and report["effective_batch_size"] == 2
     assert (report["micro_batch_size"], report["gradient_accumulation_steps"]) == (1, 2)
+    assert report["oom_recoveries"] == of(events, "oom_recovery")
+    assert "| Out-of-memory recoveries | step 3: micro-batch 2 → 1 |" in (out / "report.md").read_text()
     # The new split is persisted, so a resumed job plans with it (and its checkpoints accept it).
     state = json.loads((out / "pipeline_state.json").read_text())
     assert state["plan"]["micro_batch_size"] == 1 and len(state["oom_recoveries"]) == 1

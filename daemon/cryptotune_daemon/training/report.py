@@ -102,6 +102,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _oom_text(recoveries: list[Mapping[str, Any]]) -> str:
+    if not recoveries:
+        return "none"
+    return "; ".join(
+        f"step {r.get('step')}: micro-batch {r.get('old_micro_batch')} → {r.get('new_micro_batch')}"
+        for r in recoveries
+    )
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """A human-readable summary: one table of the key numbers, the loss curve, stage timings."""
     rows = [
@@ -122,6 +131,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Crypto-term recall", report.get("crypto_term_recall")),
         ("Tokens / s (trained)", report.get("tokens_per_second")),
         ("Peak memory (MB)", report.get("peak_memory_mb")),
+        (
+            "Micro-batch × accumulation",
+            f"{report.get('micro_batch_size')} × {report.get('gradient_accumulation_steps')}",
+        ),
+        ("Out-of-memory recoveries", _oom_text(report.get("oom_recoveries") or [])),
         ("Wall time (s)", report.get("wall_seconds")),
         ("Adapter", f"`{report.get('adapter_path')}`"),
     ]

@@ -734,6 +734,7 @@ class Pipeline:
                 "gradient_accumulation_steps": plan.gradient_accumulation_steps,
                 "effective_batch_size": plan.effective_batch_size,
                 "gradient_checkpointing": plan.gradient_checkpointing,
+                "oom_recoveries": list(self.state.results.get("oom_recoveries", [])),
                 "data_hash": self.ctx.hashes.data,
                 "config_hash": self.ctx.hashes.config,
                 "tokenizer_hash": self.ctx.hashes.tokenizer,
