@@ -6,8 +6,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from cryptotune_daemon.jobs import worker_process as wp
 from tests.integration.conftest import run_cli
 from tests.integration.test_jobs import wait_terminal, write_config, write_data
@@ -18,7 +16,6 @@ __all__ = ["harness"]  # the fixture, shared with test_recovery
 CANCEL_BOUND_S = 15.0
 
 
-@pytest.mark.slow
 def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harness) -> None:
     root = harness.root
     data = write_data(root / "data.jsonl", count=16)

@@ -317,7 +317,6 @@ def same_process(pid: int, started_at: float) -> bool:
 # -- 1. kill -9 at random moments -------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_repeated_kill_9_of_the_daemon_loses_and_repeats_nothing(harness: Harness) -> None:
     """Seeded kill -9 of the daemon at random moments; once the crash takes the worker too."""
     rng = random.Random(SEED)
@@ -568,7 +567,6 @@ def test_a_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(harnes
 # -- 7. SIGTERM -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_sigterm_stops_the_daemon_promptly_and_loses_no_job(harness: Harness) -> None:
     total, save = 10, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
