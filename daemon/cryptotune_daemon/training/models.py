@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_TINY_QWEN3 = "builtin:tiny-qwen3"
 # Fixed so every process (and every rank) builds bit-identical tiny weights.
 TINY_QWEN3_SEED = 20250731
+log = logging.getLogger(__name__)
+
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 ModelKind = Literal["builtin", "local", "hub"]
@@ -93,23 +96,41 @@ def _hub_cache_hint() -> str:
     return home
 
 
-def _not_cached(name: str, detail: str) -> CryptotuneError:
+def _offline() -> bool:
+    """Whether Hugging Face offline mode is on (read now, not when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        f.strip().lower() in ("1", "true", "yes", "on") for f in flags
+    )
+
+
+def _not_cached(name: str, detail: str, why_not_fetched: str) -> CryptotuneError:
     return CryptotuneError(
         ErrorCode.MODEL_UNAVAILABLE,
-        f"model '{name}' {detail} in the local Hugging Face cache ({_hub_cache_hint()}); cryptotune never "
-        f"downloads weights while training. Fetch them on a machine with access, e.g. "
-        f"`huggingface-cli download {name}` (or `hf download {name}`) with the daemon's HF_HOME, or set "
-        "model.model_name to a local directory holding config.json and the weights",
+        f"model '{name}' {detail} in the local Hugging Face cache ({_hub_cache_hint()}) "
+        f"and {why_not_fetched}. "
+        f"Fetch it on a machine with access, e.g. `huggingface-cli download {name}` (or "
+        f"`hf download {name}`) with the daemon's HF_HOME, or set model.model_name to a local directory "
+        "holding config.json and the weights",
     )
+
+
+# What training needs from a hub repo: config, tokenizer files and weights (safetensors preferred;
+# .bin only for repos without them). Not the README, images or other formats' weights.
+_DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.safetensors"]
+_BIN_PATTERNS = ["pytorch_model*.bin", "model*.bin"]
 
 
 def resolve_model(
     name: str, *, trust_remote_code: bool = False, allow_remote_code: bool = False, revision: str = "main"
 ) -> ModelSource:
-    """Finds a model without loading it and without touching the network.
+    """Finds a model without loading it; downloads a hub model missing from the cache unless offline.
 
     Args:
-        name: ``builtin:tiny-qwen3``, a local directory, or a Hugging Face id already in the cache.
+        name: ``builtin:tiny-qwen3``, a local directory, or a Hugging Face id (cached, or downloaded
+            when ``HF_HUB_OFFLINE`` is not set).
         trust_remote_code: the config's ``model.trust_remote_code``.
         allow_remote_code: whether the daemon permits remote code.
         revision: branch, tag or commit of a hub model (``model.model_revision``).
@@ -148,10 +169,12 @@ def resolve_model(
 
 
 def _cached_snapshot(repo_id: str, revision: str) -> Path:
+    """The model's snapshot: from the cache, else downloaded from the Hub unless offline mode is on."""
     from huggingface_hub import snapshot_download
 
+    what = "is not" if revision == "main" else f"at revision '{revision}' is not"
+    snapshot: Path | None = None
     try:
-        # local_files_only: the cache is the only source, whatever HF_HUB_OFFLINE says.
         snapshot = Path(str(snapshot_download(repo_id, revision=revision, local_files_only=True)))
     except Exception as error:  # LocalEntryNotFoundError, HFValidationError, ...
         if type(error).__name__ == "HFValidationError":
@@ -160,10 +183,23 @@ def _cached_snapshot(repo_id: str, revision: str) -> Path:
                 f"model '{repo_id}' is neither a builtin model, a local directory "
                 "nor a valid Hugging Face id",
             ) from error
-        what = "is not" if revision == "main" else f"at revision '{revision}' is not"
-        raise _not_cached(repo_id, what) from error
+    if snapshot is not None and (snapshot / "config.json").is_file() and _has_weights(snapshot):
+        return snapshot
+    if snapshot is not None:
+        what = "has no complete weights"
+    if _offline():
+        raise _not_cached(repo_id, what, "offline mode is on (HF_HUB_OFFLINE), so it is not downloaded")
+    log.warning("model %s %s in the Hugging Face cache: downloading it from the Hub", repo_id, what)
+    try:
+        # Several ranks may do this at once: huggingface_hub locks each file while it downloads.
+        snapshot = Path(str(snapshot_download(repo_id, revision=revision, allow_patterns=_DOWNLOAD_PATTERNS)))
+        if not _has_weights(snapshot):
+            snapshot = Path(str(snapshot_download(repo_id, revision=revision, allow_patterns=_BIN_PATTERNS)))
+    except Exception as error:  # network, auth (gated repos), unknown repo or revision, full disk ...
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise _not_cached(repo_id, what, f"downloading it from the Hub failed ({first_line})") from error
     if not (snapshot / "config.json").is_file() or not _has_weights(snapshot):
-        raise _not_cached(repo_id, "has no complete weights")
+        raise _not_cached(repo_id, what, "the Hub repository has no config.json and weights")
     return snapshot
 
 
