@@ -129,7 +129,7 @@ class DataInspection(_Serializable):
 
 @dataclass(frozen=True)
 class StageStatus(_Serializable):
-    """A pipeline stage and its state (pending, running, done, failed, skipped)."""
+    """A pipeline stage and its state (pending, running, done, failed, cancelled, skipped)."""
 
     name: str
     state: str

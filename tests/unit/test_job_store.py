@@ -238,6 +238,25 @@ def test_transition_event_and_failure_reason(store: JobStore) -> None:
     assert last.data == {"state": "failed", "reason": "CUDA out of memory", "exit_code": 1}
 
 
+def test_cancel_marks_the_interrupted_stage_cancelled_not_failed(store: JobStore) -> None:
+    job = new_job(store, "p1", CING)
+    for event, stage in (
+        ("stage_started", "init"),
+        ("stage_completed", "init"),
+        ("stage_started", "training"),
+    ):
+        store.append_event(job.job_id, event, {"stage": stage})
+    cancelled = store.transition(job.job_id, C, reason="cancelled by user")
+    assert cancelled is not None and cancelled.state is C
+    states = {s.name: s.state for s in cancelled.stages}
+    assert states["training"] == "cancelled"
+    assert states["init"] == "done"
+    assert {states[s] for s in STAGES if s not in ("init", "training")} == {"pending"}
+    # As stored, not just as returned.
+    assert {s.name: s.state for s in store.get(job.job_id).stages} == states
+    assert cancelled.failure_reason == "cancelled by user"
+
+
 def test_transition_of_unknown_job_raises(store: JobStore) -> None:
     with pytest.raises(CryptotuneError) as excinfo:
         store.transition("job-missing", R)

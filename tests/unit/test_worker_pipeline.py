@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -146,14 +147,27 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = write_records(root / "records.jsonl")
     spec = make_spec(root, data=data, config=config_text())
     started = time.monotonic()
-    code, events = run_inprocess(spec)
+    pipeline = Pipeline(parse_spec(spec))
+    code = pipeline.run()
+    seconds = time.monotonic() - started
+    events = read_events(Path(spec["events_path"]))
+    # The trained model as the pipeline held it when it wrote the adapter: the reference for reloads.
+    probe_ids = trained_logits = None
+    if code == 0:
+        probe_ids = torch.tensor([list(pipeline.ctx.data.eval[0].input_ids)])
+        pipeline.ctx.model.eval()
+        with torch.no_grad():
+            trained_logits = pipeline.ctx.model(input_ids=probe_ids).logits
+    del pipeline
     return {
         "code": code,
         "events": events,
         "spec": spec,
         "out": Path(spec["output_dir"]),
         "data": data,
-        "seconds": time.monotonic() - started,
+        "seconds": seconds,
+        "probe_ids": probe_ids,
+        "trained_logits": trained_logits,
     }
 
 
@@ -190,29 +204,64 @@ def test_full_run_writes_report_adapter_and_state(full_run: dict[str, Any]) -> N
     for key in ("train_loss_first", "train_loss_last", "eval_loss", "perplexity", "tokens_per_second"):
         assert isinstance(report[key], float) and report[key] > 0, key
     assert report["perplexity"] == pytest.approx(float(torch.tensor(report["eval_loss"]).exp()), rel=1e-6)
-    assert (
-        set(report["eval_loss_by_difficulty"]) <= {"1", "2", "3", "4"} and report["eval_loss_by_difficulty"]
-    )
+    # Every difficulty with eval samples has its loss and its perplexity, exp(loss).
+    state = read_state(out)
+    assert state is not None
+    eval_difficulties = {str(i % 4 + 1) for i in state.results["split"]["eval"]}
+    losses, perplexities = report["eval_loss_by_difficulty"], report["perplexity_by_difficulty"]
+    assert eval_difficulties and set(losses) == set(perplexities) == eval_difficulties
+    for difficulty, loss in losses.items():
+        assert perplexities[difficulty] == pytest.approx(math.exp(loss), rel=1e-9), difficulty
+    final_eval = of(full_run["events"], "eval")[-1]
+    assert final_eval["eval_loss_by_difficulty"] == losses
+    assert final_eval["perplexity_by_difficulty"] == perplexities
+    markdown = (out / "report.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| Perplexity by difficulty |"))
+    for difficulty, value in perplexities.items():
+        assert f"{difficulty}: {value:.4g}" in row
     assert 0.0 <= report["thinking_format_rate"] <= 1.0 and 0.0 <= report["crypto_term_recall"] <= 1.0
     assert report["peak_memory_mb"] > 0 and report["wall_seconds"] > 0
     assert set(report["stage_seconds"]) == set(STAGES)
     assert report["resumed_from_step"] is None
     assert (report["precision"], report["device"], report["world_size"]) == ("fp32", "cpu", 1)
     assert report["adapter_path"] == str(out / "adapter")
-    assert "![loss](loss_curve.png)" in (out / "report.md").read_text()
+    assert "![loss](loss_curve.png)" in markdown
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "resolved_config.yaml").read_text().count("per_device_train_batch_size: 2") == 1
     assert (out / "adapter" / "adapter_config.json").exists() and (
         out / "adapter" / "tokenizer.json"
     ).exists()
-    state = read_state(out)
-    assert state is not None and all(state.completed(s) for s in STAGES)
+    assert all(state.completed(s) for s in STAGES)
     assert state.hashes.data and state.hashes.config and state.hashes.tokenizer
     assert [c.step for c in list_checkpoints(out)] == [2, 4, 6, 8]
     final = newest_verified(out)
     assert final is not None and final.hashes == state.hashes
     for name, tensor in adapter_weights(out / "adapter").items():
         assert torch.equal(tensor, adapter_weights(final.path / "adapter")[name])
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_written_adapter_reloads_onto_a_fresh_base_with_the_trained_logits(full_run: dict[str, Any]) -> None:
+    from peft import PeftModel
+
+    from cryptotune_daemon.training.models import load_base_model, resolve_model
+
+    assert full_run["code"] == 0, of(full_run["events"], "failed")
+    ids, trained = full_run["probe_ids"], full_run["trained_logits"]
+
+    def fresh_base() -> Any:
+        # As the pipeline loads builtin:tiny-qwen3 for a CPU run.
+        source = resolve_model("builtin:tiny-qwen3")
+        return load_base_model(source, dtype=torch.float32, device=torch.device("cpu"))
+
+    reloaded = PeftModel.from_pretrained(fresh_base(), str(full_run["out"] / "adapter"))
+    reloaded.eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=ids).logits
+        base = fresh_base()(input_ids=ids).logits
+    torch.testing.assert_close(again, trained, atol=1e-5, rtol=0)
+    # The adapter changed the model (otherwise the check above proves nothing).
+    assert not torch.allclose(base, trained, atol=1e-3)
 
 
 def test_dry_run_stops_after_config_gen_with_a_plan(tmp_path: Path) -> None:

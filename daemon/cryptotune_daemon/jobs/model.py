@@ -66,7 +66,7 @@ STAGES: tuple[str, ...] = (
     "complete",
 )
 
-STAGE_STATES: frozenset[str] = frozenset({"pending", "running", "done", "failed", "skipped"})
+STAGE_STATES: frozenset[str] = frozenset({"pending", "running", "done", "failed", "cancelled", "skipped"})
 
 PIPELINE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -122,7 +122,7 @@ class StageStatus:
 
     Attributes:
         name: one of ``STAGES``.
-        state: pending, running, done, failed or skipped.
+        state: pending, running, done, failed, cancelled or skipped.
         seconds: wall time the stage took (0.0 until it completes).
     """
 

@@ -580,7 +580,8 @@ class JobStore:
         """Move a job to ``to`` if it is in an allowed (and expected) state, recording a ``state`` event.
 
         The state check and the write are one compare-and-set, so of two callers racing
-        from the same state exactly one wins.
+        from the same state exactly one wins. Moving to FAILED marks a still-running stage
+        ``failed``; moving to CANCELLED marks it ``cancelled``.
 
         Args:
             job_id: the job.
@@ -622,8 +623,11 @@ class JobStore:
                 return None
             self._insert_events(conn, job_id, [("state", payload, now)])
             if to in {JobState.FAILED, JobState.CANCELLED}:
-                # An interrupted stage would otherwise show as running forever.
-                stages = tuple(replace(s, state="failed") if s.state == "running" else s for s in job.stages)
+                # An interrupted stage would otherwise show as running forever; a cancel did not fail it.
+                interrupted = "cancelled" if to is JobState.CANCELLED else "failed"
+                stages = tuple(
+                    replace(s, state=interrupted) if s.state == "running" else s for s in job.stages
+                )
                 if stages != job.stages:
                     conn.execute(
                         "UPDATE jobs SET stages_json = ? WHERE job_id = ?", (_stages_to_json(stages), job_id)

@@ -30,15 +30,17 @@ class EvalLoss:
 
     Attributes:
         loss: mean cross-entropy per label token (None without eval tokens).
-        perplexity: ``exp(loss)``.
+        perplexity: ``exp(loss)`` (see :func:`perplexity`).
         by_difficulty: loss per difficulty ("1"–"4", plus "unknown" for records without one).
         tokens: label tokens evaluated.
+        perplexity_by_difficulty: ``exp`` of each ``by_difficulty`` loss, same keys.
     """
 
     loss: float | None
     perplexity: float | None
     by_difficulty: dict[str, float] = field(default_factory=dict)
     tokens: int = 0
+    perplexity_by_difficulty: dict[str, float | None] = field(default_factory=dict)
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -117,7 +119,11 @@ def compute_eval_loss(
     loss = totals[0] / tokens[0] if tokens[0] else None
     by_difficulty = {name: totals[i] / tokens[i] for i, name in enumerate(_SLOTS) if i > 0 and tokens[i] > 0}
     return EvalLoss(
-        loss=loss, perplexity=perplexity(loss), by_difficulty=by_difficulty, tokens=int(tokens[0])
+        loss=loss,
+        perplexity=perplexity(loss),
+        by_difficulty=by_difficulty,
+        tokens=int(tokens[0]),
+        perplexity_by_difficulty={name: perplexity(value) for name, value in by_difficulty.items()},
     )
 
 

@@ -460,6 +460,7 @@ class LoraTrainer:
                         "eval_loss": result.loss,
                         "perplexity": result.perplexity,
                         "eval_loss_by_difficulty": result.by_difficulty,
+                        "perplexity_by_difficulty": result.perplexity_by_difficulty,
                     },
                 )
             if last or self._due(settings.save_strategy, settings.save_steps, ended_epoch):

@@ -642,6 +642,7 @@ class Pipeline:
                 "eval_loss": loss.loss,
                 "perplexity": loss.perplexity,
                 "eval_loss_by_difficulty": loss.by_difficulty,
+                "perplexity_by_difficulty": loss.perplexity_by_difficulty,
             },
         )
         sample_size = int(config.training.eval_sample_size)
@@ -664,10 +665,10 @@ class Pipeline:
         )
         self.state.results["metrics"] = {
             "eval_loss": loss.loss,
-            "perplexity": loss.perplexity
-            if loss.perplexity is None or math.isfinite(loss.perplexity)
-            else None,
+            # The state file is JSON: an overflowing (infinite) perplexity is recorded as None.
+            "perplexity": _finite(loss.perplexity),
             "eval_loss_by_difficulty": loss.by_difficulty,
+            "perplexity_by_difficulty": {k: _finite(v) for k, v in loss.perplexity_by_difficulty.items()},
             "thinking_format_rate": generation.thinking_format_rate,
             "crypto_term_recall": generation.crypto_term_recall,
             "generation_samples": generation.samples,
@@ -717,6 +718,7 @@ class Pipeline:
                 "eval_loss": metrics.get("eval_loss"),
                 "eval_loss_by_difficulty": metrics.get("eval_loss_by_difficulty") or {},
                 "perplexity": metrics.get("perplexity"),
+                "perplexity_by_difficulty": metrics.get("perplexity_by_difficulty") or {},
                 "thinking_format_rate": metrics.get("thinking_format_rate"),
                 "crypto_term_recall": metrics.get("crypto_term_recall"),
                 "generation_evaluated": metrics.get("generation_evaluated", 0),
@@ -745,6 +747,11 @@ class Pipeline:
 
 
 # -- config → settings -----------------------------------------------------------------------------------
+
+
+def _finite(value: float | None) -> float | None:
+    """``value``, or None when it is None or not finite."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _auto(value: Any) -> Any:

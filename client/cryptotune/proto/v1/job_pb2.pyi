@@ -205,7 +205,7 @@ class StageStatus(_message.Message):
     SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: _builtins.str
-    """pending, running, done, failed, skipped"""
+    """pending, running, done, failed, cancelled, skipped"""
     seconds: _builtins.float
     def __init__(
         self,
