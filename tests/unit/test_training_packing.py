@@ -148,7 +148,10 @@ def test_fused_loss_gradients_equal_autograd_through_full_logits() -> None:
     got = {n: p.grad for n, p in fused.named_parameters() if p.grad is not None}
     assert set(got) == set(expected) and len(got) == 8
     for name, grad in got.items():
-        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6)
+        # fp32 sums in another order (chunks vs full logits): errors scale with the gradients' size.
+        torch.testing.assert_close(
+            grad, expected[name], rtol=1e-4, atol=1e-5 * float(expected[name].abs().max())
+        )
 
 
 def test_step_samples_do_not_depend_on_the_micro_batch_split() -> None:

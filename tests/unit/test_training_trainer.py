@@ -127,8 +127,7 @@ def test_loss_falls_on_a_tiny_repeated_dataset(tmp_path: Path) -> None:
     state = trainer.train()
     losses = [loss for _, loss in state.loss_history]
     assert len(losses) == 30
-    # The tiny model's frozen final RMSNorm and 64-wide tied embedding cap its logits near ±1.3,
-    # so the loss can only fall from ~ln(151936) ≈ 11.9 to ~10.7: a 0.25 nat drop is real learning.
+    # The tiny model is random and 64 wide: a 0.25 nat drop in 30 steps is real learning.
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.25, (first, last)
     progress = recorder.of("progress")
