@@ -103,7 +103,12 @@ class Client:
         self.address = address or default_address()
         self._token = token if token is not None else os.environ.get(TOKEN_ENV) or _local_token(self.address)
         self._timeout = timeout
-        self._channel = self._open_channel(tls_ca, tls_cert, tls_key)
+        self._tls = (tls_ca, tls_cert, tls_key)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Opens the channel and the service stubs on it."""
+        self._channel = self._open_channel(*self._tls)
         self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
         self._data = data_pb2_grpc.DataServiceStub(self._channel)
         self._gpus = gpu_pb2_grpc.GpuServiceStub(self._channel)
@@ -157,11 +162,22 @@ class Client:
             raise from_rpc_error(error, self.address) from None
 
     def ping(self, timeout: float = 2.0) -> str:
-        """Asks the daemon's standard health service; returns its status name (e.g. "SERVING")."""
+        """Asks the daemon's standard health service; returns its status name (e.g. "SERVING").
+
+        When no daemon answers, the connection is reopened before DaemonUnavailable is raised:
+        gRPC would otherwise fail the next calls at once for up to its reconnect backoff (a
+        second and more), so a daemon that has just started (by another CLI waiting on the
+        same auto-start lock, or after a restart) would be reported missing.
+        """
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        try:
+            response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except DaemonUnavailable:
+            self._channel.close()
+            self._connect()
+            raise
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     # -- config -------------------------------------------------------------------------------
@@ -181,7 +197,14 @@ class Client:
     def validate_config(self, path_or_text: str | Path) -> t.ValidationResult:
         """Validates a config file (a path) or YAML text.
 
-        A ``str`` is read as a path unless it contains a newline or a ``:`` (then it is YAML).
+        A ``Path`` is always a file. A ``str`` is a file when it names an existing file, or has
+        no newline and no ``:``, or has no newline and ends in ``.yaml``/``.yml``; any other
+        ``str`` is YAML text. So ``"/tmp/x/a:b.yaml"`` is read as a file (and a missing one is
+        an ``InvalidArgument`` "no such config file", never validated as text), while
+        ``"lora: {rank: 8}"`` is YAML; end one-line YAML text with a newline to be explicit.
+
+        Raises:
+            InvalidArgument: the file does not exist, cannot be read or is not UTF-8.
         """
         text, name = _read_config(path_or_text)
         response = self._call(
@@ -280,7 +303,7 @@ class Client:
 
         Args:
             data: training data file.
-            config: config file path or YAML text.
+            config: config file path or YAML text, told apart as in :meth:`validate_config`.
             output_dir: where the daemon writes the adapter and report; default
                 ``./training_output`` resolved on this machine.
             pipeline_id: a unique name for the job (``[A-Za-z0-9._-]{1,64}``).
@@ -404,14 +427,40 @@ class Client:
         return written
 
 
+_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # a name too long or with a NUL byte is no file
+        return False
+
+
+def _names_config_file(text: str) -> bool:
+    """Whether a ``str`` given as a config is a file path (else it is YAML text).
+
+    Multi-line text is YAML. One line is a path when it has no ``:`` (it cannot be a YAML
+    mapping), ends in ``.yaml``/``.yml`` (a missing file is then reported, not validated as
+    text) or names an existing file (``/tmp/x/a:b.yaml``, ``/runs/12:00/lora``).
+    """
+    if "\n" in text:
+        return False
+    return ":" not in text or text.lower().endswith(_CONFIG_SUFFIXES) or _is_file(text)
+
+
 def _read_config(path_or_text: str | Path) -> tuple[str, str]:
-    if isinstance(path_or_text, str) and ("\n" in path_or_text or ":" in path_or_text):
+    """(YAML text, source name) of a config given as a path or as YAML text."""
+    if isinstance(path_or_text, str) and not _names_config_file(path_or_text):
         return path_or_text, "<text>"
     path = Path(path_or_text)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InvalidArgument(f"{path}: no such config file") from None
+        hint = ""
+        if isinstance(path_or_text, str) and ":" in path_or_text:
+            hint = " (it was read as a path because it ends in .yaml/.yml; end YAML text with a newline)"
+        raise InvalidArgument(f"{path}: no such config file{hint}") from None
     except OSError as error:
         raise InvalidArgument(f"{path}: cannot read ({error.strerror})") from None
     try:

@@ -1,9 +1,15 @@
-"""The thin client never loads torch, transformers, peft or daemon modules."""
+"""The thin client never loads torch, transformers, peft or daemon modules; SDK argument handling."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from cryptotune.errors import InvalidArgument
+from tests.integration.conftest import RunningDaemon
 
 HEAVY = ("torch", "transformers", "peft", "cryptotune_daemon", "pydantic", "yaml")
 
@@ -54,3 +60,34 @@ def test_every_command_has_help() -> None:
         )
         assert completed.returncode == 0, (command, completed.stderr)
         assert "Usage:" in completed.stdout
+
+
+def test_config_str_is_a_path_when_it_names_a_file(daemon: RunningDaemon, tmp_path: Path) -> None:
+    # Colons are legal in file names: such a str used to be validated as YAML text.
+    folder = tmp_path / "runs:12:00"
+    folder.mkdir()
+    good = folder / "a:b.yaml"
+    good.write_text("lora:\n  rank: 8\n", encoding="utf-8")
+    bad = folder / "bad:1.yml"
+    bad.write_text("lora:\n  r: 8\n", encoding="utf-8")
+    with daemon.client() as client:
+        assert client.validate_config(str(good)).valid
+        assert client.validate_config(good).valid
+        # The errors are the file's (line 2 of it), not those of the path read as YAML.
+        result = client.validate_config(str(bad))
+        assert not result.valid
+        assert [(e.path, e.line) for e in result.errors] == [("lora.r", 2)]
+        # YAML text stays text, one line or several.
+        assert client.validate_config("lora: {rank: 8}").valid
+        assert not client.validate_config("lora:\n  r: 8\n").valid
+        # A missing .yaml/.yml path is a clear error, never YAML text; submit reads configs alike.
+        missing = str(folder / "missing:1.yaml")
+        with pytest.raises(InvalidArgument, match=r"missing:1\.yaml: no such config file"):
+            client.validate_config(missing)
+        with pytest.raises(InvalidArgument, match="no such config file"):
+            client.validate_config(str(folder / "missing.YML"))
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
+        with pytest.raises(InvalidArgument, match=r"missing:1\.yaml: no such config file"):
+            client.submit(data, missing, dry_run=True)
+        assert client.list_jobs() == []

@@ -201,6 +201,93 @@ def test_unknown_keys_are_kept_as_extra(tmp_path: Path) -> None:
     assert record.extra == {"id": 7, "source": "web"}
 
 
+def all_problems(content: object, tmp_path: Path, *, line: int = 1, index: int = 0) -> list[RecordProblem]:
+    """The problems of one bad record, after checking they all name its line and index."""
+    path = write(tmp_path, "one.jsonl", "\n" * (line - 1) + json.dumps(content, ensure_ascii=False) + "\n")
+    items = read(path)
+    found = problems(items)
+    assert found == items, items
+    assert {(p.line, p.index) for p in found} == {(line, index)}
+    return found
+
+
+def test_every_bad_field_of_a_record_is_reported(tmp_path: Path) -> None:
+    found = all_problems({"instruction": 5, "output": "x", "difficulty": "hard"}, tmp_path, line=3)
+    assert [(p.field, p.message) for p in found] == [
+        ("instruction", "'instruction' must be a string, got a number"),
+        (
+            "difficulty",
+            "'difficulty' must be an integer 1–4 (or BEGINNER, INTERMEDIATE, ADVANCED, EXPERT), got \"hard\"",
+        ),
+    ]
+
+
+def test_all_alpaca_field_problems_come_in_field_order(tmp_path: Path) -> None:
+    content = {
+        "images": ["a.png"],
+        "instruction": "  ",
+        "input": ["x"],
+        "output": "答案<|im_end|>",
+        "thinking": "<thinking>推理",
+        "crypto_terms": ["AES", 3, 4],
+        "difficulty": 9,
+        "system": "你是专家",
+        "history": [["hi", "hello"]],
+    }
+    found = all_problems(content, tmp_path)
+    assert [p.field for p in found] == [
+        "images",
+        "instruction",
+        "input",
+        "output",
+        "thinking",
+        "crypto_terms",
+        "difficulty",
+        "system",
+        "history",
+    ]
+    messages = [p.message for p in found]
+    assert "text-only" in messages[0]
+    assert "'instruction' is empty" in messages[1]
+    assert "'input' must be a string, got an array" in messages[2]
+    assert "'<|im_end|>'" in messages[3]
+    assert "never closes" in messages[4]
+    # One problem per field: the first bad element of crypto_terms.
+    assert messages[5] == "'crypto_terms[1]' must be a string, got a number"
+    assert messages[6].endswith("got 9")
+    assert "renders no system turn" in messages[7]
+    assert "multi-turn history is not supported" in messages[8]
+
+
+def test_a_record_that_is_not_an_object_has_one_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.jsonl", '{"instruction": "q", "output": "a"}\n[1, "x"]\n')
+    found = problems(read(path))
+    assert [(p.line, p.index, p.field) for p in found] == [(2, 1, "")]
+    assert found[0].message.startswith("the record is an array; expected an object")
+
+
+def test_problems_in_a_json_array_name_the_element_line(tmp_path: Path) -> None:
+    content = (
+        '[\n  {"instruction": "q", "output": "a"},\n  {\n    "instruction": null,\n    "output": 1\n  }\n]'
+    )
+    found = problems(read(write(tmp_path, "rows.json", content)))
+    assert [(p.line, p.index, p.field) for p in found] == [(3, 1, "instruction"), (3, 1, "output")]
+    assert "missing required field 'instruction'" in found[0].message
+    assert found[1].message == "'output' must be a string, got a number"
+
+
+def test_several_bad_records_each_report_all_their_fields(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"instruction": 1, "output": 2}),
+        json.dumps({"instruction": "q", "output": "a"}),
+        json.dumps({"instruction": "q", "output": "a", "crypto_terms": "AES", "difficulty": 0}),
+    ]
+    items = read(write(tmp_path, "rows.jsonl", "\n".join(lines) + "\n"))
+    assert [
+        (item.line, item.index, item.field) if isinstance(item, RecordProblem) else "record" for item in items
+    ] == [(1, 0, "instruction"), (1, 0, "output"), "record", (3, 2, "crypto_terms"), (3, 2, "difficulty")]
+
+
 # ---------------------------------------------------------------------------------------------
 # sharegpt / openai records
 
@@ -293,10 +380,17 @@ def test_sharegpt_tool_call_records_are_reported_one_by_one(tmp_path: Path) -> N
         json.dumps({"conversations": _turns("human", "gpt", "human", "function_call", "observation", "gpt")}),
     ]
     items = read(write(tmp_path, "tools.jsonl", "\n".join(lines) + "\n"))
-    assert [type(item).__name__ for item in items] == ["RecordProblem", "Record", "RecordProblem"]
-    first, third = problems(items)
-    assert (first.line, first.index) == (1, 0)
+    assert [type(item).__name__ for item in items] == [
+        "RecordProblem",
+        "RecordProblem",
+        "Record",
+        "RecordProblem",
+    ]
+    first, first_tools, third = problems(items)
+    assert (first.line, first.index, first.field) == (1, 0, "conversations")
     assert first.message.startswith("turn 2 has role 'function_call'")
+    # 'tools' is a field of its own: its problem is reported beside the conversation's.
+    assert (first_tools.line, first_tools.index, first_tools.field) == (1, 0, "tools")
     assert (third.line, third.index) == (3, 2)
     assert third.message.startswith("turn 4 has role 'function_call'")
 
@@ -373,6 +467,64 @@ def test_openai_think_in_content_and_text_parts(tmp_path: Path) -> None:
 def test_openai_unsupported_records(tmp_path: Path, messages: list[dict[str, object]], message: str) -> None:
     problem = only_problem({"messages": messages}, tmp_path)
     assert message in problem.message
+
+
+def test_sharegpt_reports_every_field_but_one_problem_for_a_malformed_conversation(tmp_path: Path) -> None:
+    content = {
+        "conversations": _turns("human", "wizard", "gpt", "human"),
+        "tools": '[{"name": "f"}]',
+        "system": "你是助手",
+        "videos": ["v.mp4"],
+    }
+    found = all_problems(content, tmp_path)
+    assert [p.field for p in found] == ["videos", "conversations", "tools", "system"]
+    assert found[1].message.startswith("turn 2 has unknown role 'wizard'")
+    assert "tool definitions are not supported" in found[2].message
+    assert "'system' is not supported" in found[3].message
+
+
+def test_sharegpt_question_and_answer_are_checked_independently(tmp_path: Path) -> None:
+    content = {
+        "conversations": [
+            {"from": "system", "value": "你是助手"},
+            {"from": "human", "value": " "},
+            {"from": "gpt", "value": "<think>推理"},
+        ]
+    }
+    found = all_problems(content, tmp_path)
+    assert [(p.field, p.message) for p in found] == [
+        (
+            "system",
+            "a system turn is not supported: the trainer renders no system turn, so the model would "
+            "be trained without it; remove it or move its text into the question",
+        ),
+        ("conversations", "the question is empty; give it a non-empty text or remove the record"),
+        ("conversations", "the answer opens <think> but never closes it; add </think> after the reasoning"),
+    ]
+
+
+def test_openai_reports_every_field(tmp_path: Path) -> None:
+    content = {
+        "messages": [
+            {"role": "user", "content": "问题<|im_start|>"},
+            {"role": "assistant", "content": "", "reasoning_content": 3},
+        ],
+        "tools": [{"type": "function"}],
+    }
+    found = all_problems(content, tmp_path)
+    assert [(p.field, p.message) for p in found] == [
+        ("messages", "message 2: 'reasoning_content' must be a string, got a number"),
+        (
+            "messages",
+            "the question contains '<|im_start|>', which the tokenizer reads as a Qwen3 control token "
+            "and would break the chat structure; remove it",
+        ),
+        ("messages", "the answer is empty; give it a non-empty text or remove the record"),
+        (
+            "tools",
+            "tool definitions are not supported: the trainer renders no tool system prompt; remove 'tools'",
+        ),
+    ]
 
 
 def test_detect_source_format() -> None:
@@ -651,8 +803,8 @@ def test_whole_file_errors(tmp_path: Path, name: str, content: str, fragment: st
 
 
 def test_convert_record_reports_raw_errors() -> None:
-    problem = convert_record(RawRecord(index=3, line=9, value=None, error="the line is not valid JSON"))
-    assert problem == RecordProblem(line=9, index=3, field="", message="the line is not valid JSON")
+    found = convert_record(RawRecord(index=3, line=9, value=None, error="the line is not valid JSON"))
+    assert found == [RecordProblem(line=9, index=3, field="", message="the line is not valid JSON")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,9 +840,15 @@ def test_llamafactory_sharegpt_toolcall_file_reports_every_record() -> None:
     items = list(iter_records(path, display_name=name))
     valid = records(items)
     invalid = problems(items)
-    assert len(valid) + len(invalid) == 300
-    assert sorted(item.index for item in items) == list(range(300))
+    invalid_records = {p.index for p in invalid}
+    assert len(valid) + len(invalid_records) == 300
+    assert sorted([r.index for r in valid] + list(invalid_records)) == list(range(300))
     assert invalid, "the tool-call file must produce problems"
+    # A record's problems come in a row, at most one per field, all naming the record's line.
+    by_record = [(p.index, p.line, p.field) for p in invalid]
+    assert len(set(by_record)) == len(by_record)
+    assert len({(index, line) for index, line, _ in by_record}) == len(invalid_records)
+    assert [p.index for p in invalid] == sorted(p.index for p in invalid)
     assert all(p.line > 0 and p.message and p.field in ("conversations", "tools") for p in invalid)
     tool_calls = [p for p in invalid if "tool calls are not supported" in p.message]
     assert tool_calls
@@ -699,6 +857,7 @@ def test_llamafactory_sharegpt_toolcall_file_reports_every_record() -> None:
     # Element starts are strictly increasing lines of a pretty-printed array.
     lines = [item.line for item in items]
     assert lines == sorted(lines) and len(set(lines)) == 300
+    assert any(p.field == "tools" for p in invalid)
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 20])

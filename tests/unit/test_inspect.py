@@ -192,6 +192,38 @@ def test_errors_are_capped_but_counted(tmp_path: Path, qwen3_tokenizer: Any) -> 
     assert warning_about(report, "", "30 records are invalid; only the first 10 are listed")
 
 
+def test_every_problem_of_a_record_is_listed_but_the_record_counts_once(
+    tmp_path: Path, qwen3_tokenizer: Any
+) -> None:
+    rows = [
+        {"instruction": "q", "output": "a", "difficulty": 1},
+        {"instruction": 5, "output": "x", "difficulty": "hard"},
+    ]
+    report = inspect(write_jsonl(tmp_path / "bad.jsonl", rows), qwen3_tokenizer)
+    assert (report.records_total, report.records_valid, report.records_invalid) == (2, 1, 1)
+    assert [(e.line, e.index, e.field) for e in report.errors] == [
+        (2, 1, "instruction"),
+        (2, 1, "difficulty"),
+    ]
+    assert not [w for w in report.warnings if "are invalid" in w.message]
+
+
+def test_capped_problems_of_multi_field_records_are_counted(tmp_path: Path, qwen3_tokenizer: Any) -> None:
+    rows = [{"instruction": 5, "output": 6, "difficulty": 9}] * 4 + [{"instruction": "q", "output": "a"}]
+    report = inspect(write_jsonl(tmp_path / "bad.jsonl", rows), qwen3_tokenizer, max_errors=5)
+    assert (report.records_invalid, len(report.errors)) == (4, 5)
+    assert [(e.index, e.field) for e in report.errors] == [
+        (0, "instruction"),
+        (0, "output"),
+        (0, "difficulty"),
+        (1, "instruction"),
+        (1, "output"),
+    ]
+    assert warning_about(
+        report, "", "4 records are invalid with 12 problems in all; only the first 5 problems are listed"
+    )
+
+
 def test_report_is_json_and_proto_friendly(tmp_path: Path, qwen3_tokenizer: Any) -> None:
     from cryptotune_daemon.services import serde
 
@@ -261,5 +293,9 @@ def test_llamafactory_sharegpt_toolcall_inspection(qwen3_tokenizer: Any) -> None
     assert report.source_format == "sharegpt"
     assert report.records_total == 300
     assert report.records_valid + report.records_invalid == 300
-    assert len(report.errors) == report.records_invalid
+    # Records with tool calls and tool definitions have a problem in each field: every one is
+    # listed, but each record is counted once.
+    assert len(report.errors) > report.records_invalid
     assert len({e.index for e in report.errors}) == report.records_invalid
+    assert len({(e.index, e.field) for e in report.errors}) == len(report.errors)
+    assert not [w for w in report.warnings if "are invalid" in w.message]

@@ -228,3 +228,18 @@ def test_prepare_data_masks_prompts_and_caches_tokenisation(tmp_path: Path, qwen
         prepared.train + prepared.eval, key=lambda e: e.index
     )
     assert prepare_data(**kwargs).split == prepared.split
+
+
+def test_training_refuses_invalid_records_counting_records_not_problems(tmp_path: Path) -> None:
+    from cryptotune_daemon.errors import CryptotuneError
+    from cryptotune_daemon.training.dataset import read_records
+
+    data = tmp_path / "bad.jsonl"
+    good = '{"instruction": "什么是SM3？", "output": "杂凑算法。", "thinking": "<thinking>想</thinking>"}'
+    data.write_text(f'{good}\n{{"instruction": 5, "output": "x", "difficulty": "hard"}}\n', encoding="utf-8")
+    with pytest.raises(CryptotuneError) as info:
+        read_records(data, display_name="bad.jsonl")
+    message = info.value.message
+    assert message.startswith("1 invalid record(s) (2 problems) in bad.jsonl; fix them and resubmit:")
+    assert "bad.jsonl line 2 field 'instruction'" in message
+    assert "bad.jsonl line 2 field 'difficulty'" in message

@@ -42,8 +42,9 @@ class InspectionReport:
             ``mixed`` (several shapes) or ``unknown`` (no record had a recognisable shape).
         records_total: record slots in the file (valid + invalid).
         records_valid: records that can be trained.
-        records_invalid: records with a problem (each has one entry in ``errors``, up to a cap).
-        errors: per-record problems, in file order.
+        records_invalid: records with a problem (each has one or more entries in ``errors``,
+            one per bad field, up to a cap).
+        errors: per-record problems, in file order; the problems of one record share its index.
         warnings: things worth fixing that do not block training; index -1 for whole-file ones.
         difficulty_counts: valid records per difficulty, keys ``"1"``–``"4"`` and ``"unknown"``.
         with_thinking: valid records that carry a reasoning trace.
@@ -120,6 +121,7 @@ class _Collector:
         self.total = 0
         self.valid = 0
         self.invalid = 0
+        self.problems = 0
         self.errors: list[RecordProblem] = []
         self.shapes: Counter[str] = Counter()
         self.difficulty: Counter[str] = Counter({key: 0 for key in DIFFICULTY_KEYS})
@@ -135,10 +137,11 @@ class _Collector:
         self.samples: list[dict[str, Any]] = []
         self.batch: list[tuple[RenderedSample, Record, Any]] = []
 
-    def add_problem(self, problem: RecordProblem) -> None:
+    def add_problems(self, problems: list[RecordProblem]) -> None:
+        """Counts one invalid record and lists its problems while under the cap."""
         self.invalid += 1
-        if len(self.errors) < self.max_errors:
-            self.errors.append(problem)
+        self.problems += len(problems)
+        self.errors.extend(problems[: max(0, self.max_errors - len(self.errors))])
 
     def add_record(self, record: Record, raw_value: Any) -> None:
         self.valid += 1
@@ -200,13 +203,15 @@ class _Collector:
 
     def warnings(self) -> list[RecordProblem]:
         found: list[RecordProblem] = []
-        if self.invalid > len(self.errors):
-            found.append(
-                _whole_file(
-                    "",
-                    f"{self.invalid} records are invalid; only the first {len(self.errors)} are listed",
+        if self.problems > len(self.errors):
+            if self.problems == self.invalid:
+                message = f"{self.invalid} records are invalid; only the first {len(self.errors)} are listed"
+            else:
+                message = (
+                    f"{self.invalid} records are invalid with {self.problems} problems in all; "
+                    f"only the first {len(self.errors)} problems are listed"
                 )
-            )
+            found.append(_whole_file("", message))
         if self.valid:
             found.extend(self._difficulty_warnings())
             without = self.valid - self.with_thinking
@@ -313,7 +318,7 @@ def inspect_data(
         sample: how many of the first valid records to include rendered in the report.
         max_seq_length: the training sequence limit to check records against.
         tokenizer_name: the tokenizer's name for the report.
-        max_errors: at most this many per-record problems are listed (all are counted).
+        max_errors: at most this many per-record problems are listed (all invalid records are counted).
 
     Returns:
         The report.
@@ -330,10 +335,10 @@ def inspect_data(
             if shape is not None:
                 collector.shapes[shape] += 1
         item = convert_record(raw, data_format=data_format)
-        if isinstance(item, RecordProblem):
-            collector.add_problem(item)
-        else:
+        if isinstance(item, Record):
             collector.add_record(item, raw.value)
+        else:
+            collector.add_problems(item)
     collector.flush()
     if collector.total == 0:
         raise CryptotuneError(ErrorCode.DATA_INVALID, f"{display_name}: no records")

@@ -6,10 +6,11 @@ import codecs
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.data.template import THINK_CLOSE, THINK_OPEN, extract_reasoning
@@ -102,12 +103,45 @@ class RawRecord:
 
 
 class _Invalid(Exception):
-    """Raised inside record conversion; becomes one RecordProblem."""
+    """Raised inside record conversion; each (field, message) of ``problems`` becomes one RecordProblem."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *more: tuple[str, str]) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.problems: tuple[tuple[str, str], ...] = ((field, message), *more)
+
+
+_T = TypeVar("_T")
+
+
+class _Checks:
+    """Checks the independent fields of one record, keeping every failure instead of the first.
+
+    A check raises :class:`_Invalid` at its field's first problem (what follows in the same field
+    usually depends on it); :meth:`run` notes the problem and returns a placeholder so the other
+    fields are still checked, and :meth:`done` raises one ``_Invalid`` carrying all of them.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.found.append((field, message))
+
+    def run(self, check: Callable[[], _T], fallback: _T) -> _T:
+        """``check()``, or ``fallback`` (with its problems noted) when it raises ``_Invalid``."""
+        try:
+            return check()
+        except _Invalid as exc:
+            self.found.extend(exc.problems)
+            return fallback
+
+    def done(self) -> None:
+        """Raises everything found, in the order the checks ran."""
+        if self.found:
+            first, *more = self.found
+            raise _Invalid(*first, *more)
 
 
 def _json_type(value: Any) -> str:
@@ -658,12 +692,10 @@ def _parse_thinking(value: Any) -> tuple[str, bool]:
     return reasoning, bool(reasoning.strip())
 
 
-def _check_media(obj: dict[str, Any]) -> None:
+def _check_media(obj: dict[str, Any], checks: _Checks) -> None:
     for key in _MEDIA_KEYS:
         if obj.get(key):
-            raise _Invalid(
-                key, f"'{key}' is not supported: cryptotune trains text-only models; remove the field"
-            )
+            checks.add(key, f"'{key}' is not supported: cryptotune trains text-only models; remove the field")
 
 
 def _is_empty_tools(value: Any) -> bool:
@@ -672,6 +704,14 @@ def _is_empty_tools(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip() in ("", "[]", "null")
     return isinstance(value, list | dict) and not value
+
+
+def _check_tools(value: Any) -> None:
+    if not _is_empty_tools(value):
+        raise _Invalid(
+            "tools",
+            "tool definitions are not supported: the trainer renders no tool system prompt; remove 'tools'",
+        )
 
 
 def _check_system(value: Any, where: str) -> None:
@@ -687,7 +727,12 @@ def _check_system(value: Any, where: str) -> None:
         )
 
 
-def _split_think(content: str, where: str) -> tuple[str, str, bool]:
+def _check_history(value: Any) -> None:
+    if value not in (None, "", []):
+        raise _Invalid("history", "multi-turn history is not supported; flatten it into instruction/input")
+
+
+def _split_think(content: str, field: str, where: str) -> tuple[str, str, bool]:
     """(reasoning, answer, has_thinking) from a reply with an optional leading think block.
 
     Mirrors the official template: reasoning is the text between the last ``<think>`` and the first
@@ -695,27 +740,34 @@ def _split_think(content: str, where: str) -> tuple[str, str, bool]:
     """
     if THINK_CLOSE not in content:
         if THINK_OPEN in content:
-            raise _Invalid("", f"{where} opens <think> but never closes it; add </think> after the reasoning")
+            raise _Invalid(
+                field, f"{where} opens <think> but never closes it; add </think> after the reasoning"
+            )
         return "", content, False
     reasoning = content.split(THINK_CLOSE, 1)[0].rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
     answer = content.rsplit(THINK_CLOSE, 1)[-1].lstrip("\n")
     return reasoning.strip("\n"), answer, bool(reasoning.strip())
 
 
+def _checked_text(obj: dict[str, Any], field: str, *, required: bool) -> str:
+    text = _text(obj.get(field), field, required=required)
+    _check_control_tokens(field, text)
+    return text
+
+
 def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
-    _check_media(obj)
-    instruction = _text(obj.get("instruction"), "instruction", required=True)
-    input_text = _text(obj.get("input"), "input", required=False)
-    output = _text(obj.get("output"), "output", required=True)
-    reasoning, has_thinking = _parse_thinking(obj.get("thinking"))
-    terms = _parse_terms(obj.get("crypto_terms"))
-    difficulty = _parse_difficulty(obj.get("difficulty"))
-    _check_system(obj.get("system"), "'system'")
-    history = obj.get("history")
-    if history not in (None, "", []):
-        raise _Invalid("history", "multi-turn history is not supported; flatten it into instruction/input")
-    for field, text in (("instruction", instruction), ("input", input_text), ("output", output)):
-        _check_control_tokens(field, text)
+    checks = _Checks()
+    _check_media(obj, checks)
+    instruction = checks.run(lambda: _checked_text(obj, "instruction", required=True), "")
+    input_text = checks.run(lambda: _checked_text(obj, "input", required=False), "")
+    output = checks.run(lambda: _checked_text(obj, "output", required=True), "")
+    reasoning, has_thinking = checks.run(lambda: _parse_thinking(obj.get("thinking")), ("", False))
+    no_terms: tuple[str, ...] = ()
+    terms = checks.run(lambda: _parse_terms(obj.get("crypto_terms")), no_terms)
+    difficulty = checks.run(lambda: _parse_difficulty(obj.get("difficulty")), None)
+    checks.run(lambda: _check_system(obj.get("system"), "'system'"), None)
+    checks.run(lambda: _check_history(obj.get("history")), None)
+    checks.done()
     return Record(
         index=index,
         line=line,
@@ -730,7 +782,7 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
     )
 
 
-def _turn_text(value: Any, where: str, *, allow_parts: bool) -> str:
+def _turn_text(value: Any, field: str, where: str, *, allow_parts: bool) -> str:
     if isinstance(value, str):
         return value
     if allow_parts and isinstance(value, list):
@@ -744,49 +796,53 @@ def _turn_text(value: Any, where: str, *, allow_parts: bool) -> str:
             ):
                 kind = part.get("type") if isinstance(part, dict) else _json_type(part)
                 raise _Invalid(
-                    "", f"{where} has a content part of type '{kind}': only text parts are supported"
+                    field, f"{where} has a content part of type '{kind}': only text parts are supported"
                 )
             texts.append(part["text"])
         return "".join(texts)
-    raise _Invalid("", f"{where} must have string content, got {_json_type(value)}")
+    raise _Invalid(field, f"{where} must have string content, got {_json_type(value)}")
 
 
-def _pair(roles: list[tuple[int, str, str]], noun: str, user: str, assistant: str) -> tuple[str, str]:
+def _pair(
+    roles: list[tuple[int, str, str]], field: str, noun: str, user: str, assistant: str
+) -> tuple[str, str]:
     """Checks the turns are exactly one user turn then one assistant turn; returns their texts."""
     if not roles:
         raise _Invalid(
-            "",
+            field,
             f"the record has no {noun}s: expected one '{user}' {noun} followed by one '{assistant}' {noun}",
         )
     first_number, first_role, _ = roles[0]
     if first_role != "user":
         raise _Invalid(
-            "",
+            field,
             f"{noun} {first_number} has role '{assistant}': "
             f"the conversation must start with a '{user}' {noun}",
         )
     if len(roles) == 1:
         raise _Invalid(
-            "", f"the record has only a '{user}' {noun}: add the '{assistant}' {noun} that answers it"
+            field, f"the record has only a '{user}' {noun}: add the '{assistant}' {noun} that answers it"
         )
     if len(roles) > 2:
         questions = sum(1 for _, role, _ in roles if role == "user")
         raise _Invalid(
-            "",
+            field,
             f"the record has {len(roles)} {noun}s ({questions} questions): multi-turn conversations are not "
             f"supported; split it into records of one '{user}' {noun} and one '{assistant}' {noun}",
         )
     second_number, second_role, _ = roles[1]
     if second_role != "assistant":
         raise _Invalid(
-            "", f"{noun} {second_number} has role '{user}': expected the '{assistant}' {noun} answering it"
+            field, f"{noun} {second_number} has role '{user}': expected the '{assistant}' {noun} answering it"
         )
     return roles[0][2], roles[1][2]
 
 
-def _from_sharegpt(obj: dict[str, Any], index: int, line: int) -> Record:
-    _check_media(obj)
-    conversations = obj.get("conversations")
+def _sharegpt_pair(conversations: Any, checks: _Checks) -> tuple[str, str]:
+    """The question and reply of a conversation; raises at its first structural problem.
+
+    A problem with a leading system turn's text goes to ``checks`` and the rest is still checked.
+    """
     if conversations is None:
         raise _Invalid(
             "conversations", "missing required field 'conversations' (a list of {from, value} turns)"
@@ -819,34 +875,37 @@ def _from_sharegpt(obj: dict[str, Any], index: int, line: int) -> Record:
                 f"turn {number} has role '{raw_role}': tool calls are not supported; "
                 "keep only records made of one 'human' turn and one 'gpt' turn",
             )
-        try:
-            text = _turn_text(turn.get("value", turn.get("content")), f"turn {number}", allow_parts=False)
-        except _Invalid as exc:
-            raise _Invalid("conversations", exc.message) from None
+        text = _turn_text(
+            turn.get("value", turn.get("content")), "conversations", f"turn {number}", allow_parts=False
+        )
         if role == "system":
             if number != 1:
                 raise _Invalid(
                     "conversations", f"turn {number} has role 'system': only a leading system turn is allowed"
                 )
-            _check_system(text, "a system turn")
+            checks.run(partial(_check_system, text, "a system turn"), None)
             continue
         turns.append((number, role, text))
-    try:
-        question, reply = _pair(turns, "turn", "human", "gpt")
-    except _Invalid as exc:
-        raise _Invalid("conversations", exc.message) from None
-    if not _is_empty_tools(obj.get("tools")):
-        raise _Invalid(
-            "tools",
-            "tool definitions are not supported: the trainer renders no tool system prompt; remove 'tools'",
-        )
-    _check_system(obj.get("system"), "'system'")
-    return _qa_record(obj, index, line, question, reply, "conversations", _SHAREGPT_KEYS, reasoning=None)
+    return _pair(turns, "conversations", "turn", "human", "gpt")
 
 
-def _from_openai(obj: dict[str, Any], index: int, line: int) -> Record:
-    _check_media(obj)
-    messages = obj.get("messages")
+def _from_sharegpt(obj: dict[str, Any], index: int, line: int) -> Record:
+    checks = _Checks()
+    _check_media(obj, checks)
+    pair = checks.run(lambda: _sharegpt_pair(obj.get("conversations"), checks), None)
+    content = _qa_content(pair, "conversations", checks, reasoning=None)
+    checks.run(lambda: _check_tools(obj.get("tools")), None)
+    checks.run(lambda: _check_system(obj.get("system"), "'system'"), None)
+    checks.done()
+    return _qa_record(obj, index, line, content, _SHAREGPT_KEYS)
+
+
+def _openai_pair(messages: Any, checks: _Checks) -> tuple[tuple[str, str], str | None]:
+    """The question and reply of a message list, and the reply's reasoning_content (None when absent).
+
+    Raises at the first structural problem; problems with a leading system message's text or
+    with reasoning_content go to ``checks`` and the rest is still checked.
+    """
     if messages is None:
         raise _Invalid("messages", "missing required field 'messages' (a list of {role, content} messages)")
     if not isinstance(messages, list):
@@ -877,66 +936,80 @@ def _from_openai(obj: dict[str, Any], index: int, line: int) -> Record:
                 f"message {number} has {what}: tool calls are not supported; keep only records made of one "
                 "'user' message and one 'assistant' message",
             )
-        try:
-            text = _turn_text(message.get("content"), f"message {number}", allow_parts=True)
-        except _Invalid as exc:
-            raise _Invalid("messages", exc.message) from None
+        text = _turn_text(message.get("content"), "messages", f"message {number}", allow_parts=True)
         if role == "system":
             if number != 1:
                 raise _Invalid(
                     "messages",
                     f"message {number} has role '{raw_role}': only a leading system message is allowed",
                 )
-            _check_system(text, "a system message")
+            checks.run(partial(_check_system, text, "a system message"), None)
             continue
         if role == "assistant":
             value = message.get("reasoning_content")
             if value is not None and not isinstance(value, str):
-                raise _Invalid(
+                checks.add(
                     "messages",
                     f"message {number}: 'reasoning_content' must be a string, got {_json_type(value)}",
                 )
-            reasoning = value
+            else:
+                reasoning = value
         turns.append((number, role, text))
-    try:
-        question, reply = _pair(turns, "message", "user", "assistant")
-    except _Invalid as exc:
-        raise _Invalid("messages", exc.message) from None
-    if not _is_empty_tools(obj.get("tools")):
-        raise _Invalid(
-            "tools",
-            "tool definitions are not supported: the trainer renders no tool system prompt; remove 'tools'",
-        )
-    return _qa_record(obj, index, line, question, reply, "messages", _OPENAI_KEYS, reasoning=reasoning)
+    return _pair(turns, "messages", "message", "user", "assistant"), reasoning
 
 
-def _qa_record(
-    obj: dict[str, Any],
-    index: int,
-    line: int,
-    question: str,
-    reply: str,
-    field: str,
-    known: frozenset[str],
-    *,
-    reasoning: str | None,
-) -> Record:
+def _from_openai(obj: dict[str, Any], index: int, line: int) -> Record:
+    checks = _Checks()
+    _check_media(obj, checks)
+    no_pair: tuple[tuple[str, str] | None, str | None] = (None, None)
+    pair, reasoning = checks.run(lambda: _openai_pair(obj.get("messages"), checks), no_pair)
+    content = _qa_content(pair, "messages", checks, reasoning=reasoning)
+    checks.run(lambda: _check_tools(obj.get("tools")), None)
+    checks.done()
+    return _qa_record(obj, index, line, content, _OPENAI_KEYS)
+
+
+def _check_question(question: str, field: str) -> None:
     if not question.strip():
         raise _Invalid(field, "the question is empty; give it a non-empty text or remove the record")
+    _check_control_tokens(field, question, "the question")
+
+
+def _split_reply(reply: str, field: str, reasoning: str | None) -> tuple[str, str, bool]:
+    """(reasoning, answer, has_thinking) of a checked reply."""
     if reasoning is not None:
         # Like the official template: an explicit reasoning_content wins over think tags in the content.
         answer = reply
         thought = reasoning.strip("\n")
         has_thinking = bool(thought.strip())
     else:
-        try:
-            thought, answer, has_thinking = _split_think(reply, "the answer")
-        except _Invalid as exc:
-            raise _Invalid(field, exc.message) from None
+        thought, answer, has_thinking = _split_think(reply, field, "the answer")
     if not answer.strip():
         raise _Invalid(field, "the answer is empty; give it a non-empty text or remove the record")
-    for label, text in (("the question", question), ("the reasoning", thought), ("the answer", answer)):
+    for label, text in (("the reasoning", thought), ("the answer", answer)):
         _check_control_tokens(field, text, label)
+    return thought, answer, has_thinking
+
+
+def _qa_content(
+    pair: tuple[str, str] | None, field: str, checks: _Checks, *, reasoning: str | None
+) -> tuple[str, str, str, bool]:
+    """(question, reasoning, answer, has_thinking) of a question/reply pair (None: its shape was wrong).
+
+    The question and the reply are checked independently; their problems go to ``checks``.
+    """
+    if pair is None:
+        return "", "", "", False
+    question, reply = pair
+    checks.run(lambda: _check_question(question, field), None)
+    thought, answer, has_thinking = checks.run(lambda: _split_reply(reply, field, reasoning), ("", "", False))
+    return question, thought, answer, has_thinking
+
+
+def _qa_record(
+    obj: dict[str, Any], index: int, line: int, content: tuple[str, str, str, bool], known: frozenset[str]
+) -> Record:
+    question, thought, answer, has_thinking = content
     return Record(
         index=index,
         line=line,
@@ -972,7 +1045,7 @@ def _check_data_format(data_format: str) -> None:
         )
 
 
-def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | RecordProblem:
+def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | list[RecordProblem]:
     """Validates one raw record and converts it to a Record.
 
     Args:
@@ -981,43 +1054,40 @@ def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | Rec
             ``"sharegpt"``, ``"openai"`` to require one (other shapes become problems).
 
     Returns:
-        The Record, or one RecordProblem naming the line, index, field and how to fix it.
+        The Record, or its problems (never an empty list), each naming the line, index, field
+        and how to fix it. Independent fields are all checked, so a record with several bad
+        fields gets one problem per field, in field order; a problem that makes the rest
+        meaningless (not JSON, not an object, the wrong shape, a malformed conversation) is
+        the record's only problem in that part.
     """
     _check_data_format(data_format)
     if raw.error:
-        return RecordProblem(line=raw.line, index=raw.index, field="", message=raw.error)
+        return [RecordProblem(line=raw.line, index=raw.index, field="", message=raw.error)]
     obj = raw.value
-    if not isinstance(obj, dict):
-        return RecordProblem(
-            line=raw.line,
-            index=raw.index,
-            field="",
-            message=f"the record is {_json_type(obj)}; expected an object: {_SHAPE_HINT}",
-        )
-    detected = detect_source_format(obj)
-    wanted = detected if data_format == "auto" else data_format
-    shape = None if wanted is None else _family(wanted)
-    if detected is not None and _family(detected) != shape:
-        return RecordProblem(
-            line=raw.line,
-            index=raw.index,
-            field="",
-            message=f"the record is in {detected} format but the data format is set to '{data_format}'; "
-            "convert it or use data format 'auto'",
-        )
-    if shape is None:
-        keys = ", ".join(sorted(obj)[:8]) or "none"
-        return RecordProblem(
-            line=raw.line,
-            index=raw.index,
-            field="instruction",
-            message=f"missing required field 'instruction' (the record's keys: {keys}); "
-            f"expected {_SHAPE_HINT}",
-        )
     try:
+        if not isinstance(obj, dict):
+            raise _Invalid("", f"the record is {_json_type(obj)}; expected an object: {_SHAPE_HINT}")
+        detected = detect_source_format(obj)
+        wanted = detected if data_format == "auto" else data_format
+        shape = None if wanted is None else _family(wanted)
+        if detected is not None and _family(detected) != shape:
+            raise _Invalid(
+                "",
+                f"the record is in {detected} format but the data format is set to '{data_format}'; "
+                "convert it or use data format 'auto'",
+            )
+        if shape is None:
+            keys = ", ".join(sorted(obj)[:8]) or "none"
+            raise _Invalid(
+                "instruction",
+                f"missing required field 'instruction' (the record's keys: {keys}); expected {_SHAPE_HINT}",
+            )
         return _CONVERTERS[shape](obj, raw.index, raw.line)
     except _Invalid as exc:
-        return RecordProblem(line=raw.line, index=raw.index, field=exc.field, message=exc.message)
+        return [
+            RecordProblem(line=raw.line, index=raw.index, field=field, message=message)
+            for field, message in exc.problems
+        ]
 
 
 def iter_records(
@@ -1025,8 +1095,10 @@ def iter_records(
 ) -> Iterator[Record | RecordProblem]:
     """Streams a data file as validated records, in constant memory.
 
-    Exactly one item is yielded per record slot (array element or non-blank line): the Record,
-    or a RecordProblem saying why it cannot be trained. Nothing is dropped silently.
+    Every record slot (array element or non-blank line) yields its Record, or a RecordProblem
+    for each of its problems (see :func:`convert_record`): a record with several bad fields
+    yields several problems in a row, with the same index and line. Nothing is dropped
+    silently; count invalid records by distinct ``index``, not by problems.
 
     Args:
         path: the data file (UTF-8, with or without BOM; LF or CRLF line endings).
@@ -1035,7 +1107,7 @@ def iter_records(
         data_format: ``"auto"`` (per record), ``"native"``/``"alpaca"``, ``"sharegpt"`` or ``"openai"``.
 
     Yields:
-        Record or RecordProblem, in file order.
+        Records and RecordProblems, in file order.
 
     Raises:
         CryptotuneError: DATA_INVALID for whole-file problems; REQUEST_INVALID for a bad format name.
@@ -1043,4 +1115,8 @@ def iter_records(
     _check_file_format(file_format)
     _check_data_format(data_format)
     for raw in iter_raw_records(path, display_name=display_name, file_format=file_format):
-        yield convert_record(raw, data_format=data_format)
+        item = convert_record(raw, data_format=data_format)
+        if isinstance(item, Record):
+            yield item
+        else:
+            yield from item

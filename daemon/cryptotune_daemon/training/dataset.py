@@ -81,7 +81,7 @@ def _format_problems(problems: Sequence[RecordProblem], display_name: str) -> st
         lines.append(f"  {display_name} {where}{field_name}: {problem.message}")
     more = len(problems) - MAX_LISTED_PROBLEMS
     if more > 0:
-        lines.append(f"  ... and {more} more")
+        lines.append(f"  ... and {more} more problem(s)")
     return "\n".join(lines)
 
 
@@ -102,9 +102,13 @@ def read_records(path: Path, *, display_name: str, data_format: str = "auto") ->
         else:
             records.append(item)
     if problems:
+        invalid = len({problem.index for problem in problems})  # a record may have several problems
+        counted = f"{invalid} invalid record(s)"
+        if len(problems) != invalid:
+            counted += f" ({len(problems)} problems)"
         raise CryptotuneError(
             ErrorCode.DATA_INVALID,
-            f"{len(problems)} invalid record(s) in {display_name}; fix them and resubmit:\n"
+            f"{counted} in {display_name}; fix them and resubmit:\n"
             + _format_problems(problems, display_name),
         )
     if not records:
