@@ -150,3 +150,33 @@ def test_inspect_data_with_an_unavailable_model_is_a_clean_error(
     assert result.exit_code == 1
     assert "Traceback" not in result.stderr
     assert "no-model" in result.stderr
+
+
+PROMPT_MARKER = "── prompt (masked, no loss) ──"
+TRAINED_MARKER = "── trained (carries the loss) ──"
+
+
+def test_inspect_data_samples_mark_prompt_and_trained_text_without_colour(daemon: RunningDaemon) -> None:
+    report = run_cli("--json", "inspect-data", str(SAMPLE), "--sample", "1", address=daemon.address).json()
+    assert isinstance(report, dict)
+    sample = report["samples"][0]
+    trained = sample["trained_text"]
+    prompt = sample["rendered_text"][: -len(trained) - 1]
+
+    for env in ({}, {"NO_COLOR": "1", "FORCE_COLOR": "1"}):
+        piped = run_cli("inspect-data", str(SAMPLE), "--sample", "1", address=daemon.address, env=env)
+        assert piped.exit_code == 0, piped.stderr
+        if not env:
+            assert "\x1b[" not in piped.stdout, "piped output is plain"
+        assert piped.stdout.count(PROMPT_MARKER) == 1 and piped.stdout.count(TRAINED_MARKER) == 1
+        after_prompt = piped.stdout.split(PROMPT_MARKER + "\n", 1)[1]
+        shown_prompt, after_trained = after_prompt.split(TRAINED_MARKER + "\n", 1)
+        assert shown_prompt == prompt
+        assert after_trained.startswith(trained + "\n")
+        assert "dim = prompt" not in piped.stdout
+        assert "the ── lines mark the prompt" in piped.stdout
+
+    colour = {"FORCE_COLOR": "1", "NO_COLOR": ""}
+    coloured = run_cli("inspect-data", str(SAMPLE), "--sample", "1", address=daemon.address, env=colour)
+    assert coloured.exit_code == 0, coloured.stderr
+    assert PROMPT_MARKER not in coloured.stdout and "dim = prompt" in coloured.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -333,3 +334,66 @@ def test_two_process_ddp_job_on_cpu(daemon: RunningDaemon, tmp_path: Path) -> No
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert report["world_size"] == 2
         assert report["steps"] == 4
+
+
+def test_dry_run_plan_table_and_resume_output_dir_warning(daemon: RunningDaemon, tmp_path: Path) -> None:
+    data = write_data(tmp_path / "data.jsonl", count=12)
+    config = write_config(tmp_path / "config.yaml")
+    out = tmp_path / "out"
+    planned = run_cli(
+        "train",
+        str(data),
+        str(config),
+        "-o",
+        str(out),
+        "--pipeline-id",
+        "planned",
+        "--dry-run",
+        address=daemon.address,
+        timeout=600,
+    )
+    assert planned.exit_code == 0, planned.stdout + planned.stderr
+    rows = dict(re.findall(r"│ ([a-z ]+?) +│ (\S+) +│", planned.stdout))
+    assert rows["gradient checkpointing"] == "off", planned.stdout
+    assert rows["packing"] == "on", planned.stdout
+    assert rows["train samples"] == "9"
+
+    other = tmp_path / "other"
+    resumed = run_cli(
+        "train",
+        str(data),
+        str(config),
+        "--resume",
+        "planned",
+        "-o",
+        str(other),
+        "--dry-run",
+        address=daemon.address,
+        timeout=600,
+    )
+    assert resumed.exit_code == 0, resumed.stdout + resumed.stderr
+    warning = " ".join(resumed.stderr.split())
+    assert "warning:" in warning and f"--output-dir {other} is ignored" in warning
+    assert str(out) in warning
+    status = run_cli("--json", "status", "planned", address=daemon.address).json()
+    assert isinstance(status, dict)
+    assert status["resumed_from"] == "planned" and status["output_dir"] == str(out)
+    assert not other.exists()
+
+    same = run_cli(
+        "train",
+        str(data),
+        str(config),
+        "--resume",
+        "planned",
+        "-o",
+        str(out),
+        "--dry-run",
+        "--detach",
+        address=daemon.address,
+        timeout=600,
+    )
+    assert same.exit_code == 0, same.stdout + same.stderr
+    assert "warning" not in same.stderr
+    with daemon.client() as client:
+        assert wait_terminal(client, "planned") == "succeeded"

@@ -72,8 +72,34 @@ def resolved_address(address: str | None) -> str:
     return address or default_address()
 
 
+JSON_HELP = "Print JSON instead of tables (same as `cryptotune --json ...`)."
+
+
+def _enable_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # The group's callback has built the CliContext before any subcommand parses its options.
+    cli = ctx.find_object(CliContext)
+    if value and cli is not None:
+        cli.json_output = True
+
+
+def json_option() -> click.Option:
+    """A subcommand's ``--json`` flag: the same switch as the group's ``--json``."""
+    return click.Option(
+        ["--json", "json_output"], is_flag=True, expose_value=False, callback=_enable_json, help=JSON_HELP
+    )
+
+
 class CryptotuneGroup(click.Group):
-    """A Click group that turns SDK errors into clean messages and exit codes, never tracebacks."""
+    """A Click group that turns SDK errors into clean messages and exit codes, never tracebacks.
+
+    Every subcommand also accepts ``--json`` after its name (``cryptotune status --json``), as users
+    write it, with the same effect as the group option.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(param.name == "json_output" for param in cmd.params):
+            cmd.params.append(json_option())
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Iterator
 from importlib import resources
@@ -39,9 +40,23 @@ def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, 
     return bar, task
 
 
+def _reattach_command(job: Job, last_seq: int) -> str:
+    return f"cryptotune watch {job.pipeline_id} --since {last_seq}"
+
+
+def _detached_dict(job: Job, last_seq: int) -> dict[str, object]:
+    """What ``--json`` prints when Ctrl-C detaches from a job (which keeps running)."""
+    return {
+        "detached": True,
+        "job_id": job.job_id,
+        "pipeline_id": job.pipeline_id,
+        "reattach": _reattach_command(job, last_seq),
+    }
+
+
 def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
     """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
-    view = JobView(job_id=job.job_id, state=job.state)
+    view = JobView(job_id=job.job_id, state=job.state, last_seq=after_seq)
     display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
     try:
         return display.follow(view, _events(cli_ctx, job.job_id, after_seq))
@@ -49,9 +64,20 @@ def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
         cli_ctx.err.print(
             Text.assemble(
                 ("Detached; the job keeps running. ", "yellow"),
-                f"Re-attach with: cryptotune watch {job.pipeline_id} --since {view.last_seq}",
+                f"Re-attach with: {_reattach_command(job, view.last_seq)}",
             )
         )
+        sys.exit(0)
+
+
+def _follow_quietly(cli_ctx: CliContext, job: Job) -> None:
+    """``--json`` follow: waits for the job's end; Ctrl-C detaches and prints how to re-attach."""
+    last_seq = 0
+    try:
+        for event in _events(cli_ctx, job.job_id):
+            last_seq = event.seq
+    except KeyboardInterrupt:
+        cli_ctx.emit_json(_detached_dict(job, last_seq))
         sys.exit(0)
 
 
@@ -73,8 +99,7 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
     """Follows a job until it ends, prints its outcome (or final status JSON) and exits 0/1."""
     client = cli_ctx.client()
     if cli_ctx.json_output:
-        for _ in _events(cli_ctx, job.job_id):
-            pass
+        _follow_quietly(cli_ctx, job)
     else:
         _follow(cli_ctx, job)
     final = client.get_job(job.job_id)
@@ -110,8 +135,16 @@ def _print_plan(cli_ctx: CliContext, job: Job) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     for key, value in plan.items():
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(key.replace("_", " "), _plan_value(value))
     cli_ctx.out.print(table)
+
+
+def _plan_value(value: object) -> str:
+    if isinstance(value, bool):  # before int: bool is an int
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 @click.command("train")
@@ -168,6 +201,9 @@ def train(
     finally:
         if bar is not None:
             bar.stop()
+    if resume is not None:
+        source = click.get_current_context().get_parameter_source("output_dir")
+        _warn_output_dir_on_resume(cli_ctx, job, output_dir, source)
     if detach:
         if cli_ctx.json_output:
             cli_ctx.emit_json({"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state})
@@ -176,6 +212,25 @@ def train(
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
     _follow_to_end(cli_ctx, job)
+
+
+def _warn_output_dir_on_resume(
+    cli_ctx: CliContext, job: Job, requested: Path, source: click.ParameterSource | None
+) -> None:
+    """A resumed pipeline keeps writing where it started; says so when --output-dir asked otherwise."""
+    if source in (None, click.ParameterSource.DEFAULT):
+        return
+    if requested.expanduser().resolve() == Path(job.output_dir):
+        return
+    cli_ctx.err.print(
+        Text.assemble(
+            ("warning: ", "bold yellow"),
+            f"--output-dir {requested} is ignored when resuming: pipeline {job.pipeline_id} "
+            f"keeps writing to its original output dir {job.output_dir}",
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _jobs_table(jobs: list[Job]) -> Table:
@@ -270,7 +325,7 @@ def watch(cli_ctx: CliContext, job: str, since: int) -> None:
     client = cli_ctx.client()
     found = client.get_job(job)
     if cli_ctx.json_output:
-        _print_json_events(_events(cli_ctx, found.job_id, since))
+        _print_json_events(found, _events(cli_ctx, found.job_id, since), since)
     else:
         _follow(cli_ctx, found, after_seq=since)
         _print_outcome(cli_ctx, client.get_job(found.job_id))
@@ -278,25 +333,28 @@ def watch(cli_ctx: CliContext, job: str, since: int) -> None:
     sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
 
 
-def _print_json_events(events: Iterator[JobEvent]) -> None:
-    import json
-
+def _print_json_events(job: Job, events: Iterator[JobEvent], after_seq: int) -> None:
+    """One JSON object per line per event; Ctrl-C ends the stream with a ``detached`` object."""
+    last_seq = after_seq
     try:
         for event in events:
-            click.echo(
-                json.dumps(
-                    {
-                        "seq": event.seq,
-                        "type": event.type,
-                        "ts": event.ts,
-                        "job_id": event.job_id,
-                        "data": event.data,
-                    },
-                    ensure_ascii=False,
-                )
+            _echo_json_line(
+                {
+                    "seq": event.seq,
+                    "type": event.type,
+                    "ts": event.ts,
+                    "job_id": event.job_id,
+                    "data": event.data,
+                }
             )
+            last_seq = event.seq
     except KeyboardInterrupt:
+        _echo_json_line(_detached_dict(job, last_seq))
         sys.exit(0)
+
+
+def _echo_json_line(value: object) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
 
 
 @click.command("cancel")
@@ -318,10 +376,18 @@ def cancel(cli_ctx: CliContext, job: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
 @pass_cli
 def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
-    """Print JOB's worker log."""
+    """Print JOB's worker log (with --json: one document, or with -f one {"line": ...} per line)."""
+    client = cli_ctx.client()
     try:
-        for line in cli_ctx.client().logs(job, follow=follow):
-            click.echo(line)
+        if cli_ctx.json_output and not follow:
+            lines = list(client.logs(job, follow=False))
+            cli_ctx.emit_json({"job_id": client.get_job(job).job_id, "lines": lines})
+            return
+        for line in client.logs(job, follow=follow):
+            if cli_ctx.json_output:
+                _echo_json_line({"line": line})
+            else:
+                click.echo(line)
     except KeyboardInterrupt:
         sys.exit(0)
 

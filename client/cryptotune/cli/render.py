@@ -8,6 +8,10 @@ from rich.text import Text
 
 from cryptotune import types as t
 
+PROMPT_MARKER = "── prompt (masked, no loss) ──"
+TRAINED_MARKER = "── trained (carries the loss) ──"
+PLAIN_LEGEND = "the ── lines mark the prompt (masked, no loss) and the trained part (carries the loss)"
+
 
 def _where(line: int | None) -> str:
     return f"line {line}" if line else "—"
@@ -95,15 +99,25 @@ def inspection(console: Console, name: str, result: t.DataInspection) -> None:
     console.print(summary)
     _record_issues(console, "Problems", result.errors, "red")
     _record_issues(console, "Warnings", result.warnings, "yellow")
+    # Without colour (piped, NO_COLOR) dim and green look alike: mark the parts with lines instead.
+    plain = console.color_system is None or console.no_color
     for sample in result.samples:
         console.rule(f"record {sample.index} (line {sample.line}, {sample.tokens} tokens)")
         prompt_part = sample.rendered_text[: len(sample.rendered_text) - len(sample.trained_text) - 1]
-        if sample.rendered_text.endswith(sample.trained_text + "\n"):
+        if not sample.rendered_text.endswith(sample.trained_text + "\n"):
+            console.print(Text(sample.rendered_text))
+        elif plain:
+            console.print(Text(PROMPT_MARKER))
+            console.print(Text(prompt_part), end="" if prompt_part.endswith("\n") else "\n")
+            console.print(Text(TRAINED_MARKER))
+            console.print(Text(sample.trained_text))
+            console.print(Text(PLAIN_LEGEND))
+        else:
             console.print(Text(prompt_part, style="dim"), end="")
             console.print(Text(sample.trained_text, style="green"))
-        else:
-            console.print(Text(sample.rendered_text))
-        console.print(Text("dim = prompt (masked), green = trained (carries the loss)", style="italic dim"))
+            console.print(
+                Text("dim = prompt (masked), green = trained (carries the loss)", style="italic dim")
+            )
 
 
 def _record_issues(console: Console, title: str, issues: list[t.RecordIssue], style: str) -> None:
