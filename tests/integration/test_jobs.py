@@ -321,7 +321,6 @@ def test_resume_with_changed_data_is_refused(daemon: RunningDaemon, tmp_path: Pa
         assert "data" in client.get_job(resumed.job_id).failure_reason
 
 
-@pytest.mark.slow
 def test_two_process_ddp_job_on_cpu(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", count=16)
     config = write_config(tmp_path / "config.yaml", max_steps=4, save_steps=2, world_size=2)

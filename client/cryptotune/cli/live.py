@@ -22,6 +22,7 @@ _MARKS = {
     "running": ("▶", "bold cyan"),
     "done": ("✓", "green"),
     "failed": ("✗", "bold red"),
+    "cancelled": ("⊘", "yellow"),
     "skipped": ("↷", "dim"),
 }
 
@@ -60,6 +61,11 @@ class JobView:
             self.state = str(data.get("state", self.state))
             if data.get("reason") and self.state in ("failed", "cancelled", "recovering"):
                 self.failure = str(data["reason"])
+            if self.state in ("failed", "cancelled"):
+                # The stage that was running when the job ended (the store records the same).
+                for name, status in self.stages.items():
+                    if status == "running":
+                        self.stages[name] = self.state
         elif kind == "stage_started":
             self.stages[str(data.get("stage"))] = "running"
         elif kind == "stage_completed":
@@ -170,6 +176,26 @@ class LiveDisplay:
         return view
 
 
+def plan_summary(plan: dict[str, Any]) -> str:
+    """One line for a ``plan`` event: steps, batch split, precision, memory estimate."""
+
+    def on_off(key: str) -> str:
+        return "on" if plan.get(key) else "off"
+
+    text = (
+        f"{plan.get('steps')} steps over {plan.get('train_samples')} samples; micro-batch "
+        f"{plan.get('micro_batch_size')} × accumulation {plan.get('gradient_accumulation_steps')} × "
+        f"{plan.get('world_size')} process(es) = {plan.get('effective_batch_size')}; "
+        f"{plan.get('precision')} on {plan.get('device')}; gradient checkpointing "
+        f"{on_off('gradient_checkpointing')}"
+    )
+    if plan.get("memory_estimate_mb") is not None:
+        text += f"; estimated peak {float(plan['memory_estimate_mb']):,.0f} MB"
+        if plan.get("memory_budget_mb"):
+            text += f" of {float(plan['memory_budget_mb']):,.0f} MB"
+    return text
+
+
 def _metrics(p: dict[str, Any]) -> str:
     bits = []
     if p.get("loss") is not None:
@@ -234,5 +260,5 @@ def _plain_line(event: JobEvent) -> str:
     if kind == "result":
         return f"[{event.seq}] report: {d.get('report_path')}"
     if kind == "plan":
-        return f"[{event.seq}] plan: {d}"
+        return f"[{event.seq}] plan: {plan_summary(d)}"
     return ""
