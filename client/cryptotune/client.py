@@ -376,13 +376,43 @@ class Client:
                 for event in self.watch(job, after_seq=seq):
                     seq = event.seq
                     yield event
-                return
+                # The daemon ends a watch once the job is terminal; a stream cut short without
+                # an error (a connection torn down in an odd way) is simply watched again.
+                if self.get_job(job).terminal:
+                    return
+                time.sleep(0.5)
             except DaemonUnavailable as error:
                 if on_disconnect is not None:
                     on_disconnect(error)
-                self._wait_for_daemon(error, reconnect_for, job, seq)
+                self._wait_for_daemon(error, reconnect_for, f"cryptotune watch {job} --since {seq}")
 
-    def _wait_for_daemon(self, error: DaemonUnavailable, patience: float, job: str, seq: int) -> None:
+    def follow_logs(
+        self,
+        job: str,
+        *,
+        reconnect_for: float = 120.0,
+        on_disconnect: Callable[[DaemonUnavailable], None] | None = None,
+    ) -> Iterator[str]:
+        """Like ``logs(job, follow=True)``, but rides out daemon restarts without repeating a line.
+
+        Raises:
+            DaemonUnavailable: the daemon stayed away longer than ``reconnect_for`` seconds.
+        """
+        received = 0
+        while True:
+            try:
+                for line in self.logs(job, follow=True, skip_lines=received):
+                    received += 1
+                    yield line
+                if self.get_job(job).terminal:
+                    return
+                time.sleep(0.5)
+            except DaemonUnavailable as error:
+                if on_disconnect is not None:
+                    on_disconnect(error)
+                self._wait_for_daemon(error, reconnect_for, f"cryptotune logs {job} -f")
+
+    def _wait_for_daemon(self, error: DaemonUnavailable, patience: float, again: str) -> None:
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             time.sleep(0.5)
@@ -393,13 +423,14 @@ class Client:
                 continue
         raise DaemonUnavailable(
             f"{error.message}. Gave up after waiting {patience:.0f} s for the daemon to come back; "
-            f"the job keeps its state. Follow it again with: cryptotune watch {job} --since {seq}",
+            f"the job keeps its state. Follow it again with: {again}",
             error.code,
         )
 
-    def logs(self, job: str, follow: bool = False) -> Iterator[str]:
-        """The job's log lines; with ``follow`` keeps streaming until the job ends."""
-        request = job_pb2.StreamLogsRequest(job=job, follow=follow)
+    def logs(self, job: str, follow: bool = False, skip_lines: int = 0) -> Iterator[str]:
+        """The job's log lines after the first ``skip_lines``; with ``follow`` keeps streaming until
+        the job ends (see :meth:`follow_logs` to ride out daemon restarts)."""
+        request = job_pb2.StreamLogsRequest(job=job, follow=follow, skip_lines=skip_lines)
         for message in self._stream(self._jobs.StreamLogs, request):
             yield message.line
 

@@ -477,8 +477,35 @@ def test_cli_watch_rides_out_a_daemon_crash_and_misses_no_event(harness: Harness
     rest, err = watcher.communicate(timeout=WAIT_S)
     assert watcher.returncode == 0, err
     received = [first, *(json.loads(line) for line in rest.splitlines())]
-    assert [e["seq"] for e in received] == [e.seq for e in harness.events(job.job_id)], "each event once"
+    assert [e["seq"] for e in received] == [e.seq for e in harness.events(job.job_id)], (
+        f"each event once: {[e['seq'] for e in received]} {err}"
+    )
     assert received[-1]["type"] == "state" and received[-1]["data"]["state"] == "succeeded"
+    assert "The daemon went away" in err and "Traceback" not in err
+
+
+def test_cli_logs_follow_rides_out_a_daemon_crash_without_repeating_lines(harness: Harness) -> None:
+    data, config = job_files(harness.root, steps=8, save_steps=2)
+    harness.start()
+    with harness.client() as client:
+        job = client.submit(data, config, output_dir=harness.root / "out", pipeline_id="logs-ride")
+    harness.wait_events(job.job_id, lambda evs: progress_max(evs) >= 1, "step 1")
+    command = [str(BIN / "cryptotune"), "--address", harness.address, "--no-autostart"]
+    follower = subprocess.Popen(
+        [*command, "logs", job.job_id, "-f"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert follower.stdout is not None
+    first = follower.stdout.readline()  # connected: the log is streaming
+    harness.kill9()
+    time.sleep(1.0)
+    harness.start()
+    rest, err = follower.communicate(timeout=WAIT_S)
+    assert follower.returncode == 0, err
+    with harness.client() as client:
+        assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded"
+        stored = list(client.logs(job.job_id))
+        assert list(client.logs(job.job_id, skip_lines=3)) == stored[3:]
+    assert (first + rest).splitlines() == stored, "every line once, in order\n" + json.dumps([(first + rest).splitlines(), stored], ensure_ascii=False, indent=0)
     assert "The daemon went away" in err and "Traceback" not in err
 
 

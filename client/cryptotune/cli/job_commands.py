@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import NoReturn
@@ -83,6 +83,11 @@ def _follow_quietly(cli_ctx: CliContext, job: Job) -> None:
 
 def _events(cli_ctx: CliContext, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
     """The job's events; a daemon restart pauses them (with a note on stderr) instead of ending them."""
+    return cli_ctx.client().follow(job_id, after_seq=after_seq, on_disconnect=_disconnected_note(cli_ctx))
+
+
+def _disconnected_note(cli_ctx: CliContext) -> Callable[[DaemonUnavailable], None]:
+    """What to tell the user when a followed stream loses the daemon (the stream then waits)."""
 
     def disconnected(error: DaemonUnavailable) -> None:
         cli_ctx.err.print(
@@ -92,7 +97,7 @@ def _events(cli_ctx: CliContext, job_id: str, after_seq: int = 0) -> Iterator[Jo
             )
         )
 
-    return cli_ctx.client().follow(job_id, after_seq=after_seq, on_disconnect=disconnected)
+    return disconnected
 
 
 def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
@@ -383,7 +388,10 @@ def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
             lines = list(client.logs(job, follow=False))
             cli_ctx.emit_json({"job_id": client.get_job(job).job_id, "lines": lines})
             return
-        for line in client.logs(job, follow=follow):
+        stream = (
+            client.follow_logs(job, on_disconnect=_disconnected_note(cli_ctx)) if follow else client.logs(job)
+        )
+        for line in stream:
             if cli_ctx.json_output:
                 _echo_json_line({"line": line})
             else:

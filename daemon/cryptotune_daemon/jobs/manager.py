@@ -267,12 +267,15 @@ class JobManager:
                 raise _shutting_down(f"watch again with after_seq={seq} once it is back")
             await self._wait_change(job_id, 1.0)
 
-    async def logs(self, ref: str, follow: bool) -> AsyncIterator[str]:
-        """The worker's log lines; with ``follow``, new ones until the job is terminal."""
+    async def logs(self, ref: str, follow: bool, skip_lines: int = 0) -> AsyncIterator[str]:
+        """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the
+        job is terminal."""
         job = self.get(ref)
         path = self._settings.jobs_dir / job.job_id / "worker.log"
         offset = 0
         pending = b""
+        skipped = 0
+        ended = False  # the job was terminal before the last read: that read was the final one
         while True:
             chunk = b""
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
@@ -280,14 +283,21 @@ class JobManager:
                 chunk = handle.read(LOG_CHUNK)
             offset += len(chunk)
             *lines, pending = (pending + chunk).split(b"\n")
+            if skipped < skip_lines:
+                dropped = min(len(lines), skip_lines - skipped)
+                skipped += dropped
+                lines = lines[dropped:]
             for line in lines:
                 yield line.decode("utf-8", errors="replace")
             if len(chunk) == LOG_CHUNK:
                 continue  # more is already there: no need to wait
-            if not follow or self._store.get(job.job_id).is_terminal:
-                if pending:
+            if not follow or ended:
+                if pending and skipped >= skip_lines:
                     yield pending.decode("utf-8", errors="replace")
                 return
+            if self._store.get(job.job_id).is_terminal:
+                ended = True  # read once more: the worker may have written after our last read
+                continue
             if not self._accepting:
                 raise _shutting_down("follow the logs again once it is back")
             await self._wait_change(job.job_id, 0.5)

@@ -62,7 +62,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: job_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.LogLine]:
-        async for line in self._jobs.logs(job_ref(request.job), request.follow):
+        async for line in self._jobs.logs(job_ref(request.job), request.follow, request.skip_lines):
             yield job_pb2.LogLine(line=line)
 
     @streaming

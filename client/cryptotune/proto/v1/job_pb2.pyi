@@ -383,17 +383,21 @@ class StreamLogsRequest(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    SKIP_LINES_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     follow: _builtins.bool
+    skip_lines: _builtins.int
+    """lines the client already has (to resume a stream cut by a restart)"""
     def __init__(
         self,
         *,
         job: _builtins.str = ...,
         follow: _builtins.bool = ...,
+        skip_lines: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job", b"job", "skip_lines", b"skip_lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
