@@ -371,20 +371,16 @@ class Client:
             DaemonUnavailable: the daemon stayed away longer than ``reconnect_for``.
         """
         seq = after_seq
-        while True:
-            try:
-                for event in self.watch(job, after_seq=seq):
-                    seq = event.seq
-                    yield event
-                # The daemon ends a watch once the job is terminal; a stream cut short without
-                # an error (a connection torn down in an odd way) is simply watched again.
-                if self.get_job(job).terminal:
-                    return
-                time.sleep(0.5)
-            except DaemonUnavailable as error:
-                if on_disconnect is not None:
-                    on_disconnect(error)
-                self._wait_for_daemon(error, reconnect_for, f"cryptotune watch {job} --since {seq}")
+
+        def events() -> Iterator[t.JobEvent]:
+            nonlocal seq
+            for event in self.watch(job, after_seq=seq):
+                seq = event.seq
+                yield event
+
+        yield from self._resuming(
+            job, events, lambda: f"cryptotune watch {job} --since {seq}", reconnect_for, on_disconnect
+        )
 
     def follow_logs(
         self,
@@ -399,18 +395,38 @@ class Client:
             DaemonUnavailable: the daemon stayed away longer than ``reconnect_for`` seconds.
         """
         received = 0
+
+        def lines() -> Iterator[str]:
+            nonlocal received
+            for line in self.logs(job, follow=True, skip_lines=received):
+                received += 1
+                yield line
+
+        again = f"cryptotune logs {job} -f"
+        yield from self._resuming(job, lines, lambda: again, reconnect_for, on_disconnect)
+
+    def _resuming(
+        self,
+        job: str,
+        stream: Callable[[], Iterator[_T]],
+        again: Callable[[], str],
+        reconnect_for: float,
+        on_disconnect: Callable[[DaemonUnavailable], None] | None,
+    ) -> Iterator[_T]:
+        """Runs ``stream`` (which resumes where the previous one stopped) until the job is terminal,
+        waiting for the daemon whenever it goes away."""
         while True:
             try:
-                for line in self.logs(job, follow=True, skip_lines=received):
-                    received += 1
-                    yield line
+                yield from stream()
+                # The daemon ends these streams once the job is terminal; a stream cut short
+                # without an error (a connection torn down in an odd way) is simply opened again.
                 if self.get_job(job).terminal:
                     return
                 time.sleep(0.5)
             except DaemonUnavailable as error:
                 if on_disconnect is not None:
                     on_disconnect(error)
-                self._wait_for_daemon(error, reconnect_for, f"cryptotune logs {job} -f")
+                self._wait_for_daemon(error, reconnect_for, again())
 
     def _wait_for_daemon(self, error: DaemonUnavailable, patience: float, again: str) -> None:
         deadline = time.monotonic() + patience
