@@ -40,13 +40,17 @@ def test_json_is_accepted_after_every_subcommand(daemon: RunningDaemon, tmp_path
         assert shown.exit_code == 0 and "--json" in shown.stdout, command
 
 
-def _start_cli(address: str, *args: str) -> subprocess.Popen[str]:
-    """The real CLI as a child that Ctrl-C (SIGINT) reaches even when this test runs in the background."""
+def _start_cli(address: str, *args: str) -> subprocess.Popen[bytes]:
+    """The real CLI as a child that Ctrl-C (SIGINT) reaches even when this test runs in the background.
+
+    Unbuffered binary pipes: a buffered readline() would also pull in later lines, which
+    communicate() (reading the pipe itself) then never sees.
+    """
     return subprocess.Popen(
         [str(BIN / "cryptotune"), "--address", address, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads here
     )
 
@@ -81,7 +85,7 @@ def test_ctrl_c_detaches_json_train_and_watch(daemon: RunningDaemon, tmp_path: P
         try:
             _wait_training(client, "ctrlc")
             train.send_signal(signal.SIGINT)
-            stdout, stderr = train.communicate(timeout=60)
+            stdout, stderr = (b.decode() for b in train.communicate(timeout=60))
         finally:
             train.kill()
         assert train.returncode == 0, stdout + stderr
@@ -101,7 +105,7 @@ def test_ctrl_c_detaches_json_train_and_watch(daemon: RunningDaemon, tmp_path: P
             assert first["seq"] == 1
             time.sleep(1.0)
             watch.send_signal(signal.SIGINT)
-            rest, stderr = watch.communicate(timeout=60)
+            rest, stderr = (b.decode() for b in watch.communicate(timeout=60))
         finally:
             watch.kill()
         assert watch.returncode == 0, stderr
