@@ -18,6 +18,14 @@ from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.model import Job, JobEvent, JobState
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.submission import SubmitRequest, prepare
+from cryptotune_daemon.layout import (
+    ADAPTER_DIR,
+    EVENTS_FILE,
+    EXPORTED_FILES,
+    SPEC_FILE,
+    STOP_MARKER,
+    WORKER_LOG,
+)
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
@@ -31,9 +39,7 @@ POLL_S = 0.25  # how often a worker's liveness is checked
 EVENT_POLL_S = 0.05
 # Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
 RETRY_BUDGET = 3
-STOP_MARKER = "daemon_stopped.json"
 TEST_RECONCILE_DELAY_ENV = "CRYPTOTUNE_TEST_RECONCILE_DELAY_S"
-EXPORTED_FILES = ("report.json", "report.md", "loss_curve.png", "resolved_config.yaml")
 EXPORT_CHUNK = 1024 * 1024
 LOG_CHUNK = 1024 * 1024
 
@@ -271,7 +277,7 @@ class JobManager:
         """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the
         job is terminal."""
         job = self.get(ref)
-        path = self._settings.jobs_dir / job.job_id / "worker.log"
+        path = self._settings.jobs_dir / job.job_id / WORKER_LOG
         offset = 0
         pending = b""
         skipped = 0
@@ -311,7 +317,7 @@ class JobManager:
                 ErrorCode.JOB_STATE_CONFLICT, f"job {job.job_id} cannot be exported: {what}"
             )
         root = Path(job.output_dir)
-        adapter = root / "adapter"
+        adapter = root / ADAPTER_DIR
         if not adapter.is_dir():
             raise CryptotuneError(
                 ErrorCode.JOB_STATE_CONFLICT, f"{adapter} is missing: was the output dir moved?"
@@ -372,7 +378,7 @@ class JobManager:
     def _launch(self, job: Job, gpu_uuids: list[str], device: str) -> None:
         job_dir = self._job_dir(job.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        events_path = job_dir / "events.jsonl"
+        events_path = job_dir / EVENTS_FILE
         # A resumed job appends to the same event file: take what the dead worker left, and drop
         # its half-written last line (no process of the job runs: the scheduler checked).
         self._ingest(job.job_id)
@@ -390,12 +396,12 @@ class JobManager:
             "device": device,
             "events_path": str(events_path),
         }
-        spec_path = job_dir / "spec.json"
+        spec_path = job_dir / SPEC_FILE
         world = int(spec.get("world_size", 1))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
         try:
             spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
-            handle = wp.launch(spec_path, world, job_dir / "worker.log", env, job_dir)
+            handle = wp.launch(spec_path, world, job_dir / WORKER_LOG, env, job_dir)
         except wp.WorkerStillRunning as error:
             self._recover(job.job_id, str(error), count=False)
             return
@@ -433,7 +439,7 @@ class JobManager:
             events_size = -1
             while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
                 for _ in range(round(POLL_S / EVENT_POLL_S)):
-                    size = _file_size(job_dir / "events.jsonl")
+                    size = _file_size(job_dir / EVENTS_FILE)
                     if size != events_size:
                         if not self._ingest_safely(job_id):
                             await asyncio.sleep(POLL_S)  # e.g. a full disk: retry at a calmer pace
@@ -474,7 +480,7 @@ class JobManager:
         job = self._store.get(job_id)
         if job.is_terminal:
             return
-        path = self._job_dir(job_id) / "events.jsonl"
+        path = self._job_dir(job_id) / EVENTS_FILE
         events, offset = wp.read_new_events(path, job.events_offset)
         if events:
             self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)

@@ -12,9 +12,9 @@ from cryptotune_daemon.config import load_config
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.layout import PIPELINE_STATE_FILE
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
-from cryptotune_daemon.worker.state import PIPELINE_STATE_FILE
 
 # ASCII digits only, and few of them: int() of a 5000-digit (or Arabic-Indic) step must never run.
 _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12}))?")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psutil
 
+from cryptotune_daemon.layout import LOCK_FILE, PIDS_FILE
+
 TERM_GRACE_S = 10.0
-LOCK_FILE = "worker.lock"
-PIDS_FILE = "worker.pids"
 JOB_DIR_ENV = "CRYPTOTUNE_JOB_DIR"
 _START_TIME_TOLERANCE_S = 2.0
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.layout import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR
 from cryptotune_daemon.training.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = CHECKPOINT_MANIFEST
 MANIFEST_FORMAT = 1
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 _TEMP_PREFIX = ".tmp-"

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REQUEST_FILE = "oom_relaunch.json"
+from cryptotune_daemon.layout import OOM_RELAUNCH_FILE
+
+REQUEST_FILE = OOM_RELAUNCH_FILE
 
 
 @dataclass(frozen=True)

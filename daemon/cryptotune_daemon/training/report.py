@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-LOSS_CURVE = "loss_curve.png"
+from cryptotune_daemon.layout import LOSS_CURVE, REPORT_JSON, REPORT_MD
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "pipeline_id",

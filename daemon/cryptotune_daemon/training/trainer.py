@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.layout import ADAPTER_DIR, CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from cryptotune_daemon.training.allocator import retain_freed_memory
 from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
 from cryptotune_daemon.training.dataset import (
@@ -35,8 +36,6 @@ from cryptotune_daemon.training.oom import OomTestHook, TrainingOutOfMemory
 
 Emit = Callable[[str, Mapping[str, Any]], None]
 
-ADAPTER_SUBDIR = "adapter"
-TRAINER_STATE_FILE = "trainer_state.json"
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Version of the data order (:func:`~cryptotune_daemon.training.dataset.epoch_steps`, per optimiser
 # step). Checkpoints without it (1) were trained with length-grouped micro-batches and cannot be
@@ -325,7 +324,7 @@ class LoraTrainer:
                 "resume with the same world size and batch settings, or start a new pipeline",
             )
         weights = load_file(
-            str(path / ADAPTER_SUBDIR / "adapter_model.safetensors"), device=str(self.dist.device)
+            str(path / ADAPTER_DIR / "adapter_model.safetensors"), device=str(self.dist.device)
         )
         result = peft.set_peft_model_state_dict(self.model, weights)
         mismatched = [
@@ -540,13 +539,13 @@ class LoraTrainer:
         """
         assert self._optimizer is not None
         rng_states = self.dist.all_gather_object(rng_state(self.dist.device))
-        target = self.output_dir / "checkpoints"
+        target = self.output_dir / CHECKPOINTS_DIR
         path = target / f"step-{self.state.step:06d}"
         if self.dist.is_main:
             state_json = json.dumps(asdict(self.state), indent=1)
 
             def write(directory: Path) -> None:
-                self.model.save_pretrained(str(directory / ADAPTER_SUBDIR))
+                self.model.save_pretrained(str(directory / ADAPTER_DIR))
                 torch.save(
                     self._optimizer.state_dict() if self._optimizer else {}, directory / "optimizer.pt"
                 )

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.layout import ADAPTER_DIR, REPORT_JSON, RESOLVED_CONFIG, TRAINER_STATE_FILE
 from cryptotune_daemon.training.checkpoints import (
     CheckpointInfo,
     Hashes,
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESOLVED_CONFIG = "resolved_config.yaml"
-REPORT_FILE = "report.json"
-ADAPTER_DIR = "adapter"
 EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
 SUPPORTED_STRATEGIES = ("data_parallel", "auto")
@@ -201,7 +199,7 @@ class Pipeline:
             self.events.emit(
                 "result",
                 {
-                    "report_path": str(self.output_dir / REPORT_FILE),
+                    "report_path": str(self.output_dir / REPORT_JSON),
                     "adapter_path": str(self.output_dir / ADAPTER_DIR),
                 },
             )
@@ -578,12 +576,7 @@ class Pipeline:
         import peft
 
         from cryptotune_daemon.training.models import load_base_model
-        from cryptotune_daemon.training.trainer import (
-            ADAPTER_SUBDIR,
-            TRAINER_STATE_FILE,
-            TrainerState,
-            precision_dtype,
-        )
+        from cryptotune_daemon.training.trainer import TrainerState, precision_dtype
 
         recorded = dict(self.state.results.get("training") or {})
         checkpoint = newest_verified(self.output_dir, self._warn)
@@ -597,7 +590,7 @@ class Pipeline:
         with warnings.catch_warnings():
             # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.ctx.model = peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_SUBDIR))
+            self.ctx.model = peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_DIR))
         raw = json.loads((checkpoint.path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         self.ctx.trainer_state = TrainerState(**raw)
         self.ctx.resumed_from_step = recorded.get("resumed_from_step")

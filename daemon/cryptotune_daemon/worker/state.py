@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptotune_daemon.jobs import model as job_model
+from cryptotune_daemon.layout import PIPELINE_STATE_FILE
 from cryptotune_daemon.training.checkpoints import Hashes
 
-PIPELINE_STATE_FILE = "pipeline_state.json"
 STAGES = job_model.STAGES  # one stage order for the daemon and the worker
 STATE_FORMAT = 1
 
