@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from cryptotune_daemon.layout import (
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
+from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ class JobManager:
             request_id=request.request_id,
             pipeline_id=prepared.pipeline_id,
             output_dir=str(prepared.output_dir),
-            spec=prepared.spec,
+            spec=prepared.spec.to_json(),
             dry_run=request.dry_run,
             resumed_from=prepared.resumed_from,
         )
@@ -347,7 +349,7 @@ class JobManager:
         )
         gpus = self._inventory.list_gpus()
         for job in queued:
-            world = int(job.spec.get("world_size", 1))
+            world = JobSpec.from_json(job.spec).world_size
             if gpus:
                 free = [g.uuid for g in gpus if g.uuid not in self._allocated]
                 if len(free) < world:
@@ -390,22 +392,19 @@ class JobManager:
             return  # cancelled meanwhile
         with contextlib.suppress(FileNotFoundError):
             self._stop_marker(job.job_id).unlink()
-        spec = {
-            **running.spec,
-            "job_id": job.job_id,
-            "device": device,
-            "events_path": str(events_path),
-        }
         spec_path = job_dir / SPEC_FILE
-        world = int(spec.get("world_size", 1))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
         try:
-            spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
+            spec = dataclasses.replace(
+                JobSpec.from_json(running.spec), job_id=job.job_id, device=device, events_path=events_path
+            )
+            world = spec.world_size
+            spec_path.write_text(json.dumps(spec.to_json(), ensure_ascii=False, indent=2))
             handle = wp.launch(spec_path, world, job_dir / WORKER_LOG, env, job_dir)
         except wp.WorkerStillRunning as error:
             self._recover(job.job_id, str(error), count=False)
             return
-        except OSError as error:
+        except (OSError, CryptotuneError) as error:
             self._store.transition(job.job_id, JobState.FAILED, reason=f"could not start the worker: {error}")
             self._notify(job.job_id)
             return
@@ -655,17 +654,18 @@ class JobManager:
             )
             self._notify(job_id)
             return failed is not None
-        resume: dict[str, object] = {"output_dir": job.output_dir, "step": None}
+        resume = ResumeSpec(output_dir=Path(job.output_dir), step=None, oom=oom)
         counted = f"retry {retries} of {RETRY_BUDGET}" if count else f"{why}; not counted as a retry"
         reason = f"resuming from the newest verified checkpoint ({counted})"
         if oom is not None:
-            resume["oom"] = oom.to_json()
             reason = (
                 f"resuming from the newest verified checkpoint with micro-batch {oom.new_micro_batch} × "
                 f"gradient accumulation {oom.new_accumulation} (was {oom.old_micro_batch} × "
                 f"{oom.old_accumulation}: out of memory at step {oom.step}; same effective batch)"
             )
-        self._store.update_spec(job_id, {**job.spec, "resume": resume})
+        self._store.update_spec(
+            job_id, dataclasses.replace(JobSpec.from_json(job.spec), resume=resume).to_json()
+        )
         queued = self._store.transition(
             job_id, JobState.QUEUED, expected={JobState.RECOVERING}, reason=reason
         )

@@ -6,7 +6,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptotune_daemon.config import load_config
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
@@ -15,6 +14,7 @@ from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.layout import PIPELINE_STATE_FILE
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
+from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 
 # ASCII digits only, and few of them: int() of a 5000-digit (or Arabic-Indic) step must never run.
 _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12}))?")
@@ -46,7 +46,7 @@ class PreparedJob:
     pipeline_id: str
     output_dir: Path
     resumed_from: str
-    spec: dict[str, Any]
+    spec: JobSpec
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -192,7 +192,7 @@ def prepare(
             f"parallel.world_size is {world_size} but the daemon's machine has {gpu_count} GPU(s)",
         )
 
-    resume_spec: dict[str, Any] | None = None
+    resume_spec: ResumeSpec | None = None
     resumed_from = ""
     if request.resume:
         previous, step = _resolve_resume(request.resume, store)
@@ -205,7 +205,7 @@ def prepare(
         pipeline_id = previous.pipeline_id
         output_dir = Path(previous.output_dir)
         resumed_from = request.resume
-        resume_spec = {"output_dir": str(output_dir), "step": step}
+        resume_spec = ResumeSpec(output_dir=output_dir, step=step)
     else:
         pipeline_id = (
             validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
@@ -225,18 +225,19 @@ def prepare(
                 f"job {job.job_id} (pipeline {job.pipeline_id}) is {job.state.value} in {output_dir}; "
                 "wait for it, cancel it, or choose another --output-dir",
             )
-    spec: dict[str, Any] = {
-        "pipeline_id": pipeline_id,
-        "data_path": str(blob.path),
-        "data_digest": blob.digest,
-        "data_name": request.data_name or blob.digest[:12],
-        "config_yaml": request.config_yaml,
-        "config_name": request.config_name or "config.yaml",
-        "output_dir": str(output_dir),
-        "state_dir": str(settings.state_dir),
-        "dry_run": request.dry_run,
-        "resume": resume_spec,
-        "world_size": world_size,
-        "allow_remote_code": settings.allow_remote_code,
-    }
+    spec = JobSpec(
+        job_id="",  # the store assigns it; the launch fills it in
+        pipeline_id=pipeline_id,
+        data_path=blob.path,
+        data_digest=blob.digest,
+        data_name=request.data_name or blob.digest[:12],
+        config_yaml=request.config_yaml,
+        config_name=request.config_name or "config.yaml",
+        output_dir=output_dir,
+        state_dir=settings.state_dir,
+        dry_run=request.dry_run,
+        resume=resume_spec,
+        world_size=world_size,
+        allow_remote_code=settings.allow_remote_code,
+    )
     return PreparedJob(pipeline_id=pipeline_id, output_dir=output_dir, resumed_from=resumed_from, spec=spec)

@@ -1,4 +1,10 @@
-"""The job spec the daemon writes for the worker (``--spec SPEC.json``)."""
+"""The job spec: the daemon↔worker contract (``spec.json``, handed to the worker as ``--spec``).
+
+The daemon builds a :class:`JobSpec` when a job is submitted (``jobs/submission.py``), stores it as
+:meth:`JobSpec.to_json`, changes it with :func:`dataclasses.replace` (a resume, a launch) and writes
+it into the job dir; the worker reads it back with :func:`load_spec`. Nothing else assembles or
+parses a spec.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,13 @@ class ResumeSpec:
     step: int | None = None
     oom: OomRelaunchRequest | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The spec's ``resume`` object."""
+        raw: dict[str, Any] = {"output_dir": str(self.output_dir), "step": self.step}
+        if self.oom is not None:
+            raw["oom"] = self.oom.to_json()
+        return raw
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -42,6 +55,8 @@ class JobSpec:
         device: ``cpu`` or ``cuda``.
         allow_remote_code: whether ``model.trust_remote_code`` may be honoured.
         events_path: the JSON-lines event file rank 0 appends to.
+        data_digest: the uploaded data's content digest (the daemon's record; the worker hashes the file).
+        world_size: processes the daemon launches for the job (torchrun above 1).
     """
 
     job_id: str
@@ -57,11 +72,42 @@ class JobSpec:
     device: str = "cpu"
     allow_remote_code: bool = False
     events_path: Path | None = None
+    data_digest: str = ""
+    world_size: int = 1
 
     @property
     def cache_dir(self) -> Path:
         """Where tokenizer and tokenised-data caches live."""
         return self.state_dir / "cache"
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec's JSON object (what :meth:`from_json` reads back)."""
+        return {
+            "job_id": self.job_id,
+            "pipeline_id": self.pipeline_id,
+            "data_path": str(self.data_path),
+            "data_digest": self.data_digest,
+            "data_name": self.data_name,
+            "config_yaml": self.config_yaml,
+            "config_name": self.config_name,
+            "output_dir": str(self.output_dir),
+            "state_dir": str(self.state_dir),
+            "dry_run": self.dry_run,
+            "resume": None if self.resume is None else self.resume.to_json(),
+            "world_size": self.world_size,
+            "device": self.device,
+            "allow_remote_code": self.allow_remote_code,
+            "events_path": None if self.events_path is None else str(self.events_path),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> JobSpec:
+        """Builds a spec from its JSON object.
+
+        Raises:
+            CryptotuneError: REQUEST_INVALID when a required field is missing or malformed.
+        """
+        return parse_spec(raw)
 
 
 def _required(raw: dict[str, Any], key: str) -> Any:
@@ -116,7 +162,21 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
         device=device,
         allow_remote_code=bool(raw.get("allow_remote_code", False)),
         events_path=Path(str(events)) if events else None,
+        data_digest=str(raw.get("data_digest") or ""),
+        world_size=_positive_int(raw.get("world_size", 1), "world_size"),
     )
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec '{key}' must be a positive integer")
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec '{key}' must be a positive integer")
+    return number
 
 
 def load_spec(path: Path) -> JobSpec:
