@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from cryptotune_daemon.training.oom import TEST_HOOK_ENV
+from cryptotune_daemon.faults import TEST_HOOK_ENV
 from tests.integration.test_jobs import wait_terminal, write_config, write_data
 from tests.integration.test_recovery import WAIT_S, Harness, check_runs, harness, states
 

@@ -677,7 +677,7 @@ def test_the_job_lock_refuses_a_second_worker_until_every_process_is_gone(tmp_pa
     # A worker process that forks a child and dies: the child (a dataloader, say) still holds the lock.
     script = (
         "import os, time\n"
-        "from cryptotune_daemon.jobs.worker_process import join_job\n"
+        "from cryptotune_daemon.worker.membership import join_job\n"
         "join_job()\n"
         "if os.fork() == 0:\n"
         "    time.sleep(120)\n"

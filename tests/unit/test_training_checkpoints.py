@@ -11,16 +11,15 @@ import pytest
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     Hashes,
-    check_resume,
     find_checkpoint,
     list_checkpoints,
     newest_verified,
+    refuse_if_changed,
     remove_temp_dirs,
     verify_checkpoint,
     write_checkpoint,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_hash, sha256_file
-from cryptotune_daemon.worker.state import PipelineState, write_state
 
 HASHES = Hashes(data="a" * 64, config="b" * 64, tokenizer="c" * 64)
 
@@ -99,27 +98,20 @@ def test_rewriting_a_step_replaces_it(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000006"]
 
 
-def test_check_resume_names_what_changed(tmp_path: Path) -> None:
+def test_refuse_if_changed_names_what_changed(tmp_path: Path) -> None:
     write_checkpoint(tmp_path, 4, _files("four"), HASHES)
-    info = check_resume(tmp_path, HASHES.data, HASHES.config, HASHES.tokenizer)
+    info = find_checkpoint(tmp_path, None)
     assert info is not None and info.step == 4
+    refuse_if_changed(info.hashes, HASHES, f"checkpoint {info.path.name}")
     with pytest.raises(CryptotuneError) as raised:
-        check_resume(tmp_path, "f" * 64, HASHES.config, HASHES.tokenizer)
+        refuse_if_changed(
+            info.hashes, Hashes("f" * 64, HASHES.config, HASHES.tokenizer), "checkpoint step-000004"
+        )
     assert raised.value.code is ErrorCode.RESUME_REFUSED
     assert "the data file changed since checkpoint step-000004" in raised.value.message
     with pytest.raises(CryptotuneError) as raised:
-        check_resume(tmp_path, HASHES.data, "e" * 64, "d" * 64)
+        refuse_if_changed(info.hashes, Hashes(HASHES.data, "e" * 64, "d" * 64), "checkpoint step-000004")
     assert "the config and the tokenizer changed" in raised.value.message
-    # The tokenizer hash may be skipped (None) at submit time.
-    assert check_resume(tmp_path, HASHES.data, HASHES.config, None) is not None
-
-
-def test_check_resume_uses_the_pipeline_state_before_any_checkpoint(tmp_path: Path) -> None:
-    assert check_resume(tmp_path, HASHES.data, HASHES.config) is None
-    write_state(tmp_path, PipelineState(pipeline_id="p", hashes=HASHES))
-    assert check_resume(tmp_path, HASHES.data, HASHES.config) is None
-    with pytest.raises(CryptotuneError, match="the data file changed since the earlier run"):
-        check_resume(tmp_path, "0" * 64, HASHES.config)
 
 
 def test_a_chosen_step_must_exist_and_verify(tmp_path: Path) -> None:

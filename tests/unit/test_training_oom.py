@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.faults import TEST_HOOK_ENV, OomTestHook
 from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.training.oom import (
-    TEST_HOOK_ENV,
     OomRecovery,
-    OomTestHook,
-    TrainingOutOfMemory,
     halved_settings,
     relaunch_request,
     train_with_oom_recovery,
@@ -28,7 +26,7 @@ from cryptotune_daemon.training.oom_relaunch import (
     read_request,
     write_request,
 )
-from cryptotune_daemon.training.trainer import LoraTrainer, TrainerSettings
+from cryptotune_daemon.training.trainer import LoraTrainer, TrainerSettings, TrainingOutOfMemory
 from cryptotune_daemon.worker.spec import parse_spec
 
 from .test_training_trainer import Recorder, adapter_tensors, make_examples, make_trainer, settings

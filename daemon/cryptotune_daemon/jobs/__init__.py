@@ -1,7 +1,6 @@
-"""Jobs: the domain model, the durable store and (later) the scheduler and supervisor."""
+"""Jobs: what the daemon knows and does about jobs (model, store, submission, scheduler, supervisor)."""
 
 from cryptotune_daemon.jobs.model import (
-    STAGES,
     TERMINAL_STATES,
     TRANSITIONS,
     Job,
@@ -14,6 +13,7 @@ from cryptotune_daemon.jobs.model import (
     validate_pipeline_id,
 )
 from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.worker.state import STAGES
 
 __all__ = [
     "STAGES",

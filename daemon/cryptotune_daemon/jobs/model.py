@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.worker.state import STAGES
 
 
 class JobState(enum.Enum):
@@ -55,16 +56,6 @@ def sources_of(to: JobState) -> frozenset[JobState]:
     """Return every state from which ``to`` may be entered."""
     return frozenset(s for s, targets in TRANSITIONS.items() if to in targets)
 
-
-STAGES: tuple[str, ...] = (
-    "init",
-    "data_prep",
-    "config_gen",
-    "env_setup",
-    "training",
-    "evaluation",
-    "complete",
-)
 
 STAGE_STATES: frozenset[str] = frozenset({"pending", "running", "done", "failed", "cancelled", "skipped"})
 

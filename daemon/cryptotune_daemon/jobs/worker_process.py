@@ -27,9 +27,9 @@ from pathlib import Path
 import psutil
 
 from cryptotune_daemon.layout import LOCK_FILE, PIDS_FILE
+from cryptotune_daemon.worker.membership import JOB_DIR_ENV, process_start_time, record_process
 
 TERM_GRACE_S = 10.0
-JOB_DIR_ENV = "CRYPTOTUNE_JOB_DIR"
 _START_TIME_TOLERANCE_S = 2.0
 
 
@@ -111,8 +111,8 @@ def launch(
     # reattach to them after its own restart. A reaper thread collects the exit status.
     _EXIT_CODES.pop(process.pid, None)  # a reused pid: that earlier worker's code is not this one's
     _reap_in_background(process)
-    handle = WorkerHandle(pid=process.pid, started_at=_start_time(process.pid) or time.time())
-    _record(job_dir, handle.pid, handle.started_at, "leader")
+    handle = WorkerHandle(pid=process.pid, started_at=process_start_time(process.pid) or time.time())
+    record_process(job_dir, handle.pid, handle.started_at, "leader")
     return handle
 
 
@@ -120,41 +120,6 @@ def forget_processes(job_dir: Path) -> None:
     """Starts a new launch's record (call only when :func:`job_alive` is False)."""
     with contextlib.suppress(FileNotFoundError):
         (job_dir / PIDS_FILE).unlink()
-
-
-_JOINED: list[int] = []  # the job lock descriptors this process holds until it exits
-
-
-def join_job(environ: Mapping[str, str] | None = None) -> bool:
-    """Makes this worker process a member of its job (called first thing by every worker process).
-
-    Takes the shared job lock for the life of the process and records the pid, so the daemon
-    sees and can signal torchrun ranks, which live in sessions of their own. A no-op outside a
-    daemon-launched job.
-
-    Returns:
-        Whether the process joined a job.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(JOB_DIR_ENV, "")
-    if not raw:
-        return False
-    job_dir = Path(raw)
-    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # released by the kernel when this process (and its forks) end
-    _JOINED.append(fd)
-    started = _start_time(os.getpid()) or time.time()
-    _record(job_dir, os.getpid(), started, "rank" if "RANK" in env else "worker")
-    return True
-
-
-def _record(job_dir: Path, pid: int, started_at: float, role: str) -> None:
-    line = json.dumps({"pid": pid, "started_at": started_at, "role": role}) + "\n"
-    fd = os.open(job_dir / PIDS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, line.encode())  # one O_APPEND write: lines from several ranks never interleave
-    finally:
-        os.close(fd)
 
 
 def _recorded(job_dir: Path) -> list[tuple[WorkerHandle, str]]:
@@ -199,13 +164,6 @@ def _reap_in_background(process: subprocess.Popen[bytes]) -> None:
 def exit_code(pid: int) -> int | None:
     """The exit code of a worker this daemon launched (negative: killed by that signal), if known."""
     return _EXIT_CODES.get(pid)
-
-
-def _start_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
 
 
 def _running(handle: WorkerHandle) -> bool:

@@ -286,46 +286,6 @@ def refuse_if_changed(
     )
 
 
-def check_resume(
-    output_dir: Path,
-    data_hash: str,
-    config_hash: str,
-    tokenizer_hash: str | None = None,
-    step: int | None = None,
-) -> CheckpointInfo | None:
-    """Checks that a pipeline in ``output_dir`` may be resumed with this data/config/tokenizer.
-
-    The daemon calls this at submit time; the worker calls it again before training. It compares
-    the hashes recorded in ``pipeline_state.json`` and in the checkpoint that would be used.
-
-    Args:
-        output_dir: the pipeline's output directory.
-        data_hash: sha256 of the data file (:func:`~cryptotune_daemon.training.hashing.data_hash`).
-        config_hash: :func:`~cryptotune_daemon.training.hashing.config_hash` of the parsed config.
-        tokenizer_hash: :func:`~cryptotune_daemon.training.hashing.tokenizer_hash`, or None to skip
-            that comparison (loading a tokenizer at submit time may be too slow).
-        step: the checkpoint step to resume from, or None for the newest verified one.
-
-    Returns:
-        The checkpoint training would resume from, or None when there is none yet (training then
-        starts from step 0; earlier completed stages are still skipped).
-
-    Raises:
-        CryptotuneError: RESUME_REFUSED when something changed or ``step`` is not a verified checkpoint.
-    """
-    from cryptotune_daemon.worker.state import read_state  # the worker owns the state file's format
-
-    current = Hashes(data=data_hash, config=config_hash, tokenizer=tokenizer_hash or "")
-    state = read_state(output_dir)
-    if state is not None:
-        recorded = state.hashes
-        refuse_if_changed(recorded, current, "the earlier run of this pipeline")
-    info = find_checkpoint(output_dir, step)
-    if info is not None:
-        refuse_if_changed(info.hashes, current, f"checkpoint {info.path.name}")
-    return info
-
-
 def remove_temp_dirs(output_dir: Path) -> int:
     """Deletes leftovers of interrupted checkpoint writes; returns how many were removed."""
     root = checkpoints_dir(output_dir)

@@ -4,93 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest
+from cryptotune_daemon.training.trainer import TrainingOutOfMemory
 
 if TYPE_CHECKING:
     from cryptotune_daemon.training.checkpoints import CheckpointInfo
     from cryptotune_daemon.training.trainer import LoraTrainer, TrainerSettings
-
-# Test hook, never set in production: "STEP:MICRO[:RANK]" makes the trainer raise
-# torch.OutOfMemoryError at optimiser step STEP whenever its micro-batch is larger than MICRO (0:
-# whatever the size), in every process or only in process RANK.
-TEST_HOOK_ENV = "CRYPTOTUNE_TEST_HOOK_INJECT_OOM"
-
-
-@dataclass(frozen=True)
-class OomTestHook:
-    """Test hook: simulates a CUDA out-of-memory on a CPU.
-
-    Attributes:
-        at_step: the optimiser step (1-based) whose forward pass runs out of memory.
-        fits_micro_batch: the largest micro-batch that "fits"; 0 means none does.
-        rank: the only process that runs out of memory, or None for all of them.
-    """
-
-    at_step: int
-    fits_micro_batch: int
-    rank: int | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OomTestHook | None:
-        """The hook ``CRYPTOTUNE_TEST_HOOK_INJECT_OOM`` asks for, or None when it is unset.
-
-        Raises:
-            CryptotuneError: CONFIG_INVALID when the variable is set but malformed.
-        """
-        raw = environ.get(TEST_HOOK_ENV, "").strip()
-        if not raw:
-            return None
-        step, _, rest = raw.partition(":")
-        micro, _, rank = rest.partition(":")
-        try:
-            return cls(
-                at_step=int(step), fits_micro_batch=int(micro or "0"), rank=int(rank) if rank else None
-            )
-        except ValueError as error:
-            raise CryptotuneError(
-                ErrorCode.CONFIG_INVALID,
-                f"{TEST_HOOK_ENV} must look like STEP:MICRO_BATCH[:RANK], not {raw!r}",
-            ) from error
-
-    def check(self, step: int, micro_batch_size: int, rank: int = 0) -> None:
-        """Raises the simulated out-of-memory when ``step`` runs with too large a micro-batch."""
-        if self.rank is not None and rank != self.rank:
-            return
-        if step == self.at_step and micro_batch_size > self.fits_micro_batch:
-            raise torch.OutOfMemoryError(
-                f"CUDA out of memory (injected by the test hook {TEST_HOOK_ENV} at step {step} "
-                f"with micro-batch {micro_batch_size})"
-            )
-
-
-class TrainingOutOfMemory(CryptotuneError):
-    """The device ran out of memory during an optimiser step (RESOURCE_EXHAUSTED)."""
-
-    def __init__(self, *, step: int, micro_batch_size: int, gradient_checkpointing: bool) -> None:
-        advice = "lower training.max_seq_length" + (
-            "" if gradient_checkpointing else " or enable training.gradient_checkpointing"
-        )
-        if micro_batch_size <= 1:
-            message = (
-                f"OOM at step {step} with micro-batch 1: not even one sample per forward pass fits in "
-                f"memory, so halving the micro-batch cannot help; {advice}, or use a device with more memory"
-            )
-        else:
-            message = (
-                f"OOM at step {step} with micro-batch {micro_batch_size}: lower "
-                f"training.per_device_train_batch_size, or {advice}"
-            )
-        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message)
-        self.step = step
-        self.micro_batch_size = micro_batch_size
 
 
 @dataclass(frozen=True)

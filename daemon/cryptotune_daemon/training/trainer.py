@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.faults import OomTestHook
 from cryptotune_daemon.layout import ADAPTER_DIR, CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from cryptotune_daemon.training.allocator import retain_freed_memory
 from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
@@ -32,7 +33,6 @@ from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, LossModule
 from cryptotune_daemon.training.models import uses_varlen_attention
-from cryptotune_daemon.training.oom import OomTestHook, TrainingOutOfMemory
 
 Emit = Callable[[str, Mapping[str, Any]], None]
 
@@ -46,6 +46,28 @@ DATA_ORDER = 2
 def precision_dtype(precision: str) -> torch.dtype:
     """The torch dtype of a precision name (``fp32``, ``bf16``, ``fp16``)."""
     return _PRECISION_DTYPES[precision]
+
+
+class TrainingOutOfMemory(CryptotuneError):
+    """The device ran out of memory during an optimiser step (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, *, step: int, micro_batch_size: int, gradient_checkpointing: bool) -> None:
+        advice = "lower training.max_seq_length" + (
+            "" if gradient_checkpointing else " or enable training.gradient_checkpointing"
+        )
+        if micro_batch_size <= 1:
+            message = (
+                f"OOM at step {step} with micro-batch 1: not even one sample per forward pass fits in "
+                f"memory, so halving the micro-batch cannot help; {advice}, or use a device with more memory"
+            )
+        else:
+            message = (
+                f"OOM at step {step} with micro-batch {micro_batch_size}: lower "
+                f"training.per_device_train_batch_size, or {advice}"
+            )
+        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message)
+        self.step = step
+        self.micro_batch_size = micro_batch_size
 
 
 @dataclass(frozen=True)

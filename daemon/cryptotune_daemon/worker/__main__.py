@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cryptotune_daemon.worker", description=__doc__)
     parser.add_argument("--spec", required=True, type=Path, help="the job spec JSON written by the daemon")
     args = parser.parse_args(argv)
-    from cryptotune_daemon.jobs.worker_process import join_job
+    from cryptotune_daemon.worker.membership import join_job
 
     # Before anything slow: the daemon must see every process of the job (torchrun ranks too).
     join_job()

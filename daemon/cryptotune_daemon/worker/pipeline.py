@@ -430,14 +430,10 @@ class Pipeline:
     # -- training --------------------------------------------------------------------------------------
 
     def _training(self) -> None:
+        from cryptotune_daemon.faults import OomTestHook
         from cryptotune_daemon.training.models import load_base_model
-        from cryptotune_daemon.training.oom import (
-            OomTestHook,
-            TrainingOutOfMemory,
-            relaunch_request,
-            train_with_oom_recovery,
-        )
-        from cryptotune_daemon.training.trainer import LoraTrainer, precision_dtype
+        from cryptotune_daemon.training.oom import relaunch_request, train_with_oom_recovery
+        from cryptotune_daemon.training.trainer import LoraTrainer, TrainingOutOfMemory, precision_dtype
 
         plan, dist = self.ctx.plan, self.ctx.dist
         resume: CheckpointInfo | None = None

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptotune_daemon.jobs import model as job_model
 from cryptotune_daemon.layout import PIPELINE_STATE_FILE
 from cryptotune_daemon.training.checkpoints import Hashes
 
-STAGES = job_model.STAGES  # one stage order for the daemon and the worker
+# The pipeline's stages, in order: one definition for the worker and the daemon (jobs/model.py).
+STAGES: tuple[str, ...] = (
+    "init",
+    "data_prep",
+    "config_gen",
+    "env_setup",
+    "training",
+    "evaluation",
+    "complete",
+)
 STATE_FORMAT = 1
 
 
