@@ -35,9 +35,11 @@ test: setup check-protos
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+## lint: ruff, and the import layers and forbidden imports of docs/architecture.md (import-linter)
 lint: setup
 	$(VENV)/bin/ruff check client daemon tests bench
 	$(VENV)/bin/ruff format --check client daemon tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(VENV)/bin/ruff format client daemon tests bench
