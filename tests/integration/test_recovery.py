@@ -25,7 +25,8 @@ import pytest
 from cryptotune import Client
 from cryptotune.errors import CryptotuneError, DaemonUnavailable
 from cryptotune_daemon.jobs import worker_process as wp
-from cryptotune_daemon.jobs.manager import RETRY_BUDGET, TEST_RECONCILE_DELAY_ENV
+from cryptotune_daemon.jobs.manager import TEST_RECONCILE_DELAY_ENV
+from cryptotune_daemon.jobs.supervisor import RETRY_BUDGET
 from cryptotune_daemon.training.checkpoints import TEST_CRASH_ENV, verify_checkpoint
 from tests.integration.conftest import (
     BIN,

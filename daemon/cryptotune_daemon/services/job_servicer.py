@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 
 from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
-from cryptotune_daemon.jobs.manager import JobManager, chunks_of
+from cryptotune_daemon.jobs.manager import JobManager
+from cryptotune_daemon.jobs.streams import chunks_of
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import streaming, unary
 from cryptotune_daemon.services.validation import config_size, int_range, job_ref

@@ -1,0 +1,90 @@
+"""The event and log streams: a job's stored then live events, its worker log, files in export chunks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.jobs.engine import EngineCore, _shutting_down
+from cryptotune_daemon.jobs.model import JobEvent
+from cryptotune_daemon.layout import WORKER_LOG
+
+EXPORT_CHUNK = 1024 * 1024
+LOG_CHUNK = 1024 * 1024
+
+
+class Streams(EngineCore):
+    """Streams a job's events and log lines to watchers."""
+
+    async def watch(self, ref: str, after_seq: int) -> AsyncIterator[JobEvent]:
+        """Stored events after ``after_seq``, then live ones, until the job is terminal."""
+        if after_seq < 0:
+            raise CryptotuneError(ErrorCode.REQUEST_INVALID, "after_seq must be >= 0")
+        job_id = self.get(ref).job_id
+        seq = after_seq
+        while True:
+            events = self._store.events_after(job_id, seq, limit=500)
+            for event in events:
+                seq = event.seq
+                yield event
+            if events:
+                continue
+            if self._store.get(job_id).is_terminal:
+                if not self._store.events_after(job_id, seq, limit=1):
+                    return
+                continue
+            if not self._accepting:
+                # End the stream now rather than hold the shutdown for the server's grace period.
+                raise _shutting_down(f"watch again with after_seq={seq} once it is back")
+            await self._wait_change(job_id, 1.0)
+
+    async def logs(self, ref: str, follow: bool, skip_lines: int = 0) -> AsyncIterator[str]:
+        """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the
+        job is terminal."""
+        job = self.get(ref)
+        path = self._settings.jobs_dir / job.job_id / WORKER_LOG
+        offset = 0
+        pending = b""
+        skipped = 0
+        ended = False  # the job was terminal before the last read: that read was the final one
+        while True:
+            chunk = b""
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(LOG_CHUNK)
+            offset += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            if skipped < skip_lines:
+                dropped = min(len(lines), skip_lines - skipped)
+                skipped += dropped
+                lines = lines[dropped:]
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+            if len(chunk) == LOG_CHUNK:
+                continue  # more is already there: no need to wait
+            if not follow or ended:
+                if pending and skipped >= skip_lines:
+                    yield pending.decode("utf-8", errors="replace")
+                return
+            if self._store.get(job.job_id).is_terminal:
+                ended = True  # read once more: the worker may have written after our last read
+                continue
+            if not self._accepting:
+                raise _shutting_down("follow the logs again once it is back")
+            await self._wait_change(job.job_id, 0.5)
+
+
+def chunks_of(path: Path) -> Iterator[bytes]:
+    """A file in export-sized chunks (at least one, possibly empty)."""
+    with path.open("rb") as handle:
+        first = True
+        while True:
+            data = handle.read(EXPORT_CHUNK)
+            if not data and not first:
+                return
+            first = False
+            yield data
+            if len(data) < EXPORT_CHUNK:
+                return

@@ -1,0 +1,386 @@
+"""The supervisor: launches workers, follows them to their end, reattaches and recovers after a crash.
+
+Reliability rules (see docs/reliability.md):
+
+- A worker runs in its own session; every process of it holds the job lock
+  (:mod:`~cryptotune_daemon.jobs.worker_process`), so a job never gets a second worker and its
+  GPUs return to the pool only when none of its processes remains.
+- A daemon restart reattaches to live workers; a job whose worker is gone without a verdict
+  goes RECOVERING and resumes from its newest verified checkpoint. Only a real worker death
+  counts against ``RETRY_BUDGET``: a worker that was never started, or one ended by the
+  daemon's own graceful stop (systemd's KillMode=mixed), is resumed without counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptotune_daemon.errors import CryptotuneError
+from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.engine import EngineCore, _db_handle
+from cryptotune_daemon.jobs.model import Job, JobState
+from cryptotune_daemon.layout import EVENTS_FILE, SPEC_FILE, WORKER_LOG
+from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
+from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how often a worker's liveness is checked
+# How often a running worker's event file is checked for growth (one stat call): what a watcher
+# waits at most for an event beyond the worker writing it. Polling rather than inotify: it is
+# portable, survives the file being created late, and costs ~20 stat calls a second per job.
+EVENT_POLL_S = 0.05
+# Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
+RETRY_BUDGET = 3
+
+
+class Supervisor(EngineCore):
+    """Launches, follows, reattaches to and recovers the workers of jobs."""
+
+    def _launch(self, job: Job, gpu_uuids: list[str], device: str) -> None:
+        job_dir = self._job_dir(job.job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        events_path = job_dir / EVENTS_FILE
+        # A resumed job appends to the same event file: take what the dead worker left, and drop
+        # its half-written last line (no process of the job runs: the scheduler checked).
+        self._ingest(job.job_id)
+        wp.drop_partial_events(events_path, self._store.get(job.job_id).events_offset)
+        wp.forget_processes(job_dir)  # so that a crash from here on never sees an earlier leader
+        clear_request(job_dir)  # an earlier run's out-of-memory request was handled (or is stale)
+        running = self._store.transition(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
+        if running is None:
+            return  # cancelled meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            self._stop_marker(job.job_id).unlink()
+        spec_path = job_dir / SPEC_FILE
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}
+        try:
+            spec = dataclasses.replace(
+                JobSpec.from_json(running.spec), job_id=job.job_id, device=device, events_path=events_path
+            )
+            world = spec.world_size
+            spec_path.write_text(json.dumps(spec.to_json(), ensure_ascii=False, indent=2))
+            handle = wp.launch(spec_path, world, job_dir / WORKER_LOG, env, job_dir)
+        except wp.WorkerStillRunning as error:
+            self._recover(job.job_id, str(error), count=False)
+            return
+        except (OSError, CryptotuneError) as error:
+            self._store.transition(job.job_id, JobState.FAILED, reason=f"could not start the worker: {error}")
+            self._notify(job.job_id)
+            return
+        # Follow it first: whatever happens to the bookkeeping below, the worker is supervised and
+        # its resources stay taken. (A restarted daemon finds it through worker.pids anyway.)
+        self._attach(job.job_id, gpu_uuids, handle)
+        try:
+            self._store.set_worker(job.job_id, handle.pid, handle.started_at)
+            self._store.set_gpus(job.job_id, gpu_uuids)
+        except CryptotuneError:
+            log.exception("could not record the worker of job %s", job.job_id)
+        log.info("job %s started (pid %s, %s, world size %s)", job.job_id, handle.pid, device, world)
+
+    def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
+        """Takes the job's resources and follows its worker until no process of it remains."""
+        for uuid in gpu_uuids:
+            self._allocated[uuid] = job_id
+        if not gpu_uuids:
+            self._cpu_jobs.add(job_id)
+        self._handles[job_id] = handle
+        self._notify(job_id)
+        self._supervisors[job_id] = asyncio.get_running_loop().create_task(
+            self._supervise(job_id, handle), name=f"supervise-{job_id}"
+        )
+
+    async def _supervise(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        job_dir = self._job_dir(job_id)
+        try:
+            # Without a known leader (the daemon died between launch and recording it) the job
+            # lock, held by every process of the worker, says when it is over.
+            events_size = -1
+            while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
+                for _ in range(round(POLL_S / EVENT_POLL_S)):
+                    size = _file_size(job_dir / EVENTS_FILE)
+                    if size != events_size:
+                        if not self._ingest_safely(job_id):
+                            await asyncio.sleep(POLL_S)  # e.g. a full disk: retry at a calmer pace
+                            break
+                        events_size = size
+                    await asyncio.sleep(EVENT_POLL_S)
+            # Stragglers (dataloader children, torchrun ranks in sessions of their own, ranks
+            # orphaned by a killed torchrun) hold GPUs too: end them and wait until none remains.
+            if wp.job_alive(job_dir, handle):
+                wp.signal_job(job_dir, handle, signal.SIGTERM)
+                deadline = time.monotonic() + wp.TERM_GRACE_S
+                while wp.job_alive(job_dir, handle):
+                    self._ingest_safely(job_id)
+                    if time.monotonic() > deadline:
+                        wp.signal_job(job_dir, handle, signal.SIGKILL)
+                    await asyncio.sleep(POLL_S)
+            code = wp.exit_code(handle.pid) if handle is not None else None
+            while True:
+                try:
+                    self._ingest(job_id)
+                    self._finish(job_id, code)
+                    break
+                except CryptotuneError:  # e.g. a full state disk: the verdict must not be lost
+                    log.exception("could not record the end of job %s (will retry)", job_id)
+                    await asyncio.sleep(5 * POLL_S)
+        finally:
+            self._release(job_id)
+            self._supervisors.pop(job_id, None)
+            self._handles.pop(job_id, None)
+            self._wakeup.set()
+
+    def _release(self, job_id: str) -> None:
+        for uuid in [u for u, owner in self._allocated.items() if owner == job_id]:
+            del self._allocated[uuid]
+        self._cpu_jobs.discard(job_id)
+
+    def _ingest(self, job_id: str) -> None:
+        job = self._store.get(job_id)
+        if job.is_terminal:
+            return
+        path = self._job_dir(job_id) / EVENTS_FILE
+        events, offset = wp.read_new_events(path, job.events_offset)
+        if events:
+            self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)
+            self._notify(job_id)
+
+    def _ingest_safely(self, job_id: str) -> bool:
+        # A failing ingest (full disk) must not end the supervisor: it would free the job's GPUs
+        # while its worker still runs. The events stay in the file and are taken next time.
+        try:
+            self._ingest(job_id)
+        except Exception:
+            log.exception("could not ingest the events of job %s (will retry)", job_id)
+            return False
+        return True
+
+    def _outcome(self, job_id: str) -> tuple[bool, str]:
+        """(has a result event, failure reason from a failed event or "") of the latest run."""
+        seq, result, reason = 0, False, ""
+        while batch := self._store.events_after(job_id, seq, limit=1000):
+            for event in batch:
+                seq = event.seq
+                if event.type == "result":
+                    result = True
+                elif event.type == "failed":
+                    reason = str(event.data.get("reason", "")) or reason
+                elif event.type == "state" and event.data.get("state") == JobState.QUEUED.value:
+                    result, reason = False, ""  # a resume: only what came after counts
+        return result, reason
+
+    def _finish(self, job_id: str, code: int | None) -> None:
+        """Records the verdict once no process of the job remains."""
+        for _ in range(5):  # compare-and-set: a cancel may land in between; then decide again
+            job = self._store.get(job_id)
+            if job.is_terminal:
+                return
+            has_result, reason = self._outcome(job_id)
+            if not has_result and self._relaunch_after_oom(job):
+                return
+            if job.state == JobState.CANCELLING:
+                target, why = JobState.CANCELLED, "cancelled by user"
+            elif has_result and not reason:
+                # The adapter and report are written before `result`: a crash after it loses nothing.
+                target, why = JobState.SUCCEEDED, ""
+            elif job.dry_run and code == 0 and not reason:
+                target, why = JobState.SUCCEEDED, ""
+            elif reason:
+                target, why = JobState.FAILED, reason
+            else:
+                if self._recover(job_id, _describe_exit(code, job.pipeline_id), count=True):
+                    return
+                continue
+            self._store.set_worker(job_id, None, None)
+            if self._store.transition(job_id, target, expected={job.state}, reason=why) is not None:
+                self._notify(job_id)
+                log.info("job %s %s%s", job_id, target.value, f": {why}" if why else "")
+                return
+
+    def _reconcile(self, job: Job) -> None:
+        """Picks up a job a previous daemon left unfinished."""
+        if job.state == JobState.QUEUED:
+            return
+        job_dir = self._job_dir(job.job_id)
+        handle = _db_handle(job) or wp.recorded_leader(job_dir)
+        if (handle is not None and wp.is_alive(handle)) or wp.job_alive(job_dir, handle):
+            log.info("reattaching to job %s (worker pid %s)", job.job_id, handle.pid if handle else "?")
+            if handle is not None and job.worker_pid != handle.pid:
+                self._store.set_worker(job.job_id, handle.pid, handle.started_at)
+            with contextlib.suppress(FileNotFoundError):
+                self._stop_marker(job.job_id).unlink()
+            if job.state == JobState.CANCELLING:
+                self._terminate(job.job_id, handle)  # the cancel may not have reached it
+            self._attach(job.job_id, job.gpu_uuids, handle)
+            return
+        self._ingest(job.job_id)
+        has_result, reason = self._outcome(job.job_id)
+        if not has_result and self._relaunch_after_oom(job):
+            self._notify(job.job_id)
+            return
+        if job.state == JobState.CANCELLING:
+            self._store.transition(job.job_id, JobState.CANCELLED, reason="cancelled by user")
+        elif has_result and not reason:
+            self._store.transition(job.job_id, JobState.SUCCEEDED)
+        elif reason:
+            self._store.transition(job.job_id, JobState.FAILED, reason=reason)
+        elif job.state == JobState.RECOVERING:
+            self._recover(job.job_id, "resuming an interrupted recovery", count=False)  # counted before
+        elif handle is None:
+            self._recover(job.job_id, "the daemon stopped before the worker started", count=False)
+        elif self._stopped_by_daemon(job.job_id, handle):
+            self._recover(job.job_id, "the daemon was stopped while the job ran", count=False)
+        else:
+            self._recover(job.job_id, "the worker ended while the daemon was down", count=True)
+        self._notify(job.job_id)
+
+    def _stopped_by_daemon(self, job_id: str, handle: wp.WorkerHandle) -> bool:
+        try:
+            marker = json.loads(self._stop_marker(job_id).read_text())
+            return bool(marker["pid"] == handle.pid and abs(marker["started_at"] - handle.started_at) < 2)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def _relaunch_after_oom(self, job: Job) -> bool:
+        """Handles a multi-process job that ran out of memory (see training/oom_relaunch.py).
+
+        Returns:
+            Whether the job had such a request: it is queued again with the smaller split, or
+            failed when the micro-batch was 1 already. (False: no request; decide as usual.)
+        """
+        if job.state not in (JobState.RUNNING, JobState.RECOVERING):
+            return False  # a cancel wins; so does a verdict already recorded
+        job_dir = self._job_dir(job.job_id)
+        try:
+            request = read_request(job_dir)
+        except (OSError, ValueError) as error:
+            log.warning("ignoring the out-of-memory request of job %s: %s", job.job_id, error)
+            request = None
+        if request is None:
+            return False
+        if request.can_continue:
+            moved = self._recover(job.job_id, request.message, count=False, oom=request)
+        else:
+            self._store.set_worker(job.job_id, None, None)
+            moved = (
+                self._store.transition(
+                    job.job_id,
+                    JobState.FAILED,
+                    expected={JobState.RUNNING, JobState.RECOVERING},
+                    reason=request.message,
+                )
+                is not None
+            )
+            self._notify(job.job_id)
+        # Removed only once acted on: a daemon crash in between finds it again.
+        clear_request(job_dir)
+        return moved
+
+    def _recover(self, job_id: str, why: str, *, count: bool, oom: OomRelaunchRequest | None = None) -> bool:
+        """A worker vanished without a verdict: resume the job from its newest checkpoint, within budget.
+
+        Args:
+            job_id: the job (RUNNING or RECOVERING; other states are left alone).
+            why: what happened, for the state events and the failure reason.
+            count: whether this was a real worker failure that uses up the retry budget.
+            oom: set when a process ran out of memory: continue with its smaller split.
+
+        Returns:
+            Whether the job was moved (False: its state changed meanwhile, e.g. a cancel).
+        """
+        job = self._store.get(job_id)
+        if job.state == JobState.RUNNING:
+            moved = self._store.transition(
+                job_id,
+                JobState.RECOVERING,
+                expected={JobState.RUNNING},
+                reason=why if oom is not None else f"worker lost: {why}",
+            )
+            if moved is None:
+                return False
+            job = moved
+            self._notify(job_id)
+        elif job.state != JobState.RECOVERING:
+            return False
+        retries = self._store.increment_retries(job_id) if count else job.retries
+        self._store.set_worker(job_id, None, None)
+        if retries > RETRY_BUDGET:
+            failed = self._store.transition(
+                job_id,
+                JobState.FAILED,
+                expected={JobState.RECOVERING},
+                reason=f"the worker was lost {retries} times; giving up after {RETRY_BUDGET} resumes "
+                f"(last time: {why})",
+            )
+            self._notify(job_id)
+            return failed is not None
+        resume = ResumeSpec(output_dir=Path(job.output_dir), step=None, oom=oom)
+        counted = f"retry {retries} of {RETRY_BUDGET}" if count else f"{why}; not counted as a retry"
+        reason = f"resuming from the newest verified checkpoint ({counted})"
+        if oom is not None:
+            reason = (
+                f"resuming from the newest verified checkpoint with micro-batch {oom.new_micro_batch} × "
+                f"gradient accumulation {oom.new_accumulation} (was {oom.old_micro_batch} × "
+                f"{oom.old_accumulation}: out of memory at step {oom.step}; same effective batch)"
+            )
+        self._store.update_spec(
+            job_id, dataclasses.replace(JobSpec.from_json(job.spec), resume=resume).to_json()
+        )
+        queued = self._store.transition(
+            job_id, JobState.QUEUED, expected={JobState.RECOVERING}, reason=reason
+        )
+        self._notify(job_id)
+        self._wakeup.set()
+        return queued is not None
+
+    def _terminate(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        """SIGTERM to every process of the job now, SIGKILL to what is left after the grace period."""
+        wp.signal_job(self._job_dir(job_id), handle, signal.SIGTERM)
+        if job_id not in self._killers:
+            self._killers[job_id] = asyncio.get_running_loop().create_task(
+                self._kill_after_grace(job_id, handle), name=f"kill-{job_id}"
+            )
+
+    async def _kill_after_grace(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
+        try:
+            await asyncio.sleep(wp.TERM_GRACE_S)
+            job_dir = self._job_dir(job_id)
+            if wp.job_alive(job_dir, handle):
+                log.warning(
+                    "job %s ignored SIGTERM for %.0f s: sending SIGKILL to all its processes",
+                    job_id,
+                    wp.TERM_GRACE_S,
+                )
+                wp.signal_job(job_dir, handle, signal.SIGKILL)
+        finally:
+            self._killers.pop(job_id, None)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _describe_exit(code: int | None, ref: str) -> str:
+    if code is None:
+        return f"the worker ended without reporting a result; see 'cryptotune logs {ref}'"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"the worker was killed by {name}{hint}; see 'cryptotune logs {ref}'"
+    if code > 128 and code - 128 in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # The worker turns these into a clean exit (128 + signal), but no cancel was asked for.
+        name = signal.Signals(code - 128).name
+        return f"the worker was stopped by {name} from outside the daemon; see 'cryptotune logs {ref}'"
+    return f"the worker exited with code {code} without a reason; see 'cryptotune logs {ref}'"
