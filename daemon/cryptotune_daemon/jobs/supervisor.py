@@ -28,6 +28,7 @@ from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.engine import EngineCore, _db_handle
 from cryptotune_daemon.jobs.model import Job, JobState
+from cryptotune_daemon.jobs.verdict import WorkerOutcome, decide_verdict
 from cryptotune_daemon.layout import EVENTS_FILE, SPEC_FILE, WORKER_LOG
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
@@ -187,17 +188,20 @@ class Supervisor(EngineCore):
             has_result, reason = self._outcome(job_id)
             if not has_result and self._relaunch_after_oom(job):
                 return
-            if job.state == JobState.CANCELLING:
-                target, why = JobState.CANCELLED, "cancelled by user"
-            elif has_result and not reason:
-                # The adapter and report are written before `result`: a crash after it loses nothing.
-                target, why = JobState.SUCCEEDED, ""
-            elif job.dry_run and code == 0 and not reason:
-                target, why = JobState.SUCCEEDED, ""
-            elif reason:
-                target, why = JobState.FAILED, reason
-            else:
-                if self._recover(job_id, _describe_exit(code, job.pipeline_id), count=True):
+            verdict = decide_verdict(
+                WorkerOutcome(
+                    state=job.state,
+                    has_result=has_result,
+                    failure=reason,
+                    dry_run=job.dry_run,
+                    exit_code=code,
+                    followed=True,
+                    ref=job.pipeline_id,
+                )
+            )
+            target, why = verdict.target, verdict.reason
+            if target == JobState.RECOVERING:
+                if self._recover(job_id, why, count=verdict.count_retry):
                     return
                 continue
             self._store.set_worker(job_id, None, None)
@@ -227,20 +231,23 @@ class Supervisor(EngineCore):
         if not has_result and self._relaunch_after_oom(job):
             self._notify(job.job_id)
             return
-        if job.state == JobState.CANCELLING:
-            self._store.transition(job.job_id, JobState.CANCELLED, reason="cancelled by user")
-        elif has_result and not reason:
-            self._store.transition(job.job_id, JobState.SUCCEEDED)
-        elif reason:
-            self._store.transition(job.job_id, JobState.FAILED, reason=reason)
-        elif job.state == JobState.RECOVERING:
-            self._recover(job.job_id, "resuming an interrupted recovery", count=False)  # counted before
-        elif handle is None:
-            self._recover(job.job_id, "the daemon stopped before the worker started", count=False)
-        elif self._stopped_by_daemon(job.job_id, handle):
-            self._recover(job.job_id, "the daemon was stopped while the job ran", count=False)
+        verdict = decide_verdict(
+            WorkerOutcome(
+                state=job.state,
+                has_result=has_result,
+                failure=reason,
+                dry_run=job.dry_run,
+                exit_code=None,  # only the daemon that launched a worker reaps its exit code
+                followed=False,
+                started=handle is not None,
+                stopped_by_daemon=handle is not None and self._stopped_by_daemon(job.job_id, handle),
+                ref=job.pipeline_id,
+            )
+        )
+        if verdict.target == JobState.RECOVERING:
+            self._recover(job.job_id, verdict.reason, count=verdict.count_retry)
         else:
-            self._recover(job.job_id, "the worker ended while the daemon was down", count=True)
+            self._store.transition(job.job_id, verdict.target, reason=verdict.reason)
         self._notify(job.job_id)
 
     def _stopped_by_daemon(self, job_id: str, handle: wp.WorkerHandle) -> bool:
@@ -370,17 +377,3 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return -1
-
-
-def _describe_exit(code: int | None, ref: str) -> str:
-    if code is None:
-        return f"the worker ended without reporting a result; see 'cryptotune logs {ref}'"
-    if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the worker was killed by {name}{hint}; see 'cryptotune logs {ref}'"
-    if code > 128 and code - 128 in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        # The worker turns these into a clean exit (128 + signal), but no cancel was asked for.
-        name = signal.Signals(code - 128).name
-        return f"the worker was stopped by {name} from outside the daemon; see 'cryptotune logs {ref}'"
-    return f"the worker exited with code {code} without a reason; see 'cryptotune logs {ref}'"
