@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cryptotune_daemon.training.checkpoints import Hashes, list_checkpoints, newest_verified, write_checkpoint
-from cryptotune_daemon.worker.pipeline import describe_failure
+from cryptotune_daemon.worker.failures import describe_failure
 
 HASHES = Hashes(data="d" * 64, config="c" * 64, tokenizer="t" * 64)
 

@@ -22,6 +22,8 @@ IntervalStrategy = Literal["no", "steps", "epoch"]
 OptimizationStrategy = Literal["auto", "memory", "balanced", "quality"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "openai"]
 ParallelStrategy = Literal["data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"]
+# The strategies a job can run with today (the schema accepts more, refused at submit and by the worker).
+SUPPORTED_STRATEGIES: tuple[str, ...] = ("data_parallel", "auto")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Precision = Literal["bf16", "fp16", "fp32"]
 

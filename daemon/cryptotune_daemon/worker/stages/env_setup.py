@@ -1,0 +1,36 @@
+"""``env_setup``: this process's distributed group, seeds and GPU sampler."""
+
+from __future__ import annotations
+
+import logging
+
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.worker.stages.base import StageBase
+
+log = logging.getLogger(__name__)
+
+
+class EnvSetupStage(StageBase):
+    """The ``env_setup`` stage and its restore."""
+
+    def _env_setup(self) -> None:
+        from cryptotune_daemon.training.distributed import init_distributed
+        from cryptotune_daemon.training.trainer import seed_everything
+
+        dist = init_distributed(self.spec.device)
+        seed_everything(int(self.ctx.config.training.seed))
+        self.ctx.dist = dist
+        # Ranks computed data and plan independently: make sure they agree before training.
+        mine = (self.ctx.hashes.data, self.ctx.data.split.get("train", [])[:64], self.ctx.plan.total_steps)
+        views = dist.all_gather_object(mine)
+        if any(view != views[0] for view in views):
+            raise CryptotuneError(ErrorCode.INTERNAL, "ranks disagree on the data split or the plan")
+        if self.spec.device == "cuda" and self.is_main:
+            from cryptotune_daemon.worker.gpu_sampler import GpuSampler
+
+            self._gpu_sampler = GpuSampler(self.events.emit)
+            self._gpu_sampler.start()
+        self._log(
+            f"environment: {dist.world_size} process(es) on {dist.device}, "
+            f"seed {self.ctx.config.training.seed}"
+        )
