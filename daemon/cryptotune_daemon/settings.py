@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
+
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
@@ -25,6 +27,7 @@ class DaemonSettings:
         tls_cert: PEM certificate chain for TCP listeners (required off loopback).
         tls_key: PEM private key matching ``tls_cert``.
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
+        faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
     """
 
     state_dir: Path
@@ -38,6 +41,7 @@ class DaemonSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    faults: FaultInjection = NO_FAULTS
 
     @property
     def auth_token_path(self) -> Path:

@@ -24,10 +24,10 @@ import pytest
 
 from cryptotune import Client
 from cryptotune.errors import CryptotuneError, DaemonUnavailable
+from cryptotune_daemon.faults import ENABLE_FLAG, INJECT_FLAG
 from cryptotune_daemon.jobs import worker_process as wp
-from cryptotune_daemon.jobs.manager import TEST_RECONCILE_DELAY_ENV
 from cryptotune_daemon.jobs.supervisor import RETRY_BUDGET
-from cryptotune_daemon.training.checkpoints import TEST_CRASH_ENV, verify_checkpoint
+from cryptotune_daemon.training.checkpoints import verify_checkpoint
 from tests.integration.conftest import (
     BIN,
     RunningDaemon,
@@ -42,6 +42,11 @@ WAIT_S = 240.0  # bound on any single wait for a job's progress
 
 
 @dataclass(frozen=True)
+def fault_flags(faults: tuple[str, ...]) -> list[str]:
+    """The daemon flags that inject ``faults`` (KIND=VALUE) into its jobs."""
+    return [ENABLE_FLAG, *(arg for fault in faults for arg in (INJECT_FLAG, fault))] if faults else []
+
+
 class Event:
     """A stored job event, read straight from the daemon's database."""
 
@@ -62,21 +67,29 @@ class Harness:
 
     # -- the daemon ------------------------------------------------------------------------------
 
-    def start(self, env: dict[str, str] | None = None) -> RunningDaemon:
+    def start(self, faults: tuple[str, ...] = ()) -> RunningDaemon:
+        """Starts the daemon; ``faults`` are injected into its jobs (``--inject-fault``, faults.py)."""
         assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
-        self.daemon = start_daemon(self.state_dir, env=env)
+        self.daemon = start_daemon(self.state_dir, *fault_flags(faults))
         return self.daemon
 
-    def start_observing_health(self, env: dict[str, str]) -> list[str]:
+    def start_observing_health(self, faults: tuple[str, ...]) -> list[str]:
         """Starts the daemon and returns every health status it answered until SERVING."""
         assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
         log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [str(BIN / "cryptotuned"), "--state-dir", str(self.state_dir), "--listen", self.address],
+                [
+                    str(BIN / "cryptotuned"),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--listen",
+                    self.address,
+                    *fault_flags(faults),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
             )
         self.daemon = RunningDaemon(process, self.state_dir, self.address, log_path)
         seen: list[str] = []
@@ -331,7 +344,7 @@ def test_repeated_kill_9_of_the_daemon_loses_and_repeats_nothing(harness: Harnes
     # Killed right after acknowledging the job (queued or being launched): it must survive.
     harness.kill9()
     assert harness.job_row(job.job_id)["state"] in ("queued", "running")
-    seen = harness.start_observing_health({TEST_RECONCILE_DELAY_ENV: "1.5"})
+    seen = harness.start_observing_health(("reconcile_delay_s=1.5",))
     assert seen[0] == "NOT_SERVING" and seen[-1] == "SERVING", f"health during reconciliation: {seen}"
 
     killed_workers = 0
@@ -583,7 +596,7 @@ def test_a_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(harnes
     total, save = 4, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
     out = harness.root / "out"
-    harness.start(env={TEST_CRASH_ENV: "4"})  # the worker SIGKILLs itself halfway through step 4's
+    harness.start(faults=("crash_in_checkpoint=4",))  # the worker SIGKILLs itself halfway through step 4's
     with harness.client() as client:
         job = client.submit(data, config, output_dir=out, pipeline_id="torn-checkpoint")
         assert wait_terminal(client, job.job_id, timeout=WAIT_S) == "succeeded", client.get_job(

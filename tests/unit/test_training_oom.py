@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-from cryptotune_daemon.faults import TEST_HOOK_ENV, OomTestHook
+from cryptotune_daemon.faults import FaultInjection, OomTestHook
 from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.training.oom import (
     OomRecovery,
@@ -48,22 +48,19 @@ def test_halving_keeps_the_samples_per_step() -> None:
     assert halved_settings(settings(micro_batch_size=1, gradient_accumulation_steps=4)) is None
 
 
-def test_the_test_hook_is_off_unless_its_variable_is_set() -> None:
-    assert OomTestHook.from_env({}) is None
-    assert OomTestHook.from_env({TEST_HOOK_ENV: "3:1"}) == OomTestHook(at_step=3, fits_micro_batch=1)
-    assert OomTestHook.from_env({TEST_HOOK_ENV: "5"}) == OomTestHook(at_step=5, fits_micro_batch=0)
+def test_the_injected_oom_fails_only_its_step_rank_and_larger_micro_batches() -> None:
+    assert FaultInjection.parse([]).oom is None
+    assert FaultInjection.parse(["oom=3:1"]).oom == OomTestHook(at_step=3, fits_micro_batch=1)
+    assert FaultInjection.parse(["oom=5"]).oom == OomTestHook(at_step=5, fits_micro_batch=0)
     with pytest.raises(CryptotuneError):
-        OomTestHook.from_env({TEST_HOOK_ENV: "soon"})
+        FaultInjection.parse(["oom=soon"])
     hook = OomTestHook(at_step=3, fits_micro_batch=2)
-    hook.check(3, 2)
-    hook.check(2, 8)
-    with pytest.raises(torch.OutOfMemoryError):
-        hook.check(3, 4)
-    one_rank = OomTestHook.from_env({TEST_HOOK_ENV: "3:1:1"})
+    assert not hook.fails(3, 2) and not hook.fails(2, 8)
+    assert hook.fails(3, 4)
+    one_rank = FaultInjection.parse(["oom=3:1:1"]).oom
     assert one_rank == OomTestHook(at_step=3, fits_micro_batch=1, rank=1)
-    one_rank.check(3, 4, rank=0)
-    with pytest.raises(torch.OutOfMemoryError):
-        one_rank.check(3, 4, rank=1)
+    assert not one_rank.fails(3, 4, rank=0)
+    assert one_rank.fails(3, 4, rank=1)
 
 
 def test_a_rank_asks_for_the_halved_split_or_for_nothing_at_micro_batch_one(tmp_path: Path) -> None:
@@ -224,9 +221,9 @@ def test_resume_accepts_another_split_of_the_same_effective_batch_only(tmp_path:
 def _job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str
 ) -> tuple[int, list[dict[str, Any]], Path]:
-    monkeypatch.setenv(TEST_HOOK_ENV, hook)
     data = write_records(tmp_path / "records.jsonl", 12)
     spec = make_spec(tmp_path, data=data, config=config_text(steps=4, save_steps=2))
+    spec["fault_injection"] = {"oom": hook}
     code, events = run_inprocess(spec)
     return code, events, Path(spec["output_dir"])
 

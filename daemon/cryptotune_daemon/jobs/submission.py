@@ -239,5 +239,6 @@ def prepare(
         resume=resume_spec,
         world_size=world_size,
         allow_remote_code=settings.allow_remote_code,
+        fault_injection=settings.faults,
     )
     return PreparedJob(pipeline_id=pipeline_id, output_dir=output_dir, resumed_from=resumed_from, spec=spec)

@@ -208,6 +208,7 @@ class LoraTrainer:
         pad_token_id: int,
         emit: Emit,
         oom_test_hook: OomTestHook | None = None,
+        crash_in_checkpoint: int | None = None,
     ) -> None:
         self.base_model = base_model
         self.train_examples = list(train_examples)
@@ -226,6 +227,7 @@ class LoraTrainer:
             data_order=DATA_ORDER,
         )
         self.oom_test_hook = oom_test_hook
+        self.crash_in_checkpoint = crash_in_checkpoint
         self.resumed_from_step: int | None = None
         # Label tokens trained and seconds spent by train() in this trainer (not counting a resume's past).
         self.run_tokens = 0
@@ -508,10 +510,17 @@ class LoraTrainer:
             no_sync = getattr(self._loss_module, "no_sync", None)
             context = contextlib.nullcontext() if sync or no_sync is None else no_sync()
             with context:
-                if self.oom_test_hook is not None and position == len(micro_batches) - 1:
+                hook = self.oom_test_hook
+                micro = self.settings.micro_batch_size
+                if (
+                    hook is not None
+                    and position == len(micro_batches) - 1
+                    and hook.fails(self.state.step + 1, micro, self.dist.rank)
+                ):
                     # After the earlier micro-batches' backward: partial gradients exist, as in a real OOM.
-                    self.oom_test_hook.check(
-                        self.state.step + 1, self.settings.micro_batch_size, self.dist.rank
+                    raise torch.OutOfMemoryError(
+                        f"CUDA out of memory (injected by the fault oom={hook.text()} at step "
+                        f"{self.state.step + 1} with micro-batch {micro})"
                     )
                 with self.autocast():
                     sums, _ = self._loss_module(**inputs)
@@ -584,6 +593,7 @@ class LoraTrainer:
                 write,
                 self.hashes,
                 extra={"epoch": self.state.epoch, "world_size": self.dist.world_size},
+                crash_at_step=self.crash_in_checkpoint,
             )
             self.emit("checkpoint", {"step": self.state.step, "path": str(path)})
         self.dist.barrier()

@@ -31,7 +31,6 @@ class TrainingStage(StageBase):
     """The ``training`` stage and its restore."""
 
     def _training(self) -> None:
-        from cryptotune_daemon.faults import OomTestHook
         from cryptotune_daemon.training.models import load_base_model
         from cryptotune_daemon.training.oom import relaunch_request, train_with_oom_recovery
         from cryptotune_daemon.training.trainer import LoraTrainer, TrainingOutOfMemory, precision_dtype
@@ -50,7 +49,7 @@ class TrainingStage(StageBase):
                     self._log(f"removed {removed} checkpoint(s) of an earlier, non-resumed run")
         dist.barrier()
         dtype = precision_dtype(plan.precision if dist.device.type == "cuda" else "fp32")
-        oom_test_hook = OomTestHook.from_env()  # unset outside tests
+        faults = self.spec.fault_injection  # none outside tests (faults.py)
 
         def build(settings: TrainerSettings) -> LoraTrainer:
             return LoraTrainer(
@@ -63,7 +62,8 @@ class TrainingStage(StageBase):
                 dist=dist,
                 pad_token_id=pad_token_id(self.ctx.tokenizer),
                 emit=self.events.emit,
-                oom_test_hook=oom_test_hook,
+                oom_test_hook=faults.oom,
+                crash_in_checkpoint=faults.crash_in_checkpoint,
             )
 
         if resume is not None:
