@@ -11,13 +11,8 @@ import pytest
 import torch
 
 from cryptotune_daemon.data.records import Record
-from cryptotune_daemon.training.dataset import (
-    Example,
-    collate,
-    dedupe,
-    split_counts,
-    split_examples,
-)
+from cryptotune_daemon.training.batching import collate
+from cryptotune_daemon.training.dataset import Example, dedupe, split_counts, split_examples
 from cryptotune_daemon.training.evaluation import answer_part, term_recall, thinking_format_ok
 from cryptotune_daemon.training.models import ModelFacts
 from cryptotune_daemon.training.planner import DeviceInfo, PlanRequest, estimate_memory_mb, plan_training

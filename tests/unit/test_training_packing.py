@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cryptotune_daemon.training.dataset import (
-    Example,
+from cryptotune_daemon.training.batching import (
     balanced_rows,
     collate,
     collate_packed,
@@ -20,6 +19,7 @@ from cryptotune_daemon.training.dataset import (
     packed_shape,
     split_micro_batches,
 )
+from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.loss import IGNORE_INDEX, per_example_loss_sums
 from cryptotune_daemon.training.models import build_tiny_qwen3
 

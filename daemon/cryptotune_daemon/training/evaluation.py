@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from cryptotune_daemon.data.template import THINK_CLOSE
-from cryptotune_daemon.training.dataset import Example, collate, collate_packed
+from cryptotune_daemon.training.batching import collate, collate_packed
+from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.loss import per_example_loss_sums
 
@@ -79,7 +80,7 @@ def compute_eval_loss(
         dist: this rank's context.
         autocast: returns the mixed-precision context for forward passes.
         packing: pack each batch padding-free (see
-            :func:`~cryptotune_daemon.training.dataset.collate_packed`) instead of padding it.
+            :func:`~cryptotune_daemon.training.batching.collate_packed`) instead of padding it.
         row_tokens: packed rows' capacity (0: the longest example of the batch).
         single_row: pack into one unpadded row (FlashAttention's varlen layout).
     """

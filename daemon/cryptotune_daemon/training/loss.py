@@ -140,8 +140,8 @@ def per_example_loss_sums(
     Args:
         model: a transformers causal LM, or a peft model wrapping one.
         input_ids: ``(B, T)`` token ids: one example per row, right-padded
-            (:func:`~cryptotune_daemon.training.dataset.collate`), or packed rows
-            (:func:`~cryptotune_daemon.training.dataset.collate_packed`).
+            (:func:`~cryptotune_daemon.training.batching.collate`), or packed rows
+            (:func:`~cryptotune_daemon.training.batching.collate_packed`).
         attention_mask: ``(B, T)`` 1 for real tokens (padded batches); None for packed ones.
         labels: ``(B, T)`` target ids, ``-100`` where no loss is taken (prompt, padding).
         position_ids: packed batches: positions restarting at 0 for every sample.

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-from cryptotune_daemon.training.dataset import packed_shape, steps_per_epoch
+from cryptotune_daemon.training.batching import packed_shape, steps_per_epoch
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS
 from cryptotune_daemon.training.models import ModelFacts
 

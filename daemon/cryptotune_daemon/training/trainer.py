@@ -21,14 +21,9 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.faults import OomTestHook
 from cryptotune_daemon.layout import ADAPTER_DIR, CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from cryptotune_daemon.training.allocator import retain_freed_memory
+from cryptotune_daemon.training.batching import collate, collate_packed, epoch_steps, split_micro_batches
 from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
-from cryptotune_daemon.training.dataset import (
-    Example,
-    collate,
-    collate_packed,
-    epoch_steps,
-    split_micro_batches,
-)
+from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, LossModule
@@ -37,7 +32,7 @@ from cryptotune_daemon.training.models import uses_varlen_attention
 Emit = Callable[[str, Mapping[str, Any]], None]
 
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Version of the data order (:func:`~cryptotune_daemon.training.dataset.epoch_steps`, per optimiser
+# Version of the data order (:func:`~cryptotune_daemon.training.batching.epoch_steps`, per optimiser
 # step). Checkpoints without it (1) were trained with length-grouped micro-batches and cannot be
 # continued exactly.
 DATA_ORDER = 2
