@@ -41,12 +41,12 @@ SEED = int(os.environ.get("CRYPTOTUNE_TEST_SEED", "20240611"))
 WAIT_S = 240.0  # bound on any single wait for a job's progress
 
 
-@dataclass(frozen=True)
 def fault_flags(faults: tuple[str, ...]) -> list[str]:
     """The daemon flags that inject ``faults`` (KIND=VALUE) into its jobs."""
     return [ENABLE_FLAG, *(arg for fault in faults for arg in (INJECT_FLAG, fault))] if faults else []
 
 
+@dataclass(frozen=True)
 class Event:
     """A stored job event, read straight from the daemon's database."""
 

@@ -119,7 +119,7 @@ def _prepare(env: tuple[DaemonSettings, JobStore, BlobStore, str, Path], **field
         ("", ErrorCode.REQUEST_INVALID, "output_dir is required"),
         ("{allowed}/a\x00b", ErrorCode.REQUEST_INVALID, "NUL byte"),
         ("{allowed}/" + "a" * 256, ErrorCode.REQUEST_INVALID, "longer than 255 bytes"),
-        ("{allowed}/" + "a/" * 2100, ErrorCode.REQUEST_INVALID, "4096-byte path limit"),
+        ("{allowed}/" + "a/" * 2100, ErrorCode.REQUEST_INVALID, "longer than 4096 bytes"),
         ("{allowed}/loop/run", ErrorCode.REQUEST_INVALID, "cannot be resolved"),
     ],
 )

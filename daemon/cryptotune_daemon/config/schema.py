@@ -9,6 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from cryptotune_daemon.constants import (
+    BUILTIN_TINY_QWEN3,
+    DEFAULT_MAX_SEQ_LENGTH,
+    DEFAULT_MODEL_ID,
+    MAX_SEQ_LENGTH,
+    MIN_SEQ_LENGTH,
+)
+
 SchedulerType = Literal[
     "linear",
     "cosine",
@@ -219,9 +227,9 @@ class ModelConfig(_Section):
     """Which base model to fine-tune."""
 
     model_name: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="Qwen/Qwen3-4B-Thinking-2507",
-        description="Hugging Face hub id, local model directory, or builtin:tiny-qwen3 (offline demo).",
-        examples=["Qwen/Qwen3-4B-Thinking-2507"],
+        default=DEFAULT_MODEL_ID,
+        description=f"Hugging Face hub id, local model directory, or {BUILTIN_TINY_QWEN3} (offline demo).",
+        examples=[DEFAULT_MODEL_ID],
     )
     model_revision: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
         default="main",
@@ -293,8 +301,10 @@ class TrainingConfig(_Section):
     logging_steps: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
         default=10, description="Optimizer steps between progress events.", examples=[10]
     )
-    max_seq_length: Annotated[int, Field(ge=16, le=131072), BeforeValidator(_to_integer)] = Field(
-        default=2048,
+    max_seq_length: Annotated[
+        int, Field(ge=MIN_SEQ_LENGTH, le=MAX_SEQ_LENGTH), BeforeValidator(_to_integer)
+    ] = Field(
+        default=DEFAULT_MAX_SEQ_LENGTH,
         description="Longest tokenized sample; longer samples are reported and refused, never cut.",
         examples=[2048],
     )

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from cryptotune_daemon.constants import BUILTIN_PREFIX, BUILTIN_TINY_QWEN3, IGNORE_INDEX
 from cryptotune_daemon.data.records import Record
 from cryptotune_daemon.data.template import RenderedSample
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
@@ -24,9 +25,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-BUILTIN_TINY_QWEN3: Final = "builtin:tiny-qwen3"
 QWEN3_TOKENIZER_NAME: Final = "qwen3"
-IGNORE_INDEX: Final = -100
 
 # Qwen2's pre-tokenizer regex, shared by Qwen2.5 and Qwen3 (single digits, unlike tiktoken's default).
 QWEN3_PATTERN: Final = (
@@ -337,7 +336,7 @@ def _load_directory(directory: Path, model: str) -> PreTrainedTokenizerBase:
 
 
 def _load_hub(model: str) -> PreTrainedTokenizerBase:
-    if model.startswith("builtin:"):
+    if model.startswith(BUILTIN_PREFIX):
         raise CryptotuneError(
             ErrorCode.MODEL_UNAVAILABLE,
             f"unknown builtin model '{model}'; the builtin model is '{BUILTIN_TINY_QWEN3}'",

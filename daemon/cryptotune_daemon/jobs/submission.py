@@ -13,15 +13,13 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.layout import PIPELINE_STATE_FILE
+from cryptotune_daemon.path_text import path_text, shown
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 
 # ASCII digits only, and few of them: int() of a 5000-digit (or Arabic-Indic) step must never run.
 _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12}))?")
-# Linux limits: PATH_MAX for a whole path, NAME_MAX for one component.
-MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -49,51 +47,25 @@ class PreparedJob:
     spec: JobSpec
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
-
-
-def _check_path_text(raw: str) -> None:
-    """Refuses what no file system path can hold, before the path reaches the OS."""
-    if "\x00" in raw:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir {_shown(raw)} contains a NUL byte; give a plain absolute directory path",
-        )
-    if len(raw.encode()) > MAX_PATH_BYTES:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir is {len(raw.encode())} bytes long, over the {MAX_PATH_BYTES}-byte path limit; "
-            "choose a shorter directory",
-        )
-    long_part = next((part for part in raw.split("/") if len(part.encode()) > MAX_NAME_BYTES), None)
-    if long_part is not None:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir has a name longer than {MAX_NAME_BYTES} bytes ({_shown(long_part, 40)}); "
-            "shorten that directory name",
-        )
-
-
 def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
     if not raw:
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
             "output_dir is required: give an absolute directory for the job's output",
         )
-    _check_path_text(raw)
+    path_text(raw, "output_dir", "give a plain absolute directory path")
     path = Path(raw)
     if not path.is_absolute():
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
-            f"output_dir must be an absolute path, got {_shown(raw)}; the daemon does not know the "
+            f"output_dir must be an absolute path, got {shown(raw)}; the daemon does not know the "
             "client's working directory",
         )
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
         raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID, f"output_dir {_shown(raw)} cannot be resolved: {error}"
+            ErrorCode.REQUEST_INVALID, f"output_dir {shown(raw)} cannot be resolved: {error}"
         ) from None
     roots = settings.output_roots()
     if not any(resolved == root or root in resolved.parents for root in roots):
@@ -132,7 +104,7 @@ def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
             f"--resume takes PIPELINE_ID or PIPELINE_ID@STEP (a pipeline id of 1 to 64 characters from "
-            f"A-Z a-z 0-9 . _ -, and a checkpoint step number), got {_shown(resume)}",
+            f"A-Z a-z 0-9 . _ -, and a checkpoint step number), got {shown(resume)}",
         )
     previous = store.get(match.group("pipeline"))
     step = int(match.group("step")) if match.group("step") else None

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from cryptotune_daemon.constants import IGNORE_INDEX
 from cryptotune_daemon.training.dataset import Example, seeded_permutation
-from cryptotune_daemon.training.loss import IGNORE_INDEX
 
 # Like transformers' LengthGroupedSampler: sort by length inside windows of 50 micro-batches.
 

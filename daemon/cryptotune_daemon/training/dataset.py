@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from cryptotune_daemon.constants import IGNORE_INDEX
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.hashing import canonical_json, sha256_text
-from cryptotune_daemon.training.loss import IGNORE_INDEX
 
 # Bump when rendering or tokenisation changes, so stale caches are not reused.
 CACHE_FORMAT = 1

@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from cryptotune_daemon.constants import IGNORE_INDEX
+
 # Labelled positions that go through the LM head at once. One chunk's fp32 logits are
 # chunk × 151,936 × 4 bytes (311 MB at 512): small next to a GPU's activations, and big enough that
 # the head's matrix products stay efficient on CPUs and GPUs alike.

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryptotune_daemon.constants import IGNORE_INDEX
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.faults import OomTestHook
 from cryptotune_daemon.layout import ADAPTER_DIR, CHECKPOINTS_DIR, TRAINER_STATE_FILE
@@ -26,7 +27,7 @@ from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write
 from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
-from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, LossModule
+from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, LossModule
 from cryptotune_daemon.training.models import uses_varlen_attention
 
 Emit = Callable[[str, Mapping[str, Any]], None]
