@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from cryptotune_daemon.training.checkpoints import Hashes, list_checkpoints, newest_verified
+from cryptotune_daemon.training.checkpoints import Hashes, newest_verified
 from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.models import build_tiny_qwen3
 from cryptotune_daemon.training.trainer import LoraTrainer, TrainerSettings
+from tests.checkpoint_helpers import list_checkpoints
 
 HASHES = Hashes(data="d" * 64, config="c" * 64, tokenizer="t" * 64)
 PAD = 151643

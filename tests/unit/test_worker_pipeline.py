@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from cryptotune_daemon.training.checkpoints import list_checkpoints, newest_verified
+from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.training.report import REQUIRED_KEYS
 from cryptotune_daemon.worker.pipeline import EXIT_CANCELLED, Pipeline
 from cryptotune_daemon.worker.spec import parse_spec
 from cryptotune_daemon.worker.state import STAGES, read_state
+from tests.checkpoint_helpers import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 TERMS = [

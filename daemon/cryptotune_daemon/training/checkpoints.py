@@ -204,18 +204,6 @@ def _step_dirs(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def list_checkpoints(output_dir: Path, warn: Callable[[str], None] | None = None) -> list[CheckpointInfo]:
-    """Verified checkpoints, oldest first; unverifiable ones are reported through ``warn``."""
-    verified = []
-    for _, path in _step_dirs(output_dir):
-        info, problem = verify_checkpoint(path)
-        if info is not None:
-            verified.append(info)
-        elif warn is not None:
-            warn(f"ignoring checkpoint {problem}")
-    return verified
-
-
 def newest_verified(output_dir: Path, warn: Callable[[str], None] | None = None) -> CheckpointInfo | None:
     """The newest checkpoint whose manifest verifies (newer broken ones are skipped and reported)."""
     for _, path in reversed(_step_dirs(output_dir)):

@@ -23,11 +23,6 @@ def _causal_lm(model: nn.Module) -> Any:
     return get_base() if callable(get_base) else model
 
 
-def label_token_counts(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens that carry loss per example: labels after the one-token shift that are not ignored."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
-
-
 class _FusedLabelCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy of ``hidden @ weight.T`` whose backward needs no logits.
 

@@ -243,29 +243,6 @@ def estimate_memory(
     return MemoryEstimate(**parts, total=sum(parts.values()))
 
 
-def estimate_memory_mb(
-    facts: ModelFacts,
-    *,
-    device: str,
-    micro_batch_size: int,
-    seq_len: int,
-    precision: str,
-    gradient_checkpointing: bool,
-    lora_parameters: int,
-) -> int:
-    """Peak memory in MB of ``micro_batch_size`` padded samples of ``seq_len`` tokens (see
-    :func:`estimate_memory`)."""
-    return estimate_memory(
-        facts,
-        device=device,
-        rows=micro_batch_size,
-        width=seq_len,
-        precision=precision,
-        gradient_checkpointing=gradient_checkpointing,
-        lora_parameters=lora_parameters,
-    ).total
-
-
 def resolve_precision(device: DeviceInfo, fp16: bool | None, bf16: bool | None) -> tuple[str, list[str]]:
     """Training precision: fp32 on CPU; on CUDA the configured one, bf16 falling back to fp16.
 

@@ -47,10 +47,6 @@ class PipelineState:
         """Whether ``stage`` completed in this or an earlier run."""
         return self.stages.get(stage, {}).get("status") == "completed"
 
-    def first_incomplete(self) -> str | None:
-        """The first stage that has not completed (None when the pipeline is done)."""
-        return next((s for s in STAGES if not self.completed(s)), None)
-
     def mark(self, stage: str, status: str, *, seconds: float | None = None, error: str = "") -> None:
         """Records a stage's status."""
         entry: dict[str, Any] = {"status": status, "updated_at": time.time()}
