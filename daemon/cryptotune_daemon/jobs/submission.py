@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,11 @@ from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
-from cryptotune_daemon.layout import PIPELINE_STATE_FILE
 from cryptotune_daemon.path_text import path_text, shown
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
+from cryptotune_daemon.worker.state import read_state
 
 # ASCII digits only, and few of them: int() of a 5000-digit (or Arabic-Indic) step must never run.
 _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12}))?")
@@ -90,12 +89,8 @@ def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
 
 
 def _pipeline_in_dir(output_dir: Path) -> str | None:
-    try:
-        state = json.loads((output_dir / PIPELINE_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    value = state.get("pipeline_id") if isinstance(state, dict) else None
-    return str(value) if value else None
+    state = read_state(output_dir)
+    return state.pipeline_id if state is not None and state.pipeline_id else None
 
 
 def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
