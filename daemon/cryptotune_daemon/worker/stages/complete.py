@@ -8,10 +8,10 @@ import shutil
 import time
 
 from cryptotune_daemon.layout import ADAPTER_DIR
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 from cryptotune_daemon.worker.state import STAGES
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class CompleteStage(StageBase):

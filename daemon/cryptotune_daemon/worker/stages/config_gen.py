@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from cryptotune_daemon.worker.config_mapping import _flash_attention, plan_request
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class ConfigGenStage(StageBase):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class DataPrepStage(StageBase):

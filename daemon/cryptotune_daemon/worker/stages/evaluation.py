@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from cryptotune_daemon.worker.config_mapping import _finite, pad_token_id
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class EvaluationStage(StageBase):

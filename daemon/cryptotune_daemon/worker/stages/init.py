@@ -11,9 +11,9 @@ from cryptotune_daemon.training.checkpoints import (
     refuse_if_changed,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class InitStage(StageBase):

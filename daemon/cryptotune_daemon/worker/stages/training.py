@@ -17,14 +17,14 @@ from cryptotune_daemon.training.checkpoints import (
 )
 from cryptotune_daemon.training.oom_relaunch import write_request
 from cryptotune_daemon.worker.config_mapping import pad_token_id, trainer_settings
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 if TYPE_CHECKING:
     from cryptotune_daemon.training.oom import OomRecovery
     from cryptotune_daemon.training.trainer import TrainerSettings
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class TrainingStage(StageBase):
