@@ -1,4 +1,4 @@
-"""Out-of-memory recovery, driven by the CPU test hook that raises torch.OutOfMemoryError at a step."""
+"""Out-of-memory recovery, driven by the injected oom fault (faults.py): torch.OutOfMemoryError at a step."""
 
 from __future__ import annotations
 
