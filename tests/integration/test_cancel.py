@@ -7,11 +7,9 @@ import signal
 import time
 
 from cryptotune_daemon.jobs import worker_process as wp
+from tests.helpers.harness import WAIT_S, Harness, alive, progress_max
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import run_cli
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
-from tests.integration.test_recovery import WAIT_S, Harness, alive, harness, progress_max
-
-__all__ = ["harness"]  # the fixture, shared with test_recovery
 
 
 def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harness) -> None:
