@@ -14,6 +14,7 @@ from cryptotune.errors import (
     Unauthenticated,
     Unimplemented,
 )
+from cryptotune.types import EventType, JobState, StageState
 
 __version__ = "0.1.0"
 
@@ -22,12 +23,15 @@ __all__ = [
     "Client",
     "CryptotuneError",
     "DaemonUnavailable",
+    "EventType",
     "FailedPrecondition",
     "InternalError",
     "InvalidArgument",
+    "JobState",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "StageState",
     "Unauthenticated",
     "Unimplemented",
 ]

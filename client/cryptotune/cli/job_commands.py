@@ -12,13 +12,13 @@ from typing import NoReturn
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 from rich.text import Text
 
+from cryptotune.cli import render
 from cryptotune.cli.context import CliContext, pass_cli
 from cryptotune.cli.live import JobView, LiveDisplay
 from cryptotune.errors import DaemonUnavailable
-from cryptotune.types import Job, JobEvent
+from cryptotune.types import Job, JobEvent, JobState
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
 EXIT_JOB_FAILED = 1
@@ -111,45 +111,8 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
     if cli_ctx.json_output:
         cli_ctx.emit_json(final.status_dict())
     else:
-        _print_outcome(cli_ctx, final)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
-
-
-def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
-    out = cli_ctx.out
-    if job.state == "succeeded" and job.dry_run:
-        _print_plan(cli_ctx, job)
-    elif job.state == "succeeded":
-        out.print(Text.assemble(("✓ ", "bold green"), f"pipeline {job.pipeline_id} succeeded"))
-        out.print(f"  adapter: {Path(job.output_dir) / 'adapter'}")
-        out.print(f"  report:  {Path(job.output_dir) / 'report.md'}")
-    else:
-        out.print(
-            Text.assemble(
-                ("✗ ", "bold red"),
-                f"pipeline {job.pipeline_id} {job.state}: ",
-                job.failure_reason or "no reason recorded",
-            )
-        )
-        out.print(Text(f"  logs: cryptotune logs {job.job_id}", style="dim"))
-
-
-def _print_plan(cli_ctx: CliContext, job: Job) -> None:
-    plan = job.plan or {}
-    table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key, value in plan.items():
-        table.add_row(key.replace("_", " "), _plan_value(value))
-    cli_ctx.out.print(table)
-
-
-def _plan_value(value: object) -> str:
-    if isinstance(value, bool):  # before int: bool is an int
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+        render.outcome(cli_ctx.out, final)
+    sys.exit(0 if final.state is JobState.SUCCEEDED else EXIT_JOB_FAILED)
 
 
 @click.command("train")
@@ -211,9 +174,11 @@ def train(
         _warn_output_dir_on_resume(cli_ctx, job, output_dir, source)
     if detach:
         if cli_ctx.json_output:
-            cli_ctx.emit_json({"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state})
+            cli_ctx.emit_json(
+                {"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state.value}
+            )
         else:
-            cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state}")
+            cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state.value}")
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
     _follow_to_end(cli_ctx, job)
@@ -238,50 +203,6 @@ def _warn_output_dir_on_resume(
     )
 
 
-def _jobs_table(jobs: list[Job]) -> Table:
-    table = Table(title="Jobs")
-    for column in ("pipeline", "job", "state", "stage", "step", "loss", "output dir"):
-        table.add_column(column)
-    for job in jobs:
-        p = job.progress
-        table.add_row(
-            job.pipeline_id,
-            job.job_id,
-            Text(job.state, style=_state_style(job.state)),
-            job.stage or "—",
-            f"{p.step}/{p.total_steps}" if p.total_steps else "—",
-            f"{p.loss:.4f}" if p.loss is not None else "—",
-            job.output_dir,
-        )
-    return table
-
-
-def _state_style(state: str) -> str:
-    return {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(state, "")
-
-
-def _job_detail(cli_ctx: CliContext, job: Job) -> None:
-    table = Table(title=f"{job.pipeline_id} ({job.job_id})", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("state", Text(job.state, style=_state_style(job.state)))
-    table.add_row("stage", job.stage or "—")
-    table.add_row("stages", "  ".join(f"{s.name}:{s.state}" for s in job.stages))
-    p = job.progress
-    if p.total_steps:
-        table.add_row(
-            "progress",
-            f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
-            f"{p.loss if p.loss is not None else '—'}",
-        )
-    table.add_row("output dir", job.output_dir)
-    if job.resumed_from:
-        table.add_row("resumed from", job.resumed_from)
-    if job.failure_reason:
-        table.add_row("reason", Text(job.failure_reason, style="red"))
-    cli_ctx.out.print(table)
-
-
 @click.command("status")
 @click.argument("job", required=False)
 @pass_cli
@@ -293,14 +214,14 @@ def status(cli_ctx: CliContext, job: str | None) -> None:
         if cli_ctx.json_output:
             cli_ctx.emit_json({"jobs": [j.status_dict() for j in jobs]})
         else:
-            cli_ctx.out.print(_jobs_table(jobs) if jobs else "no jobs yet")
+            cli_ctx.out.print(render.jobs_table(jobs) if jobs else "no jobs yet")
         return
     ref = str(Path(job).resolve()) if Path(job).is_dir() else job
     found = client.get_job(ref)
     if cli_ctx.json_output:
         cli_ctx.emit_json(found.status_dict())
     else:
-        _job_detail(cli_ctx, found)
+        render.job_detail(cli_ctx.out, found)
 
 
 @click.command("jobs")
@@ -312,7 +233,7 @@ def jobs(cli_ctx: CliContext, limit: int) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"jobs": [j.status_dict() for j in found]})
     else:
-        cli_ctx.out.print(_jobs_table(found) if found else "no jobs yet")
+        cli_ctx.out.print(render.jobs_table(found) if found else "no jobs yet")
 
 
 @click.command("watch")
@@ -333,9 +254,9 @@ def watch(cli_ctx: CliContext, job: str, since: int) -> None:
         _print_json_events(found, _events(cli_ctx, found.job_id, since), since)
     else:
         _follow(cli_ctx, found, after_seq=since)
-        _print_outcome(cli_ctx, client.get_job(found.job_id))
+        render.outcome(cli_ctx.out, client.get_job(found.job_id))
     final = client.get_job(found.job_id)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+    sys.exit(0 if final.state is JobState.SUCCEEDED else EXIT_JOB_FAILED)
 
 
 def _print_json_events(job: Job, events: Iterator[JobEvent], after_seq: int) -> None:
@@ -370,10 +291,10 @@ def cancel(cli_ctx: CliContext, job: str) -> None:
     found = cli_ctx.client().cancel(job)
     if cli_ctx.json_output:
         cli_ctx.emit_json(found.status_dict())
-    elif found.terminal and found.state != "cancelled":
-        cli_ctx.out.print(f"{found.pipeline_id} had already ended: {found.state}")
+    elif found.terminal and found.state is not JobState.CANCELLED:
+        cli_ctx.out.print(f"{found.pipeline_id} had already ended: {found.state.value}")
     else:
-        cli_ctx.out.print(f"{found.pipeline_id} ({found.job_id}): {found.state}")
+        cli_ctx.out.print(f"{found.pipeline_id} ({found.job_id}): {found.state.value}")
 
 
 @click.command("logs")
