@@ -1,4 +1,8 @@
-"""Job commands: train, status, watch, jobs, cancel, logs, export, demo."""
+"""Job commands: train, status, watch, jobs, cancel, logs, export, demo.
+
+rich and the live display are imported inside the functions that draw, so that listing these
+commands (``cryptotune --help``) costs only click.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,20 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
-from rich.text import Text
 
 from cryptotune.cli.context import CliContext, pass_cli
-from cryptotune.cli.live import JobView, LiveDisplay
-from cryptotune.errors import DaemonUnavailable
-from cryptotune.types import Job, JobEvent
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from cryptotune.cli.live import JobView
+    from cryptotune.errors import DaemonUnavailable
+    from cryptotune.types import Job, JobEvent
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
 EXIT_JOB_FAILED = 1
@@ -28,6 +33,8 @@ def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, 
     size = data.stat().st_size if data.is_file() else 0
     if cli_ctx.json_output or size < LARGE_UPLOAD_BYTES:
         return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     bar = Progress(
         TextColumn(f"uploading {data.name}"),
         BarColumn(),
@@ -56,6 +63,10 @@ def _detached_dict(job: Job, last_seq: int) -> dict[str, object]:
 
 def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
     """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
+    from rich.text import Text
+
+    from cryptotune.cli.live import JobView, LiveDisplay
+
     view = JobView(job_id=job.job_id, state=job.state, last_seq=after_seq)
     display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
     try:
@@ -90,6 +101,8 @@ def _disconnected_note(cli_ctx: CliContext) -> Callable[[DaemonUnavailable], Non
     """What to tell the user when a followed stream loses the daemon (the stream then waits)."""
 
     def disconnected(error: DaemonUnavailable) -> None:
+        from rich.text import Text
+
         cli_ctx.err.print(
             Text.assemble(
                 ("The daemon went away ", "yellow"),
@@ -116,6 +129,8 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
 
 
 def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
+    from rich.text import Text
+
     out = cli_ctx.out
     if job.state == "succeeded" and job.dry_run:
         _print_plan(cli_ctx, job)
@@ -135,6 +150,8 @@ def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
 
 
 def _print_plan(cli_ctx: CliContext, job: Job) -> None:
+    from rich.table import Table
+
     plan = job.plan or {}
     table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
     table.add_column("what", style="bold")
@@ -213,6 +230,8 @@ def train(
         if cli_ctx.json_output:
             cli_ctx.emit_json({"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state})
         else:
+            from rich.text import Text
+
             cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state}")
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
@@ -227,6 +246,8 @@ def _warn_output_dir_on_resume(
         return
     if requested.expanduser().resolve() == Path(job.output_dir):
         return
+    from rich.text import Text
+
     cli_ctx.err.print(
         Text.assemble(
             ("warning: ", "bold yellow"),
@@ -239,6 +260,9 @@ def _warn_output_dir_on_resume(
 
 
 def _jobs_table(jobs: list[Job]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="Jobs")
     for column in ("pipeline", "job", "state", "stage", "step", "loss", "output dir"):
         table.add_column(column)
@@ -261,6 +285,9 @@ def _state_style(state: str) -> str:
 
 
 def _job_detail(cli_ctx: CliContext, job: Job) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{job.pipeline_id} ({job.job_id})", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -410,6 +437,8 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"files": [str(p) for p in written]})
     else:
+        from rich.text import Text
+
         cli_ctx.out.print(
             Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}")
         )
@@ -427,6 +456,10 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
 @pass_cli
 def demo(cli_ctx: CliContext, output_dir: Path) -> None:
     """Train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, live."""
+    from importlib import resources
+
+    from rich.text import Text
+
     examples = resources.files("cryptotune") / "examples"
     with (
         resources.as_file(examples / "crypto_qa_zh.jsonl") as data,
