@@ -131,6 +131,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Perplexity by difficulty", report.get("perplexity_by_difficulty")),
         ("Thinking-format rate", report.get("thinking_format_rate")),
         ("Crypto-term recall", report.get("crypto_term_recall")),
+        (
+            "Generation checks",
+            f"{report.get('generation_evaluated', 0)} samples, "
+            f"{report.get('generation_tokens', 0)} tokens generated",
+        ),
         ("Tokens / s (trained)", report.get("tokens_per_second")),
         ("Peak memory (MB)", report.get("peak_memory_mb")),
         (

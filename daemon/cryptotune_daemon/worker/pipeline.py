@@ -653,6 +653,8 @@ class Pipeline:
             max_new_tokens=int(config.training.max_new_tokens),
             dist=dist,
             autocast=self._autocast,
+            batch_size=self.ctx.plan.micro_batch_size,
+            max_generated_tokens=int(config.training.max_generated_tokens),
         )
         self.events.emit(
             "generation_eval",
@@ -661,6 +663,7 @@ class Pipeline:
                 "crypto_term_recall": generation.crypto_term_recall,
                 "samples": generation.samples,
                 "evaluated": generation.evaluated,
+                "generated_tokens": generation.generated_tokens,
             },
         )
         self.state.results["metrics"] = {
@@ -673,6 +676,7 @@ class Pipeline:
             "crypto_term_recall": generation.crypto_term_recall,
             "generation_samples": generation.samples,
             "generation_evaluated": generation.evaluated,
+            "generation_tokens": generation.generated_tokens,
         }
 
     def _restore_evaluation(self) -> bool:
@@ -722,6 +726,7 @@ class Pipeline:
                 "thinking_format_rate": metrics.get("thinking_format_rate"),
                 "crypto_term_recall": metrics.get("crypto_term_recall"),
                 "generation_evaluated": metrics.get("generation_evaluated", 0),
+                "generation_tokens": metrics.get("generation_tokens", 0),
                 "tokens_per_second": self.ctx.tokens_per_second,
                 "trained_tokens": state.trained_tokens,
                 "peak_memory_mb": peak_memory_mb(dist.device.type),
