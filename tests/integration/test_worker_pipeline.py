@@ -426,3 +426,13 @@ def test_worker_module_reports_an_unreadable_spec(tmp_path: Path) -> None:
     assert result.returncode == 1
     failed = of(read_events(events), "failed")
     assert failed and "job spec is missing" in failed[0]["reason"]
+
+
+def test_report_counts_the_generated_samples_and_tokens(full_run: dict[str, Any]) -> None:
+    out: Path = full_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    # eval_sample_size 2 at max_new_tokens 6, generated as one batch: 2 samples, at most 12 tokens.
+    assert report["generation_evaluated"] == 2
+    assert 2 <= report["generation_tokens"] <= 12
+    summary = f"{report['generation_evaluated']} samples, {report['generation_tokens']} tokens generated"
+    assert summary in (out / "report.md").read_text()

@@ -1,4 +1,8 @@
-"""Job commands: train, status, watch, jobs, cancel, logs, export, demo."""
+"""Job commands: train, status, watch, jobs, cancel, logs, export, demo.
+
+rich and the live display are imported inside the functions that draw, so that listing these
+commands (``cryptotune --help``) costs only click.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,24 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.text import Text
 
-from cryptotune.cli import render
+from cryptotune._lazy import LazyModule
 from cryptotune.cli.context import CliContext, pass_cli
-from cryptotune.cli.live import JobView, LiveDisplay
-from cryptotune.errors import DaemonUnavailable
-from cryptotune.types import Job, JobEvent, JobState
+from cryptotune.types import JobState
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from cryptotune.cli import render
+    from cryptotune.cli.live import JobView
+    from cryptotune.errors import DaemonUnavailable
+    from cryptotune.types import Job, JobEvent
+else:
+    render = LazyModule("cryptotune.cli.render")  # rich: imported when a command draws
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
 EXIT_JOB_FAILED = 1
@@ -28,6 +37,8 @@ def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, 
     size = data.stat().st_size if data.is_file() else 0
     if cli_ctx.json_output or size < LARGE_UPLOAD_BYTES:
         return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     bar = Progress(
         TextColumn(f"uploading {data.name}"),
         BarColumn(),
@@ -56,6 +67,10 @@ def _detached_dict(job: Job, last_seq: int) -> dict[str, object]:
 
 def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
     """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
+    from rich.text import Text
+
+    from cryptotune.cli.live import JobView, LiveDisplay
+
     view = JobView(job_id=job.job_id, state=job.state, last_seq=after_seq)
     display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
     try:
@@ -90,6 +105,8 @@ def _disconnected_note(cli_ctx: CliContext) -> Callable[[DaemonUnavailable], Non
     """What to tell the user when a followed stream loses the daemon (the stream then waits)."""
 
     def disconnected(error: DaemonUnavailable) -> None:
+        from rich.text import Text
+
         cli_ctx.err.print(
             Text.assemble(
                 ("The daemon went away ", "yellow"),
@@ -178,6 +195,8 @@ def train(
                 {"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state.value}
             )
         else:
+            from rich.text import Text
+
             cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state.value}")
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
@@ -192,6 +211,8 @@ def _warn_output_dir_on_resume(
         return
     if requested.expanduser().resolve() == Path(job.output_dir):
         return
+    from rich.text import Text
+
     cli_ctx.err.print(
         Text.assemble(
             ("warning: ", "bold yellow"),
@@ -331,6 +352,8 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"files": [str(p) for p in written]})
     else:
+        from rich.text import Text
+
         cli_ctx.out.print(
             Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}")
         )
@@ -348,6 +371,10 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
 @pass_cli
 def demo(cli_ctx: CliContext, output_dir: Path) -> None:
     """Train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, live."""
+    from importlib import resources
+
+    from rich.text import Text
+
     examples = resources.files("cryptotune") / "examples"
     with (
         resources.as_file(examples / "crypto_qa_zh.jsonl") as data,

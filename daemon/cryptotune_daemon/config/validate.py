@@ -17,6 +17,7 @@ from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
     describe_value,
+    generation_record_count,
 )
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
@@ -633,6 +634,22 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             f"'{strategy}': cryptotune trains LoRA with data parallelism; this strategy will be "
             "refused when a job is submitted; use data_parallel or auto",
         )
+    generation_keys = (
+        "training.eval_sample_size",
+        "training.max_new_tokens",
+        "training.max_generated_tokens",
+    )
+    if out.usable(*generation_keys):
+        wanted, each = training.eval_sample_size, training.max_new_tokens
+        checked = generation_record_count(wanted, each, training.max_generated_tokens)
+        if checked < wanted:
+            out.warn(
+                out.written(("training", "max_generated_tokens"), ("training", "eval_sample_size")),
+                f"{training.max_generated_tokens} tokens cover only {checked} of the {wanted} records of "
+                f"eval_sample_size at max_new_tokens {each} each; raise max_generated_tokens to "
+                f"{wanted * each} to check them all",
+                ("training", "eval_sample_size"),
+            )
     if out.usable("data.shuffle_data") and not config.data.shuffle_data:
         out.warn(
             ("data", "shuffle_data"),

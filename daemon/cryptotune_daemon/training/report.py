@@ -134,6 +134,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Perplexity by difficulty", report.get("perplexity_by_difficulty")),
         ("Thinking-format rate", report.get("thinking_format_rate")),
         ("Crypto-term recall", report.get("crypto_term_recall")),
+        (
+            "Generation checks",
+            f"{report.get('generation_evaluated', 0)} samples, "
+            f"{report.get('generation_tokens', 0)} tokens generated",
+        ),
         ("Tokens / s (trained)", report.get("tokens_per_second")),
         ("Peak memory (MB)", report.get("peak_memory_mb")),
         (
@@ -206,6 +211,7 @@ def build_report(
         "thinking_format_rate": metrics.get("thinking_format_rate"),
         "crypto_term_recall": metrics.get("crypto_term_recall"),
         "generation_evaluated": metrics.get("generation_evaluated", 0),
+        "generation_tokens": metrics.get("generation_tokens", 0),
         "tokens_per_second": tokens_per_second,
         "trained_tokens": trainer_state.trained_tokens,
         "peak_memory_mb": peak_memory_mb,
