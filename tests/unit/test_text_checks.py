@@ -1,4 +1,4 @@
-"""Text JSON accepts but training cannot: lone surrogates and stray controls, in every field of every format."""
+"""Text JSON accepts but training cannot: lone surrogates and stray controls, in every record format."""
 
 from __future__ import annotations
 
