@@ -29,7 +29,8 @@ Precision = Literal["bf16", "fp16", "fp32"]
 # so the manual's `learning_rate: 2e-4` arrives as the string "2e-4" and must be read here.
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER_RE = re.compile(r"[+-]?\d+")
-_MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A module name, or peft's "all-linear" (every linear layer but the output head).
+_MODULE_NAME_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]*|all-linear)$"
 # Longer digit strings are typos or attacks; int() would also refuse them past 4300 digits.
 _MAX_NUMBER_CHARS = 64
 
@@ -194,7 +195,8 @@ def _to_module_name(value: Any) -> Any:
     if not isinstance(value, str) or not re.fullmatch(_MODULE_NAME_PATTERN, value):
         raise _fail(
             "module",
-            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores), "
+            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores) or "
+            "'all-linear', "
             f"got {describe_value(value)}",
         )
     return value

@@ -252,6 +252,7 @@ class Pipeline:
         from cryptotune_daemon.data.tokenizer import load_tokenizer
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
+        from cryptotune_daemon.training.module_names import check_target_modules
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         strategy = str(config.parallel.strategy)
@@ -267,6 +268,7 @@ class Pipeline:
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
         )
+        check_target_modules(source, tuple(config.lora.target_modules))
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
