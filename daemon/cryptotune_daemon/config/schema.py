@@ -166,6 +166,10 @@ def _to_string(value: Any) -> Any:
     raise _fail("string", f"expected a string, got {describe_value(value)}{hint}")
 
 
+def _to_optional_string(value: Any) -> Any:
+    return None if value is None else _to_string(value)
+
+
 def _to_choice(value: Any) -> Any:
     # Enum values are matched case-insensitively; anything not a string is left to the Literal check.
     return value.strip().lower() if isinstance(value, str) else value
@@ -377,14 +381,22 @@ class ParallelConfig(_Section):
 class SystemConfig(_Section):
     """Where outputs go and how much is logged."""
 
-    output_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./output", description="Adapter, checkpoints and report; relative to the job directory."
+    output_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_string)] = Field(
+        default=None,
+        description="Adapter, checkpoints and report; --output-dir wins over it, and without either the "
+        "job writes to ./training_output. Relative paths are taken from the client's working directory "
+        "(a remote client must give an absolute path).",
+        examples=["./output"],
     )
     logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./logs", description="Training logs; relative to the job directory."
+        default="./logs",
+        description="The worker's log (worker.log); relative to the output directory unless absolute.",
     )
-    cache_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./cache", description="Tokenized-data cache; relative to the job directory."
+    cache_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_string)] = Field(
+        default=None,
+        description="Tokenized-data cache; relative to the output directory unless absolute; null shares "
+        "the daemon's cache between jobs.",
+        examples=["./cache"],
     )
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = Field(
         default="INFO", description="Worker log verbosity (case-insensitive)."

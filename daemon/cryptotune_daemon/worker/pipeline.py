@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from cryptotune_daemon.config.system_paths import data_cache_dir
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     CheckpointInfo,
@@ -253,8 +254,10 @@ class Pipeline:
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
         from cryptotune_daemon.training.module_names import check_target_modules
+        from cryptotune_daemon.worker.log_setup import apply_system_logging
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
+        apply_system_logging(config.system, self.output_dir, rank=self.rank)
         strategy = str(config.parallel.strategy)
         if strategy not in SUPPORTED_STRATEGIES:
             raise CryptotuneError(
@@ -268,6 +271,7 @@ class Pipeline:
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
         )
+        log.debug("model %s resolved: %s %s", source.name, source.kind, source.path or "")
         check_target_modules(source, tuple(config.lora.target_modules))
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
@@ -309,7 +313,7 @@ class Pipeline:
             "display_name": self.spec.data_name,
             "data_format": str(config.data.data_format),
             "tokenizer": self.ctx.tokenizer,
-            "cache_dir": self.spec.cache_dir,
+            "cache_dir": data_cache_dir(self.output_dir, config.system.cache_dir, self.spec.cache_dir),
             "data_hash": self.ctx.hashes.data,
             "tokenizer_hash": self.ctx.hashes.tokenizer,
             "max_seq_length": int(config.training.max_seq_length),
