@@ -626,6 +626,13 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             f"(here {2 * lora.rank}) is a common choice",
             ("lora", "rank"),
         )
+    if out.usable("lora.optimization_strategy") and lora.optimization_strategy in ("balanced", "quality"):
+        out.warn(
+            ("lora", "optimization_strategy"),
+            f"'{lora.optimization_strategy}' plans exactly like 'auto' (the largest micro-batch that fits, "
+            "gradient checkpointing only when needed); only 'memory' changes the plan. Set it to auto, or "
+            "to memory to trade speed for memory",
+        )
     strategy = config.parallel.strategy
     if out.usable("parallel.strategy") and strategy in (
         "model_parallel",
