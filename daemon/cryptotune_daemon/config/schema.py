@@ -33,6 +33,7 @@ _INTEGER_RE = re.compile(r"[+-]?\d+")
 _MODULE_NAME_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]*|all-linear)$"
 # Longer digit strings are typos or attacks; int() would also refuse them past 4300 digits.
 _MAX_NUMBER_CHARS = 64
+_MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 
 
 def describe_value(value: Any) -> str:
@@ -166,8 +167,18 @@ def _to_string(value: Any) -> Any:
     raise _fail("string", f"expected a string, got {describe_value(value)}{hint}")
 
 
-def _to_optional_string(value: Any) -> Any:
-    return None if value is None else _to_string(value)
+def _to_path_text(value: Any) -> Any:
+    """A directory path: a string no file system refuses outright (no NUL, within PATH_MAX)."""
+    text = _to_string(value)
+    if "\x00" in text:
+        raise _fail("path", f"contains a NUL character, which no path can hold: {describe_value(text)}")
+    if len(text.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise _fail("path", f"is longer than {_MAX_PATH_BYTES} bytes; give a shorter directory path")
+    return text
+
+
+def _to_optional_path_text(value: Any) -> Any:
+    return None if value is None else _to_path_text(value)
 
 
 def _to_choice(value: Any) -> Any:
@@ -381,18 +392,18 @@ class ParallelConfig(_Section):
 class SystemConfig(_Section):
     """Where outputs go and how much is logged."""
 
-    output_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_string)] = Field(
+    output_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
         default=None,
         description="Adapter, checkpoints and report; --output-dir wins over it, and without either the "
         "job writes to ./training_output. Relative paths are taken from the client's working directory "
         "(a remote client must give an absolute path).",
         examples=["./output"],
     )
-    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
+    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_path_text)] = Field(
         default="./logs",
         description="The worker's log (worker.log); relative to the output directory unless absolute.",
     )
-    cache_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_string)] = Field(
+    cache_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
         default=None,
         description="Tokenized-data cache; relative to the output directory unless absolute; null shares "
         "the daemon's cache between jobs.",

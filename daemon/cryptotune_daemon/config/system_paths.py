@@ -140,7 +140,12 @@ def check_job_dirs(
                 f"{key} {_shown(configured)} starts with '~', which the daemon does not expand; "
                 "give a path relative to the output directory or an absolute one",
             )
-        path = Path(posixpath.realpath(under_output_dir(output_dir, configured)))
+        try:
+            path = Path(posixpath.realpath(under_output_dir(output_dir, configured)))
+        except (OSError, ValueError) as error:
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID, f"{key} {_shown(configured)} cannot be used as a directory: {error}"
+            ) from None
         if not any(path == root or root in path.parents for root in roots):
             allowed = ", ".join(str(root) for root in roots)
             raise CryptotuneError(
