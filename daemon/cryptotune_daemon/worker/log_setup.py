@@ -26,12 +26,9 @@ def apply_system_logging(system: SystemConfig, output_dir: Path, *, rank: int = 
     level = getattr(logging, system.log_level)
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            root.removeHandler(handler)
-            handler.close()
-        else:
-            handler.setLevel(level)
+    close_system_logging()
+    for handler in root.handlers:
+        handler.setLevel(level)
     directory = logging_dir(output_dir, system.logging_dir)
     directory.mkdir(parents=True, exist_ok=True)
     name = WORKER_LOG_FILE if rank == 0 else f"worker-rank{rank}.log"
@@ -43,3 +40,12 @@ def apply_system_logging(system: SystemConfig, output_dir: Path, *, rank: int = 
     root.addHandler(handler)
     log.debug("log level %s; this log is also written to %s", system.log_level, path)
     return path
+
+
+def close_system_logging() -> None:
+    """Closes the log file :func:`apply_system_logging` opened (at the end of the pipeline)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == _HANDLER_NAME:
+            root.removeHandler(handler)
+            handler.close()

@@ -31,6 +31,7 @@ from cryptotune_daemon.training.checkpoints import (
 from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
 from cryptotune_daemon.training.oom_relaunch import write_request
 from cryptotune_daemon.worker.events import EventWriter
+from cryptotune_daemon.worker.log_setup import apply_system_logging, close_system_logging
 from cryptotune_daemon.worker.spec import JobSpec
 from cryptotune_daemon.worker.state import STAGES, PipelineState, read_state, write_state
 
@@ -240,6 +241,7 @@ class Pipeline:
             # block, and process exit releases it anyway.
             shutdown_distributed()
         self.events.close()
+        close_system_logging()
 
     # -- init ------------------------------------------------------------------------------------------
 
@@ -254,7 +256,6 @@ class Pipeline:
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
         from cryptotune_daemon.training.module_names import check_target_modules
-        from cryptotune_daemon.worker.log_setup import apply_system_logging
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         apply_system_logging(config.system, self.output_dir, rank=self.rank)
