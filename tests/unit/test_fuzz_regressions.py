@@ -52,3 +52,9 @@ def test_an_unusable_job_dir_is_refused_not_raised(tmp_path: Path) -> None:
         assert error.code is ErrorCode.CONFIG_INVALID and "system.logging_dir" in error.message
     else:
         raise AssertionError("a NUL in a path must be refused")
+
+
+def test_cr_cr_lf_leaves_no_crlf_behind() -> None:
+    # Found by the thorough fuzz: replacing "\r\n" once turned "\r\r\n" into a new "\r\n".
+    record = convert_record(RawRecord(0, 1, {"instruction": "0", "output": "0\r\r\n1"}))
+    assert isinstance(record, Record) and record.output == "0\n1"

@@ -16,6 +16,8 @@ from typing import Any
 # Lone surrogates, and the C0 controls other than tab (09), newline (0A) and carriage return (0D).
 _BAD_CHAR = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f]")
 REPLACEMENT = "\ufffd"
+# CRLF, and the CR CR LF that converting a file's line ends twice makes: one newline each.
+_CRLF = re.compile("\r+\n")
 _CONTROL_NAMES = {
     0x00: "NUL",
     0x07: "BEL",
@@ -84,7 +86,7 @@ class _Scan:
 
     def text(self, value: str, field: str, path: str) -> str:
         self.note(field, path, value)
-        return _BAD_CHAR.sub(REPLACEMENT, value.replace("\r\n", "\n"))
+        return _BAD_CHAR.sub(REPLACEMENT, _CRLF.sub("\n", value))
 
     def value(self, value: Any, field: str, path: str) -> Any:
         if isinstance(value, str):
