@@ -341,8 +341,9 @@ class Client:
         Args:
             data: training data file.
             config: config file path or YAML text, told apart as in :meth:`validate_config`.
-            output_dir: where the daemon writes the adapter and report; default
-                ``./training_output`` resolved on this machine.
+            output_dir: where the daemon writes the adapter and report (resolved on this machine);
+                without it, the config's ``system.output_dir`` (relative to this process's working
+                directory, which is sent along), else ``./training_output``.
             pipeline_id: a unique name for the job (``[A-Za-z0-9._-]{1,64}``).
             resume: ``PIPELINE_ID`` or ``PIPELINE_ID@STEP`` to continue.
             dry_run: plan only (init, data_prep, config_gen); train nothing.
@@ -353,14 +354,14 @@ class Client:
 
         text, config_name = _read_config(config)
         digest = self.upload(data, progress)
-        out = Path(output_dir) if output_dir is not None else Path("training_output")
         request = job_pb2.SubmitJobRequest(
             request_id=request_id or uuid.uuid4().hex,
             data_digest=digest,
             data_name=Path(data).name,
             config_yaml=text,
             config_name=config_name,
-            output_dir=str(out.expanduser().resolve()),
+            output_dir=str(Path(output_dir).expanduser().resolve()) if output_dir is not None else "",
+            client_cwd=os.getcwd(),
             pipeline_id=pipeline_id or "",
             resume=resume or "",
             dry_run=dry_run,

@@ -31,6 +31,8 @@ else:
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
 EXIT_JOB_FAILED = 1
+# Where a job writes when neither --output-dir nor system.output_dir says (the daemon applies it).
+DEFAULT_OUTPUT_DIR = "training_output"
 
 
 def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, object]:
@@ -139,9 +141,9 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
     "--output-dir",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("training_output"),
-    show_default=True,
-    help="Where the daemon writes adapter, checkpoints and report (resolved here).",
+    default=None,
+    help="Where the daemon writes adapter, checkpoints and report (resolved here). "
+    "[default: the config's system.output_dir, else ./training_output]",
 )
 @click.option(
     "--pipeline-id", default=None, help="Name for the job: [A-Za-z0-9._-]{1,64}; generated if absent."
@@ -159,7 +161,7 @@ def train(
     cli_ctx: CliContext,
     data_file: Path,
     config_file: Path,
-    output_dir: Path,
+    output_dir: Path | None,
     pipeline_id: str | None,
     resume: str | None,
     dry_run: bool,
@@ -187,8 +189,14 @@ def train(
         if bar is not None:
             bar.stop()
     if resume is not None:
-        source = click.get_current_context().get_parameter_source("output_dir")
-        _warn_output_dir_on_resume(cli_ctx, job, output_dir, source)
+        if output_dir is not None:
+            _warn_output_dir_on_resume(cli_ctx, job, output_dir)
+    elif not cli_ctx.json_output:
+        cli_ctx.err.print(
+            f"output dir: {job.output_dir} ({output_dir_source(job.output_dir, output_dir)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if detach:
         if cli_ctx.json_output:
             cli_ctx.emit_json(
@@ -203,12 +211,17 @@ def train(
     _follow_to_end(cli_ctx, job)
 
 
-def _warn_output_dir_on_resume(
-    cli_ctx: CliContext, job: Job, requested: Path, source: click.ParameterSource | None
-) -> None:
+def output_dir_source(used: str, option: Path | None) -> str:
+    """Which setting chose a new job's output dir: --output-dir, system.output_dir or the default."""
+    if option is not None:
+        return "from --output-dir"
+    if Path(used) == (Path.cwd() / DEFAULT_OUTPUT_DIR).resolve():
+        return f"the default ./{DEFAULT_OUTPUT_DIR}"
+    return "from the config's system.output_dir"
+
+
+def _warn_output_dir_on_resume(cli_ctx: CliContext, job: Job, requested: Path) -> None:
     """A resumed pipeline keeps writing where it started; says so when --output-dir asked otherwise."""
-    if source in (None, click.ParameterSource.DEFAULT):
-        return
     if requested.expanduser().resolve() == Path(job.output_dir):
         return
     from rich.text import Text

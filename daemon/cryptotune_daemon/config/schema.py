@@ -39,9 +39,11 @@ Precision = Literal["bf16", "fp16", "fp32"]
 # so the manual's `learning_rate: 2e-4` arrives as the string "2e-4" and must be read here.
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER_RE = re.compile(r"[+-]?\d+")
-_MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A module name, or peft's "all-linear" (every linear layer but the output head).
+_MODULE_NAME_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]*|all-linear)$"
 # Longer digit strings are typos or attacks; int() would also refuse them past 4300 digits.
 _MAX_NUMBER_CHARS = 64
+_MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 
 
 def describe_value(value: Any) -> str:
@@ -175,6 +177,20 @@ def _to_string(value: Any) -> Any:
     raise _fail("string", f"expected a string, got {describe_value(value)}{hint}")
 
 
+def _to_path_text(value: Any) -> Any:
+    """A directory path: a string no file system refuses outright (no NUL, within PATH_MAX)."""
+    text = _to_string(value)
+    if "\x00" in text:
+        raise _fail("path", f"contains a NUL character, which no path can hold: {describe_value(text)}")
+    if len(text.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise _fail("path", f"is longer than {_MAX_PATH_BYTES} bytes; give a shorter directory path")
+    return text
+
+
+def _to_optional_path_text(value: Any) -> Any:
+    return None if value is None else _to_path_text(value)
+
+
 def _to_choice(value: Any) -> Any:
     # Enum values are matched case-insensitively; anything not a string is left to the Literal check.
     return value.strip().lower() if isinstance(value, str) else value
@@ -204,7 +220,8 @@ def _to_module_name(value: Any) -> Any:
     if not isinstance(value, str) or not re.fullmatch(_MODULE_NAME_PATTERN, value):
         raise _fail(
             "module",
-            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores), "
+            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores) or "
+            "'all-linear', "
             f"got {describe_value(value)}",
         )
     return value
@@ -399,14 +416,22 @@ class ParallelConfig(_Section):
 class SystemConfig(_Section):
     """Where outputs go and how much is logged."""
 
-    output_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./output", description="Adapter, checkpoints and report; relative to the job directory."
+    output_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
+        default=None,
+        description="Adapter, checkpoints and report; --output-dir wins over it, and without either the "
+        "job writes to ./training_output. Relative paths are taken from the client's working directory "
+        "(a remote client must give an absolute path).",
+        examples=["./output"],
     )
-    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./logs", description="Training logs; relative to the job directory."
+    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_path_text)] = Field(
+        default="./logs",
+        description="The worker's log (worker.log); relative to the output directory unless absolute.",
     )
-    cache_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./cache", description="Tokenized-data cache; relative to the job directory."
+    cache_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
+        default=None,
+        description="Tokenized-data cache; relative to the output directory unless absolute; null shares "
+        "the daemon's cache between jobs.",
+        examples=["./cache"],
     )
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = Field(
         default="INFO", description="Worker log verbosity (case-insensitive)."

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from cryptotune_daemon.config.lora_targets import qwen3_target_problems
 from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
@@ -524,6 +525,9 @@ def _validate_sections(raw: dict[str, dict[str, Any]], out: _Collector) -> Crypt
 def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | None) -> None:
     """Rules that span keys; each runs only when every key it reads is valid."""
     training, data, parallel = config.training, config.data, config.parallel
+    if out.usable("lora.target_modules", "model.model_name"):
+        for position, message in qwen3_target_problems(config.model.model_name, config.lora.target_modules):
+            out.error(("lora", "target_modules", position), message)
     if out.usable("data.train_split_ratio", "data.eval_split_ratio"):
         total = data.train_split_ratio + data.eval_split_ratio
         if abs(total - 1.0) > _SPLIT_TOLERANCE:
@@ -622,6 +626,13 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             f"adapter's updates are scaled unusually {strength}; alpha = 2 × rank "
             f"(here {2 * lora.rank}) is a common choice",
             ("lora", "rank"),
+        )
+    if out.usable("lora.optimization_strategy") and lora.optimization_strategy in ("balanced", "quality"):
+        out.warn(
+            ("lora", "optimization_strategy"),
+            f"'{lora.optimization_strategy}' plans exactly like 'auto' (the largest micro-batch that fits, "
+            "gradient checkpointing only when needed); only 'memory' changes the plan. Set it to auto, or "
+            "to memory to trade speed for memory",
         )
     strategy = config.parallel.strategy
     if out.usable("parallel.strategy") and strategy in (

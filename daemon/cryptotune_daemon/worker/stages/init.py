@@ -11,6 +11,7 @@ from cryptotune_daemon.training.checkpoints import (
     refuse_if_changed,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
+from cryptotune_daemon.worker.log_setup import apply_system_logging
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
@@ -29,8 +30,10 @@ class InitStage(StageBase):
         from cryptotune_daemon.data.tokenizer import load_tokenizer
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
+        from cryptotune_daemon.training.module_names import check_target_modules
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
+        apply_system_logging(config.system, self.output_dir, rank=self.rank)
         strategy = str(config.parallel.strategy)
         if strategy not in SUPPORTED_STRATEGIES:
             raise CryptotuneError(
@@ -44,6 +47,8 @@ class InitStage(StageBase):
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
         )
+        log.debug("model %s resolved: %s %s", source.name, source.kind, source.path or "")
+        check_target_modules(source, tuple(config.lora.target_modules))
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
