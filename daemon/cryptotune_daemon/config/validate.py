@@ -18,6 +18,7 @@ from cryptotune_daemon.config.schema import (
     CryptotuneConfig,
     describe_value,
 )
+from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # A location in the document: section, key, then list indexes.
@@ -623,15 +624,11 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             ("lora", "rank"),
         )
     strategy = config.parallel.strategy
-    if out.usable("parallel.strategy") and strategy in (
-        "model_parallel",
-        "pipeline_parallel",
-        "hybrid_parallel",
-    ):
+    if out.usable("parallel.strategy") and strategy in NOT_YET_TRAINABLE:
         out.warn(
             ("parallel", "strategy"),
-            f"'{strategy}': cryptotune trains LoRA with data parallelism; this strategy will be "
-            "refused when a job is submitted; use data_parallel or auto",
+            f"'{strategy}': this strategy will be refused when a job is submitted; use data_parallel, "
+            "sharded_data_parallel or auto",
         )
     if out.usable("data.shuffle_data") and not config.data.shuffle_data:
         out.warn(

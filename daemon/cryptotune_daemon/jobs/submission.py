@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptotune_daemon.config import load_config
+from cryptotune_daemon.config.strategies import refuse_unsupported
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
@@ -21,7 +22,6 @@ _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12
 # Linux limits: PATH_MAX for a whole path, NAME_MAX for one component.
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
-_SUPPORTED_STRATEGIES = ("data_parallel", "auto")
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,7 @@ def prepare(
             "model.trust_remote_code is true, but this daemon was not started with --allow-remote-code; "
             "Qwen3 needs no remote code: set it to false",
         )
-    if config.parallel.strategy not in _SUPPORTED_STRATEGIES:
-        raise CryptotuneError(
-            ErrorCode.CONFIG_INVALID,
-            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA "
-            "adapters with data parallelism; set parallel.strategy to data_parallel or auto",
-        )
+    refuse_unsupported(config.parallel.strategy)
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
     if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
         world_size = gpu_count

@@ -94,6 +94,7 @@ class PlanRequest:
     max_seq_length: int = 0
     packing: bool = True
     varlen_attention: bool = False
+    strategy: str = "data_parallel"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Plan:
     packed_rows: int = 0
     longest_row_tokens: int = 0
     choice: str = ""
+    strategy: str = "data_parallel"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (persisted in ``pipeline_state.json`` for resumes)."""
@@ -424,4 +426,5 @@ def plan_training(
         packed_rows=rows,
         longest_row_tokens=width,
         choice=choice,
+        strategy=request.strategy if request.strategy != "auto" else "data_parallel",
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from cryptotune_daemon.config.strategies import refuse_unsupported
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     CheckpointInfo,
@@ -27,7 +28,13 @@ from cryptotune_daemon.training.checkpoints import (
     remove_checkpoints,
     remove_temp_dirs,
 )
-from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
+from cryptotune_daemon.training.hashing import (
+    config_differences,
+    config_fingerprint,
+    config_hash,
+    data_hash,
+    legacy_config_hash,
+)
 from cryptotune_daemon.training.oom_relaunch import write_request
 from cryptotune_daemon.worker.events import EventWriter
 from cryptotune_daemon.worker.spec import JobSpec
@@ -49,7 +56,6 @@ REPORT_FILE = "report.json"
 ADAPTER_DIR = "adapter"
 EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
-SUPPORTED_STRATEGIES = ("data_parallel", "auto")
 
 
 class JobCancelled(BaseException):
@@ -254,13 +260,7 @@ class Pipeline:
         from cryptotune_daemon.training.models import resolve_model
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
-        strategy = str(config.parallel.strategy)
-        if strategy not in SUPPORTED_STRATEGIES:
-            raise CryptotuneError(
-                ErrorCode.CONFIG_INVALID,
-                f"parallel.strategy '{strategy}' is not supported: cryptotune trains LoRA adapters with data "
-                "parallelism; set parallel.strategy to data_parallel or auto",
-            )
+        refuse_unsupported(str(config.parallel.strategy))
         source = resolve_model(
             str(config.model.model_name),
             trust_remote_code=bool(config.model.trust_remote_code),
@@ -278,6 +278,7 @@ class Pipeline:
         hashes = Hashes(
             data=data_hash(self.spec.data_path),
             config=config_hash(config),
+            config_legacy=legacy_config_hash(config),
             tokenizer=tokenizer_hash(tokenizer),
         )
         if self.spec.resume is not None and self.state.hashes.data:
@@ -395,6 +396,10 @@ class Pipeline:
         from cryptotune_daemon.training.planner import Plan
 
         plan = Plan.from_json(dict(self.state.results["plan"]))
+        if plan_outdated(plan, self.ctx.config):
+            # A resume may change the parallel section and the batch split (same effective batch).
+            self._log("planning again: the parallel or batch settings changed since the recorded plan")
+            return False
         if plan.world_size != self.world_size or plan.device != self.spec.device:
             # The earlier plan was made for other hardware (e.g. a dry run): plan again.
             self._log(
@@ -494,9 +499,14 @@ class Pipeline:
         state = trainer.state
         trainer.cleanup()
         self.ctx.model = trainer.model
+        if not trainer.strategy.keeps_whole_model:
+            # Sharded weights: evaluation and export use the gathered final checkpoint instead.
+            trainer.release()
+            self.ctx.model = self._load_trained_model(newest_verified(self.output_dir, self._warn))
         self.ctx.trainer_state = state
         self.ctx.resumed_from_step = trainer.resumed_from_step
         self.ctx.tokens_per_second = trainer.run_tokens / max(trainer.run_seconds, 1e-9)
+        self.state.results["mesh"] = trainer.strategy.mesh()
         self.state.results["training"] = {
             "final_step": state.step,
             "trained_tokens": state.trained_tokens,
@@ -572,18 +582,27 @@ class Pipeline:
                 yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
             )
 
-    def _restore_training(self) -> bool:
-        import json
-
+    def _load_trained_model(self, checkpoint: CheckpointInfo | None) -> Any:
+        """The base model with ``checkpoint``'s adapter, whole on every rank (for eval and export)."""
         import peft
 
         from cryptotune_daemon.training.models import load_base_model
-        from cryptotune_daemon.training.trainer import (
-            ADAPTER_SUBDIR,
-            TRAINER_STATE_FILE,
-            TrainerState,
-            precision_dtype,
-        )
+        from cryptotune_daemon.training.trainer import ADAPTER_SUBDIR, precision_dtype
+
+        if checkpoint is None:
+            raise CryptotuneError(ErrorCode.INTERNAL, "training ended without a verified final checkpoint")
+        dist = self.ctx.dist
+        dtype = precision_dtype(self.ctx.plan.precision if dist.device.type == "cuda" else "fp32")
+        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
+        with warnings.catch_warnings():
+            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_SUBDIR))
+
+    def _restore_training(self) -> bool:
+        import json
+
+        from cryptotune_daemon.training.trainer import TRAINER_STATE_FILE, TrainerState
 
         recorded = dict(self.state.results.get("training") or {})
         checkpoint = newest_verified(self.output_dir, self._warn)
@@ -591,13 +610,7 @@ class Pipeline:
             self._warn("training completed earlier but its final checkpoint is gone: training again")
             return False
         refuse_if_changed(checkpoint.hashes, self.ctx.hashes, f"checkpoint {checkpoint.path.name}")
-        dist = self.ctx.dist
-        dtype = precision_dtype(self.ctx.plan.precision if dist.device.type == "cuda" else "fp32")
-        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
-        with warnings.catch_warnings():
-            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.ctx.model = peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_SUBDIR))
+        self.ctx.model = self._load_trained_model(checkpoint)
         raw = json.loads((checkpoint.path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         self.ctx.trainer_state = TrainerState(**raw)
         self.ctx.resumed_from_step = recorded.get("resumed_from_step")
@@ -732,6 +745,8 @@ class Pipeline:
                 "precision": plan.precision,
                 "device": dist.device.type,
                 "world_size": dist.world_size,
+                "strategy": state.strategy,
+                "mesh": self.state.results.get("mesh") or {"dp": dist.world_size},
                 "micro_batch_size": plan.micro_batch_size,
                 "gradient_accumulation_steps": plan.gradient_accumulation_steps,
                 "effective_batch_size": plan.effective_batch_size,
@@ -801,6 +816,19 @@ def plan_request(config: CryptotuneConfig, world_size: int, *, varlen_attention:
         max_seq_length=int(training.max_seq_length),
         packing=True,
         varlen_attention=varlen_attention,
+        strategy=str(config.parallel.strategy),
+    )
+
+
+def plan_outdated(plan: Plan, config: CryptotuneConfig) -> bool:
+    """Whether the config sets a strategy, micro-batch or accumulation other than ``plan``'s."""
+    strategy = str(config.parallel.strategy)
+    micro = _auto(config.training.per_device_train_batch_size)
+    accumulation = _auto(config.training.gradient_accumulation_steps)
+    return (
+        strategy not in ("auto", plan.strategy)
+        or (micro is not None and int(micro) != plan.micro_batch_size)
+        or (accumulation is not None and int(accumulation) != plan.gradient_accumulation_steps)
     )
 
 
@@ -832,6 +860,7 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         eval_steps=int(training.eval_steps or 0),
         shuffle=bool(data.shuffle_data),
         max_seq_length=int(training.max_seq_length),
+        strategy=plan.strategy,
     )
 
 
