@@ -177,3 +177,65 @@ def test_two_ranks_train_the_same_model_as_one_process(
     assert len(optimizer["state"]) == len(saved)
     for name, values in optimizer["state"].items():
         assert "lora_" in name and values["exp_avg"].shape == values["exp_avg_sq"].shape
+
+
+def start_job(
+    root: Path, data: Path, config: str, *, world: int, name: str
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Starts the worker under torchrun in its own process group (so a cancel reaches every rank)."""
+    spec = make_spec(root, data=data, config=config, output=root / name, events=f"{name}.jsonl")
+    spec_path = root / f"{name}-spec.json"
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env["GLOO_SOCKET_IFNAME"] = "lo"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "daemon"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(world)]
+    command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"]
+    command += ["-m", "cryptotune_daemon.worker", "--spec", str(spec_path)]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    return process, spec
+
+
+@pytest.mark.slow
+def test_sharded_job_cancelled_after_a_checkpoint_resumes_as_one_process(
+    single: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    data, reference = single
+    process, spec = start_job(
+        tmp_path,
+        data,
+        job_config(strategy="sharded_data_parallel", world=2, micro=2),
+        world=2,
+        name="sharded",
+    )
+    events_path = Path(spec["events_path"])
+    try:
+        deadline = time.monotonic() + 600
+        while not any(c["step"] == 3 for c in of(read_events(events_path), "checkpoint")):
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint at step 3"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)  # the cancel the daemon sends: the whole group
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # Fewer free GPUs after a restart: one process, per-device batch doubled (same effective batch).
+    resume = {"output_dir": spec["output_dir"], "step": 3}
+    config = job_config(world=1, micro=4)
+    code, resumed, stderr = run_job(
+        tmp_path, data, config, world=1, name="resumed", output=Path(spec["output_dir"]), resume=resume
+    )
+    assert code == 0, stderr
+    events = read_events(Path(resumed["events_path"]))
+    assert [p["step"] for p in of(events, "progress")] == [4, 5, 6]
+    final, expected = losses(resumed)[-1], losses(reference)[-1]
+    assert abs(final - expected) <= 1e-3 * abs(expected), f"final loss {final} != uninterrupted {expected}"
+    report = json.loads((Path(resumed["output_dir"]) / "report.json").read_text())
+    assert report["resumed_from_step"] == 3 and report["strategy"] == "data_parallel"
