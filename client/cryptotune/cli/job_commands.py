@@ -140,8 +140,23 @@ def _print_plan(cli_ctx: CliContext, job: Job) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     for key, value in plan.items():
-        table.add_row(key.replace("_", " "), _plan_value(value))
+        if key != "strategies":
+            table.add_row(key.replace("_", " "), _plan_value(value))
     cli_ctx.out.print(table)
+    rows = plan.get("strategies")
+    if isinstance(rows, list) and rows:
+        strategies = Table(title=f"Parallel strategies (chosen: {plan.get('strategy', '?')})")
+        for column in ("strategy", "fits", "memory per GPU", "why"):
+            strategies.add_column(column)
+        for row in rows:
+            if isinstance(row, dict):
+                strategies.add_row(
+                    str(row.get("strategy")),
+                    "yes" if row.get("fits") else "no",
+                    f"{float(row.get('memory_per_gpu_mb') or 0):,.0f} MB",
+                    str(row.get("reason", "")),
+                )
+        cli_ctx.out.print(strategies)
 
 
 def _plan_value(value: object) -> str:

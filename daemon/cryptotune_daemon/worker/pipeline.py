@@ -388,6 +388,8 @@ class Pipeline:
                 "packed_rows": plan.packed_rows,
                 "longest_row_tokens": plan.longest_row_tokens,
                 "choice": plan.choice,
+                "strategy": plan.strategy,
+                "strategies": [dict(row) for row in plan.strategies],
                 "model": self.ctx.source.name,
             },
         )
@@ -817,6 +819,7 @@ def plan_request(config: CryptotuneConfig, world_size: int, *, varlen_attention:
         packing=True,
         varlen_attention=varlen_attention,
         strategy=str(config.parallel.strategy),
+        tensor_parallel_size=int(config.parallel.tensor_parallel_size),
     )
 
 
