@@ -335,7 +335,7 @@ def test_empty_and_malformed_module_lists() -> None:
 @pytest.mark.parametrize(
     ("section", "key", "value", "choices", "hint"),
     [
-        ("parallel", "strategy", "fsdp", "data_parallel, model_parallel", None),
+        ("parallel", "strategy", "fsdp", "data_parallel, sharded_data_parallel, model_parallel", None),
         ("training", "lr_scheduler_type", "cosin", "linear, cosine, cosine_with_restarts", "cosine"),
         ("system", "log_level", "verbose", "DEBUG, INFO, WARNING, ERROR, CRITICAL", None),
         ("data", "data_format", "jsonl", "auto, alpaca, sharegpt, openai", None),

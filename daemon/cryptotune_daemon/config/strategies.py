@@ -41,3 +41,95 @@ def data_parallel_size(strategy: str, world_size: int, tensor_parallel_size: int
     if strategy == "hybrid_parallel":
         return max(world_size // max(tensor_parallel_size, 1), 1)
     return max(world_size, 1)
+
+
+TENSOR_PARALLEL_STRATEGIES = ("model_parallel", "hybrid_parallel")
+
+
+def strategy_key_issues(
+    strategy: str,
+    world_size: int,
+    tensor_parallel_size: int,
+    pipeline_micro_batches: int,
+    written: set[str],
+) -> list[tuple[str, str, bool]]:
+    """What is wrong with the strategy-specific ``parallel`` keys: ``(key, message, is_error)``.
+
+    Args:
+        strategy, world_size, tensor_parallel_size, pipeline_micro_batches: the parsed values.
+        written: the ``parallel`` keys the file sets (defaults of unused keys are no mistake).
+    """
+    issues: list[tuple[str, str, bool]] = []
+    if "tensor_parallel_size" in written and strategy not in (*TENSOR_PARALLEL_STRATEGIES, "auto"):
+        issues.append(
+            (
+                "tensor_parallel_size",
+                f"is only used by model_parallel and hybrid_parallel, not {strategy}; remove it, or set "
+                "parallel.strategy: hybrid_parallel",
+                False,
+            )
+        )
+    for key in ("pipeline_schedule", "pipeline_micro_batches"):
+        if key in written and strategy not in ("pipeline_parallel", "auto"):
+            issues.append(
+                (
+                    key,
+                    f"is only used by pipeline_parallel, not {strategy}; remove it, or set "
+                    "parallel.strategy: pipeline_parallel",
+                    False,
+                )
+            )
+    if strategy == "hybrid_parallel" and (
+        tensor_parallel_size < 2 or world_size % tensor_parallel_size or world_size == tensor_parallel_size
+    ):
+        fitting = [d for d in range(2, world_size) if world_size % d == 0]
+        instead = f"use {_either(fitting)}" if fitting else "use at least 4 processes (world_size: 4)"
+        issues.append(
+            (
+                "tensor_parallel_size",
+                f"hybrid_parallel needs tensor parallel groups of tensor_parallel_size processes, more "
+                f"than one and fewer than world_size ({world_size}) which they divide; got "
+                f"{tensor_parallel_size}: {instead}",
+                True,
+            )
+        )
+    if (
+        strategy == "model_parallel"
+        and "tensor_parallel_size" in written
+        and tensor_parallel_size != world_size
+    ):
+        issues.append(
+            (
+                "tensor_parallel_size",
+                f"model_parallel splits every layer over all {world_size} processes; set "
+                f"tensor_parallel_size: {world_size} or remove it (for groups smaller than the job use "
+                "hybrid_parallel)",
+                True,
+            )
+        )
+    if strategy == "pipeline_parallel" and pipeline_micro_batches < world_size:
+        issues.append(
+            (
+                "pipeline_micro_batches",
+                f"is {pipeline_micro_batches} for {world_size} stages: most stages would wait; set "
+                f"pipeline_micro_batches to at least {world_size} (e.g. {2 * world_size})",
+                False,
+            )
+        )
+    return issues
+
+
+def tensor_parallel_degree_problem(degree: int, kv_heads: int, model_name: str) -> str | None:
+    """Why ``degree`` cannot split the model's attention (it must divide the KV heads), else None."""
+    if degree <= 1 or kv_heads % degree == 0:
+        return None
+    fitting = [d for d in range(2, kv_heads + 1) if kv_heads % d == 0]
+    return (
+        f"tensor parallel degree {degree} does not divide the {kv_heads} KV heads of {model_name}; "
+        f"use {_either(fitting)}"
+    )
+
+
+def _either(values: list[int]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" or {words[-1]}"

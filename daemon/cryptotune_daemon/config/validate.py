@@ -18,7 +18,7 @@ from cryptotune_daemon.config.schema import (
     CryptotuneConfig,
     describe_value,
 )
-from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE
+from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # A location in the document: section, key, then list indexes.
@@ -567,6 +567,16 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
         )
     if not out.usable("parallel.world_size", "parallel.enable_distributed"):
         return
+    if out.usable("parallel.strategy", "parallel.tensor_parallel_size", "parallel.pipeline_micro_batches"):
+        written = {str(loc[1]) for loc in out.lines if len(loc) == 2 and loc[0] == "parallel"}
+        for key, message, is_error in strategy_key_issues(
+            parallel.strategy,
+            parallel.world_size,
+            parallel.tensor_parallel_size,
+            parallel.pipeline_micro_batches,
+            written,
+        ):
+            (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
