@@ -437,7 +437,12 @@ def test_cross_checks_still_run_when_other_keys_are_bad() -> None:
         ("lora:\n  rank: 4\n  alpha: 64\n", "lora.alpha", 3, "unusually strongly"),
         ("lora:\n  rank: 64\n", "lora.rank", 2, "alpha = 2 × rank (here 128)"),
         ("training:\n  max_seq_length: 65536\n", "training.max_seq_length", 2, "memory"),
-        ("parallel:\n  strategy: model_parallel\n", "parallel.strategy", 2, "use data_parallel or auto"),
+        (
+            "parallel:\n  strategy: model_parallel\n",
+            "parallel.strategy",
+            2,
+            "use data_parallel, sharded_data_parallel or auto",
+        ),
         ("parallel:\n  strategy: pipeline_parallel\n", "parallel.strategy", 2, "will be refused"),
         ("parallel:\n  strategy: hybrid_parallel\n", "parallel.strategy", 2, "data parallelism"),
         ("training:\n  eval_strategy: 'no'\n", "training.eval_strategy", 2, "no eval loss"),

@@ -26,7 +26,8 @@ def unsupported_message(strategy: str) -> str:
     """Why ``strategy`` is refused and what to set instead."""
     return (
         f"parallel.strategy '{strategy}' is not supported yet: cryptotune trains LoRA adapters with "
-        "data_parallel (DDP) or sharded_data_parallel (FSDP2); set parallel.strategy to one of them or auto"
+        "data_parallel (DDP) or sharded_data_parallel (FSDP2); set parallel.strategy to data_parallel, "
+        "sharded_data_parallel or auto"
     )
 
 

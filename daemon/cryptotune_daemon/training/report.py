@@ -38,6 +38,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "precision",
     "device",
     "world_size",
+    "strategy",
+    "mesh",
 )
 
 
@@ -118,6 +120,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Pipeline", report.get("pipeline_id")),
         ("Model", report.get("model")),
         ("Device", f"{report.get('device')} × {report.get('world_size')} ({report.get('precision')})"),
+        ("Strategy", f"{report.get('strategy', 'data_parallel')}, mesh {report.get('mesh') or {}}"),
         ("Train / eval samples", f"{report.get('train_samples')} / {report.get('eval_samples')}"),
         ("Steps", report.get("steps")),
         ("Resumed from step", report.get("resumed_from_step")),
