@@ -35,6 +35,8 @@ training:
   max_grad_norm: 1.0
   logging_steps: 1
   save_steps: {save_steps}
+  eval_strategy: steps
+  eval_steps: 3
   max_seq_length: 512
   eval_sample_size: 0
   max_new_tokens: 2
@@ -152,6 +154,12 @@ def assert_equivalent(spec: dict[str, Any], reference: dict[str, Any]) -> None:
     )
     assert difference <= 1e-3, f"the adapter differs from one process's by {difference:.2e} (relative norm)"
     assert_loads_with_plain_peft(adapter)
+    # Mid-training evaluation sees the same model too.
+    evals = [float(e["eval_loss"]) for e in of(read_events(Path(spec["events_path"])), "eval")]
+    expected_evals = [float(e["eval_loss"]) for e in of(read_events(Path(reference["events_path"])), "eval")]
+    assert len(evals) == len(expected_evals) >= 2
+    for a, b in zip(evals, expected_evals, strict=True):
+        assert abs(a - b) <= 1e-4 * abs(b), f"eval loss {a} differs from one process's {b}"
 
 
 @pytest.mark.slow

@@ -52,16 +52,17 @@ def strategy_key_issues(
     world_size: int,
     tensor_parallel_size: int,
     pipeline_micro_batches: int,
-    written: set[str],
+    changed: set[str],
 ) -> list[tuple[str, str, bool]]:
     """What is wrong with the strategy-specific ``parallel`` keys: ``(key, message, is_error)``.
 
     Args:
         strategy, world_size, tensor_parallel_size, pipeline_micro_batches: the parsed values.
-        written: the ``parallel`` keys the file sets (defaults of unused keys are no mistake).
+        changed: the ``parallel`` keys set to other than their defaults (a template that lists every
+            key with its default is no mistake).
     """
     issues: list[tuple[str, str, bool]] = []
-    if "tensor_parallel_size" in written and strategy not in (*TENSOR_PARALLEL_STRATEGIES, "auto"):
+    if "tensor_parallel_size" in changed and strategy not in (*TENSOR_PARALLEL_STRATEGIES, "auto"):
         issues.append(
             (
                 "tensor_parallel_size",
@@ -71,7 +72,7 @@ def strategy_key_issues(
             )
         )
     for key in ("pipeline_schedule", "pipeline_micro_batches"):
-        if key in written and strategy not in ("pipeline_parallel", "auto"):
+        if key in changed and strategy not in ("pipeline_parallel", "auto"):
             issues.append(
                 (
                     key,
@@ -80,8 +81,14 @@ def strategy_key_issues(
                     False,
                 )
             )
-    if strategy == "hybrid_parallel" and (
-        tensor_parallel_size < 2 or world_size % tensor_parallel_size or world_size == tensor_parallel_size
+    if (
+        strategy == "hybrid_parallel"
+        and world_size > 1
+        and (
+            tensor_parallel_size < 2
+            or world_size % tensor_parallel_size
+            or world_size == tensor_parallel_size
+        )
     ):
         fitting = [d for d in range(2, world_size) if world_size % d == 0]
         instead = f"use {_either(fitting)}" if fitting else "use at least 4 processes (world_size: 4)"
@@ -96,7 +103,7 @@ def strategy_key_issues(
         )
     if (
         strategy == "model_parallel"
-        and "tensor_parallel_size" in written
+        and "tensor_parallel_size" in changed
         and tensor_parallel_size != world_size
     ):
         issues.append(

@@ -568,13 +568,14 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
     if not out.usable("parallel.world_size", "parallel.enable_distributed"):
         return
     if out.usable("parallel.strategy", "parallel.tensor_parallel_size", "parallel.pipeline_micro_batches"):
-        written = {str(loc[1]) for loc in out.lines if len(loc) == 2 and loc[0] == "parallel"}
+        fields = type(parallel).model_fields
+        changed = {key for key, info in fields.items() if getattr(parallel, key) != info.default}
         for key, message, is_error in strategy_key_issues(
             parallel.strategy,
             parallel.world_size,
             parallel.tensor_parallel_size,
             parallel.pipeline_micro_batches,
-            written,
+            changed,
         ):
             (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
     if parallel.world_size > 1 and not parallel.enable_distributed:

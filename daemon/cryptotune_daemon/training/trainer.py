@@ -565,17 +565,19 @@ class LoraTrainer:
     def evaluate(self, examples: Sequence[Example]) -> EvalLoss:
         """Eval loss on ``examples`` (every rank must call it)."""
         batch = self.settings.eval_batch_size or self.settings.micro_batch_size
-        return compute_eval_loss(
-            self.model,
-            examples,
-            batch_size=batch,
-            pad_token_id=self.pad_token_id,
-            dist=self.dist,
-            autocast=self.autocast,
-            packing=self.settings.packing,
-            row_tokens=self._row_tokens,
-            single_row=self._single_row,
-        )
+        assert self._loss_module is not None
+        with self.strategy.evaluating(self._loss_module) as dist:
+            return compute_eval_loss(
+                self.model,
+                examples,
+                batch_size=batch,
+                pad_token_id=self.pad_token_id,
+                dist=dist or self.dist,
+                autocast=self.autocast,
+                packing=self.settings.packing,
+                row_tokens=self._row_tokens,
+                single_row=self._single_row,
+            )
 
     # -- checkpoints ---------------------------------------------------------------------------------
 

@@ -76,6 +76,11 @@ class Strategy:
         """Skips gradient synchronisation for a micro-batch that is not the step's last."""
         return contextlib.nullcontext()
 
+    def evaluating(self, module: nn.Module) -> contextlib.AbstractContextManager[DistContext | None]:
+        """Around an evaluation of the wrapped ``module``'s model: yields the context to shard the eval
+        set with (None: this rank's own), after making the weights usable outside a training step."""
+        return contextlib.nullcontext()
+
     def clip_grad_norm(self, parameters: Iterable[nn.Parameter], max_norm: float) -> float:
         """Clips gradients to ``max_norm`` (inf: measure only) by their global norm; returns that norm."""
         params = [p for p in parameters if p.grad is not None]

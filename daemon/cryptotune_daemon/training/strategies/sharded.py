@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.strategies.base import Strategy
 
 
@@ -68,6 +70,20 @@ class ShardedDataParallel(Strategy):
 
     def no_sync(self, module: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return _gradient_sync_off(module)
+
+    @contextlib.contextmanager
+    def evaluating(self, module: nn.Module) -> Iterator[DistContext | None]:
+        """Gathers the root's weights (embeddings, norm, head) for the evaluation; each layer gathers
+        its own as it runs. Every rank evaluates every example: their forwards must pair up."""
+        unshard = getattr(module, "unshard", None)
+        if unshard is None:
+            yield None
+            return
+        unshard()
+        try:
+            yield DistContext(rank=0, world_size=1, local_rank=self.dist.local_rank, device=self.dist.device)
+        finally:
+            module.reshard()  # type: ignore[operator]
 
     def _like(self, param: torch.Tensor, value: Any) -> Any:
         from torch.distributed.tensor import DTensor, distribute_tensor
