@@ -119,7 +119,7 @@ def test_resume_accepts_another_split_of_the_same_effective_batch_only(tmp_path:
     other = settings(total_steps=4, micro_batch_size=1, gradient_accumulation_steps=2)
     with pytest.raises(CryptotuneError) as raised:
         make_trainer(tmp_path, examples, other, Recorder()).setup(checkpoint)
-    assert "micro_batch_size: 2 -> 1" in raised.value.message
+    assert "effective batch: 4 -> 2" in raised.value.message
     # A checkpoint from before step-wise data order (no data_order) cannot continue exactly.
     state_file = checkpoint.path / "trainer_state.json"
     state = json.loads(state_file.read_text())

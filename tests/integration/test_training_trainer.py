@@ -125,7 +125,7 @@ def test_resume_with_other_batch_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CryptotuneError) as raised:
         other.setup(checkpoint)
     assert raised.value.code is ErrorCode.RESUME_REFUSED
-    assert "micro_batch_size: 2 -> 1" in raised.value.message
+    assert "effective batch: 4 -> 2" in raised.value.message
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

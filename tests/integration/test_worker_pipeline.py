@@ -224,7 +224,8 @@ def test_remote_code_and_unsupported_strategies_are_refused(tmp_path: Path) -> N
     strategy = config_text() + "parallel:\n  strategy: model_parallel\n"
     code, events = run_inprocess(make_spec(tmp_path, data=data, config=strategy, events="b.jsonl"))
     assert code == 1
-    assert "set parallel.strategy to data_parallel or auto" in of(events, "failed")[0]["reason"]
+    reason = of(events, "failed")[0]["reason"]
+    assert "set parallel.strategy to data_parallel, sharded_data_parallel or auto" in reason
 
 
 def test_uncached_hub_model_fails_with_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

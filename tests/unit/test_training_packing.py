@@ -151,8 +151,11 @@ def test_step_samples_do_not_depend_on_the_micro_batch_split() -> None:
         for micro in (1, 2, 3, 8):
             parts = split_micro_batches(step, micro)
             assert [i for part in parts for i in part] == step and max(map(len, parts)) <= micro
-    # DDP: every rank gets as many steps, and together they cover every sample.
+    # Data parallel: every rank gets as many steps, and together the ranks' shares of a step are
+    # exactly the single process's step (same samples, no repeats).
     shards = [epoch_steps(lengths, samples_per_step=4, seed=3, epoch=0, rank=r, world_size=2) for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 5
+    assert len(shards[0]) == len(shards[1]) == len(steps) == 5
+    for step, first, second in zip(steps, *shards, strict=True):
+        assert sorted(first + second) == sorted(step)
     seen = Counter(i for shard in shards for step in shard for i in step)
-    assert set(seen) == set(range(37)) and sum(seen.values()) == 38  # one sample repeats to even out
+    assert set(seen) == set(range(37)) and sum(seen.values()) == 37

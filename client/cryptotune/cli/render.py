@@ -218,9 +218,25 @@ def plan(console: Console, job: t.Job) -> None:
     table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    for key, value in (job.plan or {}).items():
-        table.add_row(key.replace("_", " "), _plan_value(value))
+    plan_ = job.plan or {}
+    for key, value in plan_.items():
+        if key != "strategies":
+            table.add_row(key.replace("_", " "), _plan_value(value))
     console.print(table)
+    rows = plan_.get("strategies")
+    if isinstance(rows, list) and rows:
+        strategies = Table(title=f"Parallel strategies (chosen: {plan_.get('strategy', '?')})")
+        for column in ("strategy", "fits", "memory per GPU", "why"):
+            strategies.add_column(column)
+        for row in rows:
+            if isinstance(row, dict):
+                strategies.add_row(
+                    str(row.get("strategy")),
+                    "yes" if row.get("fits") else "no",
+                    f"{float(row.get('memory_per_gpu_mb') or 0):,.0f} MB",
+                    str(row.get("reason", "")),
+                )
+        console.print(strategies)
 
 
 def _plan_value(value: object) -> str:

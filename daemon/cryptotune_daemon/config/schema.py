@@ -29,9 +29,11 @@ SchedulerType = Literal[
 IntervalStrategy = Literal["no", "steps", "epoch"]
 OptimizationStrategy = Literal["auto", "memory", "balanced", "quality"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "openai"]
-ParallelStrategy = Literal["data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"]
-# The strategies a job can run with today (the schema accepts more, refused at submit and by the worker).
-SUPPORTED_STRATEGIES: tuple[str, ...] = ("data_parallel", "auto")
+# Which of these train today is decided by config/strategies.py (the rest are refused at submission).
+ParallelStrategy = Literal[
+    "data_parallel", "sharded_data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"
+]
+PipelineSchedule = Literal["gpipe", "1f1b"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Precision = Literal["bf16", "fp16", "fp32"]
 
@@ -403,13 +405,29 @@ class ParallelConfig(_Section):
     """Multi-GPU training."""
 
     strategy: Annotated[ParallelStrategy, BeforeValidator(_to_choice)] = Field(
-        default="data_parallel", description="How work is spread over GPUs; LoRA jobs use data parallelism."
+        default="data_parallel",
+        description=(
+            "How work is spread over GPUs: data_parallel (DDP), sharded_data_parallel (FSDP2), "
+            "model_parallel (tensor parallel), pipeline_parallel, hybrid_parallel (tensor parallel × FSDP2) "
+            "or auto (the fastest that fits)."
+        ),
     )
     world_size: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
         default=1, description="Number of GPUs (processes) for one job.", examples=[1]
     )
     enable_distributed: Boolean = Field(
         default=False, description="Launch one process per GPU with torchrun."
+    )
+    tensor_parallel_size: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
+        default=1,
+        description="GPUs that split each layer (model_parallel, hybrid_parallel); divides the KV heads.",
+        examples=[1, 2],
+    )
+    pipeline_schedule: Annotated[PipelineSchedule, BeforeValidator(_to_choice)] = Field(
+        default="1f1b", description="pipeline_parallel: micro-batch schedule, gpipe or 1f1b."
+    )
+    pipeline_micro_batches: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
+        default=2, description="pipeline_parallel: micro-batches each batch is cut into.", examples=[2]
     )
 
 

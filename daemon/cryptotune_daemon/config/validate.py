@@ -20,6 +20,7 @@ from cryptotune_daemon.config.schema import (
     describe_value,
     generation_record_count,
 )
+from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # A location in the document: section, key, then list indexes.
@@ -571,6 +572,17 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
         )
     if not out.usable("parallel.world_size", "parallel.enable_distributed"):
         return
+    if out.usable("parallel.strategy", "parallel.tensor_parallel_size", "parallel.pipeline_micro_batches"):
+        fields = type(parallel).model_fields
+        changed = {key for key, info in fields.items() if getattr(parallel, key) != info.default}
+        for key, message, is_error in strategy_key_issues(
+            parallel.strategy,
+            parallel.world_size,
+            parallel.tensor_parallel_size,
+            parallel.pipeline_micro_batches,
+            changed,
+        ):
+            (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
@@ -635,15 +647,11 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             "to memory to trade speed for memory",
         )
     strategy = config.parallel.strategy
-    if out.usable("parallel.strategy") and strategy in (
-        "model_parallel",
-        "pipeline_parallel",
-        "hybrid_parallel",
-    ):
+    if out.usable("parallel.strategy") and strategy in NOT_YET_TRAINABLE:
         out.warn(
             ("parallel", "strategy"),
-            f"'{strategy}': cryptotune trains LoRA with data parallelism; this strategy will be "
-            "refused when a job is submitted; use data_parallel or auto",
+            f"'{strategy}': this strategy will be refused when a job is submitted; use data_parallel, "
+            "sharded_data_parallel or auto",
         )
     generation_keys = (
         "training.eval_sample_size",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptotune_daemon.config import load_config
-from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
+from cryptotune_daemon.config.strategies import refuse_unsupported
 from cryptotune_daemon.config.system_paths import check_job_dirs, choose_output_dir
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
@@ -147,12 +147,7 @@ def prepare(
             "model.trust_remote_code is true, but this daemon was not started with --allow-remote-code; "
             "Qwen3 needs no remote code: set it to false",
         )
-    if config.parallel.strategy not in SUPPORTED_STRATEGIES:
-        raise CryptotuneError(
-            ErrorCode.CONFIG_INVALID,
-            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA "
-            "adapters with data parallelism; set parallel.strategy to data_parallel or auto",
-        )
+    refuse_unsupported(config.parallel.strategy)
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
     if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
         world_size = gpu_count

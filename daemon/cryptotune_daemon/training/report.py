@@ -41,6 +41,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "precision",
     "device",
     "world_size",
+    "strategy",
+    "mesh",
 )
 
 
@@ -121,6 +123,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Pipeline", report.get("pipeline_id")),
         ("Model", report.get("model")),
         ("Device", f"{report.get('device')} × {report.get('world_size')} ({report.get('precision')})"),
+        ("Strategy", f"{report.get('strategy', 'data_parallel')}, mesh {report.get('mesh') or {}}"),
         ("Train / eval samples", f"{report.get('train_samples')} / {report.get('eval_samples')}"),
         ("Steps", report.get("steps")),
         ("Resumed from step", report.get("resumed_from_step")),
@@ -190,6 +193,7 @@ def build_report(
     plan: Plan,
     device: str,
     world_size: int,
+    mesh: Mapping[str, int],
     oom_recoveries: list[Any],
     hashes: Hashes,
 ) -> dict[str, Any]:
@@ -222,6 +226,8 @@ def build_report(
         "precision": plan.precision,
         "device": device,
         "world_size": world_size,
+        "strategy": trainer_state.strategy,
+        "mesh": dict(mesh),
         "micro_batch_size": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
         "effective_batch_size": plan.effective_batch_size,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
+from cryptotune_daemon.config.strategies import refuse_unsupported
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     Hashes,
     refuse_if_changed,
 )
-from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
+from cryptotune_daemon.training.hashing import (
+    config_differences,
+    config_fingerprint,
+    config_hash,
+    data_hash,
+    legacy_config_hash,
+)
 from cryptotune_daemon.worker.log_setup import apply_system_logging
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
@@ -34,13 +40,7 @@ class InitStage(StageBase):
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         apply_system_logging(config.system, self.output_dir, rank=self.rank)
-        strategy = str(config.parallel.strategy)
-        if strategy not in SUPPORTED_STRATEGIES:
-            raise CryptotuneError(
-                ErrorCode.CONFIG_INVALID,
-                f"parallel.strategy '{strategy}' is not supported: cryptotune trains LoRA adapters with data "
-                "parallelism; set parallel.strategy to data_parallel or auto",
-            )
+        refuse_unsupported(str(config.parallel.strategy))
         source = resolve_model(
             str(config.model.model_name),
             trust_remote_code=bool(config.model.trust_remote_code),
@@ -60,6 +60,7 @@ class InitStage(StageBase):
         hashes = Hashes(
             data=data_hash(self.spec.data_path),
             config=config_hash(config),
+            config_legacy=legacy_config_hash(config),
             tokenizer=tokenizer_hash(tokenizer),
         )
         if self.spec.resume is not None and self.state.hashes.data:
