@@ -59,6 +59,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PARTS = ("daemon_job", "throughput", "oom_recovery", "strategies", "long_sequences")
 RESULT_SUFFIX = ".result.json"
+DAEMON_PIDS = "daemon.pids"
 MB = 2**20
 SEED = 1234
 LORA_RANK = 16
@@ -136,8 +137,8 @@ REHEARSAL = Profile(
     job_batch=("2", "1"),
     job_timeout_s=400,
     throughput_shape="tiny",
-    throughput_samples=8,  # 2 optimiser steps of 4 samples
-    throughput_batch=4,
+    throughput_samples=4,  # 2 optimiser steps of 2 samples
+    throughput_batch=2,
     oom_shape="tiny",
     oom_sample_tokens=64,
     oom_effective_batch=4,
@@ -394,7 +395,7 @@ parallel:
 
 
 @contextlib.contextmanager
-def daemon() -> Iterator[Any]:
+def daemon(work: Path) -> Iterator[Any]:
     """A ``cryptotuned`` from this checkout on a temp state dir and unix socket; its log goes to ours."""
     bench_daemon = load_bench("daemon")
     root = Path(tempfile.mkdtemp(prefix="ctp-", dir="/tmp"))  # unix socket paths are short
@@ -402,6 +403,9 @@ def daemon() -> Iterator[Any]:
     running = None
     try:
         running = bench_daemon.Daemon(root, command=[sys.executable, "-m", "cryptotune_daemon.main"])
+        # The daemon leads a session of its own: if this part runs out of time, the driver ends it by pid.
+        with (work / DAEMON_PIDS).open("a", encoding="utf-8") as pids:
+            pids.write(f"{running.process.pid}\n")
         log(f"cryptotuned serving at {running.address} after {time.monotonic() - started:.1f} s")
         yield running
     finally:
@@ -502,7 +506,7 @@ def list_gpus(running: Any) -> dict[str, Any]:
 def part_daemon_job(ctx: Context) -> dict[str, Any]:
     p = ctx.profile
     model_dir = random_model_dir(ctx, p.job_shape)
-    with daemon() as running:
+    with daemon(ctx.work) as running:
         gpus = list_gpus(running)
         log(f"list-gpus: {json.dumps(gpus)}")
         job = run_job(
@@ -814,7 +818,7 @@ def part_strategies(ctx: Context) -> dict[str, Any]:
     names = ctx.strategies or schema_strategies()
     model_dir = random_model_dir(ctx, p.job_shape)
     results: list[dict[str, Any]] = []
-    with daemon() as running:
+    with daemon(ctx.work) as running:
         for name in names:
             output_dir = ctx.work / f"strategy-{name}"
             try:
@@ -1104,6 +1108,22 @@ def drive(args: argparse.Namespace) -> int:
     return 0
 
 
+def end_daemons(work: Path) -> None:
+    """Ends the daemons a timed-out part started, with their workers (each in a session of its own)."""
+    import psutil
+
+    path = work / DAEMON_PIDS
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").split():
+        with contextlib.suppress(psutil.Error, ValueError):
+            parent = psutil.Process(int(line))
+            for process in [*parent.children(recursive=True), parent]:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+    path.unlink()
+
+
 def run_part_process(
     name: str, args: argparse.Namespace, work: Path, log_path: Path, timeout: float
 ) -> dict[str, Any]:
@@ -1125,6 +1145,7 @@ def run_part_process(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
             process.wait()
+            end_daemons(work)
             code = None
     seconds = round(time.monotonic() - started, 1)
     result_path = work / f"{name}{RESULT_SUFFIX}"
