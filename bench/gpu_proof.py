@@ -1165,6 +1165,105 @@ def run_part_process(
     return {"ok": bool(figures.pop("ok", False)), "seconds": seconds, **figures}
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The figures of a ``gpu_proof.json`` as Markdown tables, for bench/RESULTS.md."""
+    kind = "CPU rehearsal (tiny shapes; not GPU figures)" if report["rehearsal"] else "GPU run"
+    lines = [
+        f"{kind}. Device: {report['device']}; {report['started_at']}, commit {report['commit']}; "
+        f"{report.get('seconds', 0):.0f} s in all.",
+        "",
+        "| part | ok | seconds | note |",
+        "|---|---|---:|---|",
+    ]
+    parts = {part["name"]: part for part in report["parts"]}
+    for part in report["parts"]:
+        note = part.get("skipped") or part.get("error") or ""
+        if "checks" in part and not part["ok"]:
+            note = "failed: " + ", ".join(k for k, v in part["checks"].items() if not v)
+        lines.append(f"| {part['name']} | {'yes' if part['ok'] else 'no'} | {part['seconds']:.1f} | {note} |")
+    job = parts.get("daemon_job", {}).get("job")
+    if job:
+        plan, rep = job["plan"], job["report"]
+        lines += [
+            "",
+            f"Daemon job: {job['state']} in {job['seconds']:.0f} s, {rep['steps']} steps, "
+            f"{plan['precision']}, "
+            f"micro-batch {plan['micro_batch_size']} × {plan['gradient_accumulation_steps']}, packing "
+            f"{plan['packing']}, checkpoints {', '.join(job['checkpoints'])}, eval loss {rep['eval_loss']}, "
+            f"{rep['tokens_per_second']:.0f} trained tokens/s, peak {rep['peak_memory_mb']} MB "
+            f"(planner {plan['memory_estimate_mb']} MB), {job['gpu_samples']} gpu_sample events.",
+        ]
+    throughput = parts.get("throughput", {})
+    if throughput.get("variants"):
+        lines += [
+            "",
+            f"Throughput, Qwen3 shape `{throughput['model_shape']}`, {throughput['samples']} samples, "
+            f"{throughput['tokens']:,} tokens, effective batch {throughput['effective_batch']}; MFU against "
+            f"{throughput['peak_flops'] / 1e9:,.1f} GFLOP/s ({throughput['peak_flops_source']}); FLOPs "
+            f"{throughput['flops_formula']}.",
+            "",
+            "| variant | steps | trained tokens/s | median step s | peak memory MB | MFU "
+            "| MFU (median step) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, v in throughput["variants"].items():
+            if not v.get("ok"):
+                lines.append(f"| {key}. {v['variant']} | failed: {v.get('error', '')[:200]} | | | | | |")
+                continue
+            lines.append(
+                f"| {key}. {v['variant']} | {v['steps']} | {v['trained_tokens_per_second']:,.0f} "
+                f"| {v['median_step_seconds']:.3f} | {v['peak_memory_mb']:,.0f} | {v['mfu']:.1%} "
+                f"| {v['mfu_median_step']:.1%} |"
+            )
+    oom = parts.get("oom_recovery", {})
+    if oom.get("recoveries"):
+        r = oom["recoveries"][0]
+        cap = f", memory capped at {oom['memory_cap_mb']} MB" if "memory_cap_mb" in oom else ""
+        lines += [
+            "",
+            f"OOM recovery: planned micro-batch {oom['planned_micro_batch']} "
+            f"(planner {oom['planner_estimate_mb']} MB, measured "
+            f"peak {oom.get('measured_peak_mb')} MB{cap}); "
+            f"out of memory at step {r['step']} "
+            f"({oom.get('oom_source') or str(oom.get('cuda_ooms')) + ' CUDA OOM(s)'}), micro-batch "
+            f"{r['old_micro_batch']} → {r['new_micro_batch']}, accumulation {r['old_accumulation']} → "
+            f"{r['new_accumulation']}, resumed from step {r['resumed_from_step']}, finished "
+            f"{oom['steps']}/{oom['total_steps']} steps.",
+        ]
+    strategies = parts.get("strategies", {}).get("strategies")
+    if strategies:
+        lines += [
+            "",
+            "| strategy | world size | ok | tokens/s | peak MB | note |",
+            "|---|---:|---|---:|---:|---|",
+        ]
+        for st in strategies:
+            rate = f"{st['tokens_per_second']:,.0f}" if st.get("tokens_per_second") else ""
+            lines.append(
+                f"| {st['strategy']} | {st.get('world_size', '')} | {'yes' if st['ok'] else 'no'} | {rate} "
+                f"| {st.get('peak_memory_mb', '')} | {st.get('skipped') or st.get('error') or ''} |"
+            )
+    long_rows = parts.get("long_sequences", {})
+    if long_rows.get("runs"):
+        lines += [
+            "",
+            f"Long row: {long_rows['row_tokens']:,} tokens ({long_rows['samples_in_row']} packed samples), "
+            f"Qwen3 shape `{long_rows['model_shape']}`; measured: {long_rows['memory_measured']}.",
+            "",
+            "| gradient checkpointing | median step s | tokens/s | measured peak MB | planner estimate MB "
+            "| measured / estimate | out of memory |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for run in long_rows["runs"]:
+            lines.append(
+                f"| {'on' if run['gradient_checkpointing'] else 'off'} | {run['median_step_seconds']} "
+                f"| {run['tokens_per_second']} | {run['measured_peak_mb']:,.0f} "
+                f"| {run['planner_estimate_mb']:,} "
+                f"| {run['measured_over_estimate']:.2f} | {'yes' if run['out_of_memory'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rehearse", action="store_true", help="run every part on the CPU with tiny shapes")
@@ -1181,6 +1280,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--parts", type=lambda s: s.split(","), help="comma-separated subset of the parts")
     parser.add_argument("--budget", type=int, default=None, help="seconds for the whole run (0: no limit)")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="JSON",
+        help="print a gpu_proof.json's figures as Markdown, run nothing",
+    )
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1192,6 +1297,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
     if args.part:
         ctx = Context(rehearse=args.rehearse, work=args.work, strategies=tuple(args.strategy or ()))
         return run_part_here(args.part, ctx)
