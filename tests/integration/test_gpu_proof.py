@@ -44,7 +44,11 @@ def run_proof(out: Path, *arguments: str) -> dict[str, Any]:
 @pytest.mark.slow
 def test_rehearsal_runs_every_part(tmp_path: Path) -> None:
     report = run_proof(tmp_path, "--rehearse")
-    log = (tmp_path / "gpu_proof.log").read_text(errors="replace")
+    check_rehearsal(report, (tmp_path / "gpu_proof.log").read_text(errors="replace"))
+
+
+def check_rehearsal(report: dict[str, Any], log: str) -> None:
+    """Every part ran and passed, none skipped, and each reports the figures it exists for."""
     parts = {part["name"]: part for part in report["parts"]}
     failed = {name: part.get("error") or part.get("checks") for name, part in parts.items() if not part["ok"]}
     assert not failed, f"{failed}\n{log[-6000:]}"
