@@ -414,6 +414,10 @@ def daemon(work: Path) -> Iterator[Any]:
         daemon_log = root / "daemon.log"
         if daemon_log.exists():
             log("---- daemon log ----\n" + daemon_log.read_text(errors="replace")[-20000:])
+        for worker_log in sorted(root.glob("**/worker.log")):
+            log(
+                f"---- {worker_log.relative_to(root)} ----\n" + worker_log.read_text(errors="replace")[-8000:]
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
