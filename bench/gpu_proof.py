@@ -42,6 +42,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -1059,6 +1060,8 @@ def summary_line(part: dict[str, Any]) -> str:
 
 
 def drive(args: argparse.Namespace) -> int:
+    # A SIGTERM (a test's or a tool's time limit) unwinds, so the running part is ended too.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "gpu_proof.log"
@@ -1128,6 +1131,14 @@ def end_daemons(work: Path) -> None:
     path.unlink()
 
 
+def end_part(process: subprocess.Popen[bytes], work: Path) -> None:
+    """Ends a part's process group (benchmark variants included) and the daemons it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    end_daemons(work)
+
+
 def run_part_process(
     name: str, args: argparse.Namespace, work: Path, log_path: Path, timeout: float
 ) -> dict[str, Any]:
@@ -1141,16 +1152,17 @@ def run_part_process(
     with log_path.open("ab") as handle:
         handle.write(f"\n==== part {name} (limit {timeout:.0f} s) ====\n".encode())
         handle.flush()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        # A process group of its own (to end it whole) in this session (so whoever ends the run ends it).
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, process_group=0)
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # The part's process group: its daemon, workers and benchmark variants too.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait()
-            end_daemons(work)
             code = None
+        except BaseException:  # stopped (SIGTERM, Ctrl-C): end the part, its daemon and workers too
+            end_part(process, work)
+            raise
+        if code is None:
+            end_part(process, work)
     seconds = round(time.monotonic() - started, 1)
     result_path = work / f"{name}{RESULT_SUFFIX}"
     if code is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +24,21 @@ PARTS = ["daemon_job", "throughput", "oom_recovery", "strategies", "long_sequenc
 def run_proof(out: Path, *arguments: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("OUT", None)
-    done = subprocess.run(
+    process = subprocess.Popen(
         ["bash", str(SCRIPT), *arguments, "--out", str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:  # the test's timeout: the script ends its running part on SIGTERM
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=60)
+        raise
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     log = (out / "gpu_proof.log").read_text(errors="replace") if (out / "gpu_proof.log").exists() else ""
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{log[-6000:]}"
     report: dict[str, Any] = json.loads((out / "gpu_proof.json").read_text(encoding="utf-8"))
@@ -42,6 +51,7 @@ def run_proof(out: Path, *arguments: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 20 minutes on a busy shared 2-core machine
 def test_rehearsal_runs_every_part(tmp_path: Path) -> None:
     report = run_proof(tmp_path, "--rehearse")
     check_rehearsal(report, (tmp_path / "gpu_proof.log").read_text(errors="replace"))
