@@ -81,16 +81,21 @@ def percentile(values: list[float], percent: float) -> float:
 
 
 class Daemon:
-    """A ``cryptotuned`` on a temp state dir, listening on a unix socket only."""
+    """A ``cryptotuned`` on a temp state dir, listening on a unix socket only.
 
-    def __init__(self, root: Path) -> None:
+    ``command`` starts the daemon (default: the ``cryptotuned`` script beside this Python; a source
+    checkout without an installed script passes ``[python, "-m", "cryptotune_daemon.main"]``).
+    """
+
+    def __init__(self, root: Path, command: list[str] | None = None) -> None:
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True)
         self.address = f"unix://{self.state_dir}/d.sock"
         self.log_path = root / "daemon.log"
+        start = command or [str(BIN / "cryptotuned")]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "cryptotuned"), "--state-dir", str(self.state_dir), "--listen", self.address],
+                [*start, "--state-dir", str(self.state_dir), "--listen", self.address],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1"},
