@@ -221,8 +221,8 @@ def model_facts(shape: str) -> Any:
 
 def synthetic_examples(count: int, length: int, seed: int = SEED) -> list[Any]:
     """``count`` samples of exactly ``length`` random tokens, the first quarter a masked prompt."""
-    from cryptotune_daemon.training.dataset import Example
     from cryptotune_daemon.constants import IGNORE_INDEX
+    from cryptotune_daemon.training.dataset import Example
 
     rng = random.Random(seed)
     prompt = length // 4
@@ -875,8 +875,8 @@ def part_long_sequences(ctx: Context) -> dict[str, Any]:
     import torch
 
     from cryptotune_daemon.training.models import uses_varlen_attention
-    from cryptotune_daemon.training.trainer import TrainingOutOfMemory
     from cryptotune_daemon.training.planner import detect_device, estimate_memory, lora_parameter_count
+    from cryptotune_daemon.training.trainer import TrainingOutOfMemory
 
     tt = load_bench("train_throughput")
     p = ctx.profile
