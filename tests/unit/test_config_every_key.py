@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from cryptotune_daemon.config import SECTIONS, CryptotuneConfig, load_config, validate_config_text
+from cryptotune_daemon.config.schema import generation_record_count
 from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.submission import SubmitRequest, prepare
@@ -176,6 +177,16 @@ def test_parallel_keys_change_the_world_size(submit_env: Callable[..., Any]) -> 
     assert submit_env({**distributed, "parallel.strategy": "auto"}, gpu_count=4).spec.world_size == 4
 
 
+def test_the_generation_bound_limits_the_checked_records() -> None:
+    def checked(settings: dict[str, Any]) -> int:
+        training = config_of(settings).training
+        return generation_record_count(
+            int(training.eval_sample_size), int(training.max_new_tokens), int(training.max_generated_tokens)
+        )
+
+    assert checked({}) > checked({"training.max_generated_tokens": 256}) >= 1
+
+
 STRATEGY_KEYS = {
     "parallel.tensor_parallel_size": 2,
     "parallel.pipeline_schedule": "gpipe",
@@ -215,6 +226,7 @@ OTHER_PROBES = {
     "parallel.world_size": test_parallel_keys_change_the_world_size,
     "parallel.enable_distributed": test_parallel_keys_change_the_world_size,
     "system.output_dir": test_system_output_dir_chooses_the_output_dir,
+    "training.max_generated_tokens": test_the_generation_bound_limits_the_checked_records,
     **dict.fromkeys(STRATEGY_KEYS, test_strategy_keys_are_used_or_warned_about),
 }
 
