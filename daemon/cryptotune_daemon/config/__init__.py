@@ -1,5 +1,6 @@
 """The cryptotune config: pydantic schema, YAML validation with line numbers, template and JSON schema."""
 
+from cryptotune_daemon.config.issues import ConfigIssue
 from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
@@ -13,7 +14,6 @@ from cryptotune_daemon.config.schema import (
 )
 from cryptotune_daemon.config.template import config_json_schema, config_template
 from cryptotune_daemon.config.validate import (
-    ConfigIssue,
     ConfigReport,
     dump_config,
     format_issue,
