@@ -15,7 +15,6 @@ from cryptotune_daemon.config.schema import (
 from cryptotune_daemon.config.template import config_json_schema, config_template
 from cryptotune_daemon.config.validate import (
     ConfigReport,
-    dump_config,
     format_issue,
     load_config,
     validate_config_text,
@@ -35,7 +34,6 @@ __all__ = [
     "TrainingConfig",
     "config_json_schema",
     "config_template",
-    "dump_config",
     "format_issue",
     "load_config",
     "validate_config_text",

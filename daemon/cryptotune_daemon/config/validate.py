@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import yaml
-
 from cryptotune_daemon.config.issues import ConfigIssue, _Collector, _sorted
 from cryptotune_daemon.config.rules import _cross_checks, _warnings
 from cryptotune_daemon.config.schema import CryptotuneConfig
@@ -100,17 +98,3 @@ def load_config(
         lines.extend(format_issue(issue, source_name) for issue in report.errors)
         raise CryptotuneError(ErrorCode.CONFIG_INVALID, "\n".join(lines))
     return report.config
-
-
-def dump_config(config: CryptotuneConfig) -> str:
-    """Writes a config as YAML that :func:`load_config` reads back to an equal config.
-
-    Args:
-        config: the config, typically after ``auto`` settings were resolved.
-
-    Returns:
-        YAML text with every section and key, in the template's order.
-    """
-    values = config.model_dump(mode="python")
-    # Large width: a long model path must not be folded over two lines.
-    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10_000)
