@@ -142,12 +142,16 @@ class Daemon:
 
 
 class Sampler:
-    """Samples a process's RSS (peak) and CPU time while running."""
+    """Samples a process's RSS (peak) and CPU time while running; ``with_children`` adds its child
+    processes' (the daemon's inspection helper), so memory moved out of the daemon still counts."""
 
-    def __init__(self, process: psutil.Process, interval: float = 0.02) -> None:
+    def __init__(
+        self, process: psutil.Process, interval: float = 0.02, *, with_children: bool = False
+    ) -> None:
         self.process = process
         self.interval = interval
-        self.base_rss = process.memory_info().rss
+        self.with_children = with_children
+        self.base_rss = self._rss()
         self.peak_rss = self.base_rss
         times = process.cpu_times()
         self.cpu_start = times.user + times.system
@@ -159,7 +163,15 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with contextlib.suppress(psutil.Error):
-                self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+                self.peak_rss = max(self.peak_rss, self._rss())
+
+    def _rss(self) -> int:
+        processes = [self.process, *(self.process.children(recursive=True) if self.with_children else [])]
+        total = 0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
@@ -372,14 +384,15 @@ def tokenizer_floor(path: Path, batch: int = 1024) -> dict[str, float]:
 
 def inspect_data(daemon: Daemon, root: Path, sizes: list[int]) -> dict[str, Any]:
     command = [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "--json"]
-    # Warm up: the first inspection loads the tokenizer into the daemon, whatever the file's size.
+    # Warm up: the first inspection starts the daemon's inspection helper process and loads the
+    # tokenizer there, whatever the file's size.
     subprocess.run([*command, "inspect-data", str(DATA)], capture_output=True, timeout=600, check=False)
     results = {}
     for size in sizes:
         path = write_records(root / f"records-{size}.jsonl", size)
         with daemon.client() as client:
             client.upload(path)  # stored first: the timing is the inspection's
-        sampler = Sampler(daemon.ps, interval=0.01)
+        sampler = Sampler(daemon.ps, interval=0.01, with_children=True)
         started = time.perf_counter()
         completed = subprocess.run(
             [*command, "inspect-data", str(path)], capture_output=True, text=True, timeout=1800, check=False

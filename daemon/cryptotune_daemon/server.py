@@ -35,6 +35,7 @@ from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.services.config_servicer import ConfigServicer
 from cryptotune_daemon.services.data_servicer import DataServicer
 from cryptotune_daemon.services.gpu_servicer import GpuServicer
+from cryptotune_daemon.services.inspection_process import InspectionProcess
 from cryptotune_daemon.services.job_servicer import JobServicer
 from cryptotune_daemon.services.request_guard import RequestGuardInterceptor
 from cryptotune_daemon.settings import DaemonSettings
@@ -86,6 +87,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._watchdog: asyncio.Task[None] | None = None
         self.blobs: BlobStore | None = None
+        self.inspections = InspectionProcess()
         self.bound_ports: dict[str, int] = {}
         self.store: JobStore | None = None
         self.jobs: JobManager | None = None
@@ -131,7 +133,7 @@ class Daemon:
         )
         config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.inventory), server)
         data_pb2_grpc.add_DataServiceServicer_to_server(
-            DataServicer(self.blobs, self.settings.cache_dir), server
+            DataServicer(self.blobs, self.settings.cache_dir, self.inspections), server
         )
         gpu_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(self.inventory, self._owners), server)
         job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
@@ -236,6 +238,7 @@ class Daemon:
         self._servers.clear()
         if self.store is not None:
             self.store.close()
+        await asyncio.to_thread(self.inspections.close)
         for address in self.settings.listen:
             path = _unix_path(address)
             if path is not None:

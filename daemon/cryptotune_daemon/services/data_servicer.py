@@ -12,8 +12,8 @@ import grpc
 from cryptotune.proto.v1 import data_pb2, data_pb2_grpc
 from cryptotune_daemon.constants import BUILTIN_TINY_QWEN3, DEFAULT_MAX_SEQ_LENGTH, MAX_SEQ_LENGTH
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import unary
+from cryptotune_daemon.services.inspection_process import InspectionProcess, InspectionRequest
 from cryptotune_daemon.services.validation import MODEL_HINT, int_range, path_text, shown
 from cryptotune_daemon.storage.blobs import BlobStore
 
@@ -23,9 +23,10 @@ MAX_SAMPLES_SHOWN = 1000
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     """Receives uploads and inspects stored data files."""
 
-    def __init__(self, blobs: BlobStore, cache_dir: Path) -> None:
+    def __init__(self, blobs: BlobStore, cache_dir: Path, inspections: InspectionProcess) -> None:
         self._blobs = blobs
         self._cache_dir = cache_dir
+        self._inspections = inspections
 
     @unary
     async def Upload(
@@ -88,32 +89,15 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         )
         path_text(request.model, "model", MODEL_HINT)
         blob = self._blobs.get(request.digest)
-        report = await asyncio.to_thread(
-            self._inspect,
-            blob.path,
-            request.display_name or blob.digest[:12],
-            request.format or None,
-            request.sample,
-            request.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-            request.model,
-        )
-        return serde.inspection(report)
-
-    def _inspect(
-        self, path: Path, name: str, file_format: str | None, sample: int, max_len: int, model: str
-    ) -> Any:
-        # Imported lazily: transformers takes seconds to import and most RPCs never need it.
-        from cryptotune_daemon.data.inspect import inspect_data
-        from cryptotune_daemon.data.tokenizer import load_tokenizer
-
-        model_name = model or BUILTIN_TINY_QWEN3
-        tokenizer = load_tokenizer(model_name, self._cache_dir)
-        return inspect_data(
-            path,
-            display_name=name,
-            tokenizer=tokenizer,
-            file_format=file_format,
-            sample=sample,
-            max_seq_length=max_len,
-            tokenizer_name=model or "qwen3",
+        return await self._inspections.inspect(
+            InspectionRequest(
+                path=blob.path,
+                display_name=request.display_name or blob.digest[:12],
+                file_format=request.format or None,
+                sample=request.sample,
+                max_seq_length=request.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
+                model=request.model or BUILTIN_TINY_QWEN3,
+                tokenizer_name=request.model or "qwen3",
+                cache_dir=self._cache_dir,
+            )
         )
