@@ -22,6 +22,8 @@ from pathlib import Path
 from cryptotune.proto.v1 import data_pb2
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
+HELPER_EXIT_S = 5.0
+
 
 @dataclass(frozen=True)
 class InspectionRequest:
@@ -102,8 +104,14 @@ class InspectionProcess:
         return response
 
     def close(self) -> None:
-        """Ends the helper process (daemon shutdown)."""
+        """Ends the helper process at once (daemon shutdown), even in the middle of an inspection."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        # The executor has no public way to end a running call; its process table is the only handle.
+        helpers = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for helper in helpers:
+            helper.terminate()
+            helper.join(HELPER_EXIT_S)
