@@ -158,12 +158,14 @@ class GenerationResult:
         crypto_term_recall: mean share of each record's crypto terms found in its answer part.
         samples: a few generations for the report (truncated).
         evaluated: how many records were generated for.
+        length_cap_rate: share of generations that stopped at ``max_new_tokens`` instead of ending.
     """
 
     thinking_format_rate: float | None
     crypto_term_recall: float | None
     samples: list[dict[str, Any]]
     evaluated: int
+    length_cap_rate: float | None = None
 
 
 @torch.no_grad()
@@ -206,8 +208,10 @@ def generation_eval(
                 output = model.generate(
                     input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config
                 )
-            text = tokenizer.decode(output[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
+            generated = output[0, prompt.shape[1] :].tolist()
+            text = tokenizer.decode(generated, skip_special_tokens=True)
             answer = answer_part(text)
+            ended = bool(generated) and generated[-1] in eos_ids
             local.append(
                 {
                     "position": position,
@@ -215,6 +219,7 @@ def generation_eval(
                     "difficulty": example.difficulty,
                     "thinking_ok": thinking_format_ok(text),
                     "recall": term_recall(answer, example.crypto_terms),
+                    "capped": not ended and len(generated) >= max_new_tokens,
                     "prompt": tokenizer.decode(list(example.input_ids[: example.prompt_tokens]))[
                         -SAMPLE_TEXT_LIMIT:
                     ],
@@ -233,4 +238,5 @@ def generation_eval(
         crypto_term_recall=sum(recalls) / len(recalls) if recalls else None,
         samples=[{k: v for k, v in r.items() if k != "position"} for r in results[:LISTED_SAMPLES]],
         evaluated=len(results),
+        length_cap_rate=sum(1 for r in results if r["capped"]) / len(results),
     )

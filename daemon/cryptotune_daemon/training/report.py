@@ -27,6 +27,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "perplexity_by_difficulty",
     "thinking_format_rate",
     "crypto_term_recall",
+    "length_cap_rate",
+    "base",
     "tokens_per_second",
     "peak_memory_mb",
     "stage_seconds",
@@ -37,6 +39,38 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "device",
     "world_size",
 )
+
+
+# The base model's figures (adapter disabled, same eval split), beside the tuned ones: ``report["base"]``.
+BASE_KEYS: tuple[str, ...] = (
+    "eval_loss",
+    "eval_loss_by_difficulty",
+    "perplexity",
+    "thinking_format_rate",
+    "term_recall",
+    "length_cap_rate",
+)
+# (label, key in report["base"], key among the tuned figures) of the side-by-side table.
+_COMPARED = (
+    ("Eval loss", "eval_loss", "eval_loss"),
+    ("Perplexity", "perplexity", "perplexity"),
+    ("Thinking-format rate", "thinking_format_rate", "thinking_format_rate"),
+    ("Crypto-term recall", "term_recall", "crypto_term_recall"),
+    ("Length-cap rate", "length_cap_rate", "length_cap_rate"),
+)
+
+
+def comparison_rows(report: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(figure, base value, tuned value) rows of the before/after comparison, per difficulty included."""
+    base = report.get("base") or {}
+    rows: list[tuple[str, Any, Any]] = [
+        (label, base.get(base_key), report.get(tuned_key)) for label, base_key, tuned_key in _COMPARED
+    ]
+    base_by = base.get("eval_loss_by_difficulty") or {}
+    tuned_by = report.get("eval_loss_by_difficulty") or {}
+    for difficulty in sorted(set(base_by) | set(tuned_by)):
+        rows.append((f"Eval loss, difficulty {difficulty}", base_by.get(difficulty), tuned_by.get(difficulty)))
+    return rows
 
 
 def json_safe(value: Any) -> Any:
@@ -141,6 +175,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines = ["# cryptotune report", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
+    lines += ["", "## Before and after fine-tuning", "", "Same eval split; base = the adapter switched off.", ""]
+    lines += ["| | base | fine-tuned |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(base)} | {_fmt(tuned)} |" for name, base, tuned in comparison_rows(report)]
     lines += ["", f"![loss]({LOSS_CURVE})", "", "## Stages", "", "| stage | seconds |", "|---|---|"]
     stage_seconds = report.get("stage_seconds") or {}
     lines += [f"| {stage} | {_fmt(seconds)} |" for stage, seconds in stage_seconds.items()]

@@ -18,7 +18,7 @@ class CompleteStage(StageBase):
     """The ``complete`` stage and its restore."""
 
     def _complete(self) -> None:
-        from cryptotune_daemon.training.report import peak_memory_mb, write_report
+        from cryptotune_daemon.training.report import BASE_KEYS, peak_memory_mb, write_report
 
         self._complete_started = time.monotonic()
         dist = self.ctx.dist
@@ -57,7 +57,9 @@ class CompleteStage(StageBase):
                 "perplexity_by_difficulty": metrics.get("perplexity_by_difficulty") or {},
                 "thinking_format_rate": metrics.get("thinking_format_rate"),
                 "crypto_term_recall": metrics.get("crypto_term_recall"),
+                "length_cap_rate": metrics.get("length_cap_rate"),
                 "generation_evaluated": metrics.get("generation_evaluated", 0),
+                "base": metrics.get("base") or dict.fromkeys(BASE_KEYS),
                 "tokens_per_second": self.ctx.tokens_per_second,
                 "trained_tokens": state.trained_tokens,
                 "peak_memory_mb": peak_memory_mb(dist.device.type),
@@ -77,6 +79,7 @@ class CompleteStage(StageBase):
                 "config_hash": self.ctx.hashes.config,
                 "tokenizer_hash": self.ctx.hashes.tokenizer,
                 "generation_samples": metrics.get("generation_samples") or [],
+                "base_generation_samples": metrics.get("base_generation_samples") or [],
             }
             write_report(self.output_dir, report, state.loss_history, state.eval_history)
         dist.barrier()
