@@ -25,6 +25,8 @@ class DaemonSettings:
         tls_cert: PEM certificate chain for TCP listeners (required off loopback).
         tls_key: PEM private key matching ``tls_cert``.
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
+        max_chats: chats answered at once (each needs an inference worker with its job's model).
+        chat_idle_timeout_s: an inference worker nobody used for this long is freed.
     """
 
     state_dir: Path
@@ -38,6 +40,8 @@ class DaemonSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    max_chats: int = 2
+    chat_idle_timeout_s: float = 300.0
 
     @property
     def auth_token_path(self) -> Path:
@@ -54,6 +58,11 @@ class DaemonSettings:
     @property
     def jobs_dir(self) -> Path:
         return self.state_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Inference workers' logs and requests, and merged exports in progress."""
+        return self.state_dir / "models"
 
     @property
     def db_path(self) -> Path:

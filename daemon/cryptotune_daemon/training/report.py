@@ -69,7 +69,9 @@ def comparison_rows(report: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     base_by = base.get("eval_loss_by_difficulty") or {}
     tuned_by = report.get("eval_loss_by_difficulty") or {}
     for difficulty in sorted(set(base_by) | set(tuned_by)):
-        rows.append((f"Eval loss, difficulty {difficulty}", base_by.get(difficulty), tuned_by.get(difficulty)))
+        rows.append(
+            (f"Eval loss, difficulty {difficulty}", base_by.get(difficulty), tuned_by.get(difficulty))
+        )
     return rows
 
 
@@ -175,7 +177,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines = ["# cryptotune report", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
-    lines += ["", "## Before and after fine-tuning", "", "Same eval split; base = the adapter switched off.", ""]
+    lines += [
+        "",
+        "## Before and after fine-tuning",
+        "",
+        "Same eval split; base = the adapter switched off.",
+        "",
+    ]
     lines += ["| | base | fine-tuned |", "|---|---|---|"]
     lines += [f"| {name} | {_fmt(base)} | {_fmt(tuned)} |" for name, base, tuned in comparison_rows(report)]
     lines += ["", f"![loss]({LOSS_CURVE})", "", "## Stages", "", "| stage | seconds |", "|---|---|"]

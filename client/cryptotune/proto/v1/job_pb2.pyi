@@ -556,20 +556,24 @@ Global___ExportProgress: _TypeAlias = ExportProgress  # noqa: Y015
 
 @_typing.final
 class ServingCheck(_message.Message):
-    """Whether vLLM would load the adapter for Qwen3, and the command that serves it."""
+    """Whether vLLM would load the adapter for Qwen3, and what its serve command needs."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LOADABLE_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
-    COMMAND_FIELD_NUMBER: _builtins.int
-    MAX_LORA_RANK_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    MAX_LORA_RANK_FIELD_NUMBER: _builtins.int
     loadable: _builtins.bool
-    command: _builtins.str
-    """`vllm serve ...` (set when loadable)"""
-    max_lora_rank: _builtins.int
+    base_model: _builtins.str
+    """what `vllm serve` loads as the base"""
+    name: _builtins.str
+    """the adapter's name in --lora-modules NAME=DIR"""
     rank: _builtins.int
+    max_lora_rank: _builtins.int
+    """the smallest --max-lora-rank vLLM accepts that fits the rank"""
     @_builtins.property
     def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """what would not load, and why"""
@@ -579,13 +583,14 @@ class ServingCheck(_message.Message):
         *,
         loadable: _builtins.bool = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
-        command: _builtins.str = ...,
-        max_lora_rank: _builtins.int = ...,
+        base_model: _builtins.str = ...,
+        name: _builtins.str = ...,
         rank: _builtins.int = ...,
+        max_lora_rank: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "loadable", b"loadable", "max_lora_rank", b"max_lora_rank", "problems", b"problems", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "loadable", b"loadable", "max_lora_rank", b"max_lora_rank", "name", b"name", "problems", b"problems", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
