@@ -1,4 +1,4 @@
-"""Chat and export through a real daemon: streamed pieces, --compare, cancelling frees the model, serving checks."""
+"""Chat and export through a real daemon: streamed pieces, --compare, cancel frees the model, vLLM checks."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_cancelled_stream_frees_the_model_and_idle_models_are_freed(
 
 
 def test_chat_and_export_errors_are_clear(trained: tuple[RunningDaemon, Path], tmp_path: Path) -> None:
-    daemon, root = trained
+    daemon, _ = trained
     with Client(daemon.address) as client:
         with pytest.raises(NotFound):
             list(client.generate("no-such-job", "hi"))

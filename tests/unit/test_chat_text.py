@@ -1,4 +1,4 @@
-"""Chat text: prompts rendered with the official template, pieces split at </think> into reasoning and answer."""
+"""Chat text: prompts rendered by the official template; pieces split at </think> into reasoning, answer."""
 
 from __future__ import annotations
 
