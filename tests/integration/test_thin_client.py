@@ -50,6 +50,7 @@ def test_every_command_has_help() -> None:
         "cancel",
         "logs",
         "export",
+        "chat",
         "demo",
     ):
         completed = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
