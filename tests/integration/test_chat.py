@@ -15,9 +15,22 @@ from cryptotune import Client
 from cryptotune.errors import FailedPrecondition, InvalidArgument, NotFound
 from cryptotune.types import ChatDone, ChatPiece
 from tests.integration.conftest import RunningDaemon, run_cli, short_tmp_dir, start_daemon, stop_daemon
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
+from tests.integration.test_jobs import SAMPLE, wait_terminal, write_config, write_data
 
 IDLE_TIMEOUT_S = 6
+REASONING, ANSWER = "先想一想。", "答案是四。"
+
+
+def write_short_answers(path: Path, count: int = 16) -> Path:
+    """Records that all reason and answer the same few words: a tiny model learns to close its reasoning."""
+    records = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()[:count]]
+    for record in records:
+        record["thinking"] = f"<thinking>{REASONING}</thinking>"
+        record["output"] = ANSWER
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
 INFERENCE_MODULE = "cryptotune_daemon.worker.inference"
 WAIT_S = 300.0
 
@@ -30,8 +43,8 @@ def trained() -> Iterator[tuple[RunningDaemon, Path]]:
     try:
         with daemon.client() as client:
             job = client.submit(
-                write_data(root / "data.jsonl", count=16),
-                write_config(root / "config.yaml", max_steps=2),
+                write_short_answers(root / "data.jsonl"),
+                write_config(root / "config.yaml", epochs=100, max_steps=40, save_steps=100),
                 output_dir=root / "out",
                 pipeline_id="chat-1",
             )
@@ -90,6 +103,8 @@ def test_chat_json_streams_pieces_then_reasoning_and_answer(trained: tuple[Runni
     assert final["reasoning"] == reasoning.strip("\n")
     assert final["answer"] == answer.strip("\n")
     assert final["finish_reason"] in ("stop", "length")
+    # The fine-tuned model learnt to close its reasoning: the two channels are told apart.
+    assert reasoning.strip() and answer.strip()
     # Greedy decoding is reproducible, and the model stays loaded between chats.
     assert len(inference_workers(daemon)) == 1
     again = run_cli(
