@@ -1,4 +1,7 @@
-"""``cryptotune chat JOB``: talk to a fine-tuned model through the daemon, reasoning dimmed, answer plain."""
+"""``cryptotune chat JOB``: talk to a fine-tuned model through the daemon, reasoning dimmed, answer plain.
+
+The SDK's types and rich are imported when the command runs, so listing commands costs only click.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from cryptotune.cli.context import CliContext, pass_cli
-from cryptotune.types import ChatDone, ChatEvent, ChatPiece, ChatStatus
+
+if TYPE_CHECKING:
+    from cryptotune.types import ChatDone, ChatEvent, ChatStatus
 
 EXIT_INTERRUPTED = 130
 _HEADERS = {"tuned": "fine-tuned", "base": "base model"}
@@ -53,12 +57,19 @@ def _events(
 
 
 def _status(cli_ctx: CliContext, event: ChatStatus) -> None:
+    from rich.text import Text
+
     if event.state != "ready":
         cli_ctx.err.print(Text(f"{event.state}: {event.message}", style="dim italic"), highlight=False)
 
 
 def _show_turn(cli_ctx: CliContext, events: Iterator[ChatEvent], compare: bool) -> Answers:
     """Streams one turn to the terminal: reasoning dimmed, the answer plain, a header per model."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from cryptotune.types import ChatPiece, ChatStatus
+
     out = cli_ctx.out
     answers = Answers()
     current: tuple[str, str] | None = None
@@ -97,6 +108,8 @@ def _show_turn(cli_ctx: CliContext, events: Iterator[ChatEvent], compare: bool) 
 
 def _json_turn(events: Iterator[ChatEvent], cli_ctx: CliContext) -> None:
     """One JSON object per decoded piece, then one with the whole answer (and the base model's)."""
+    from cryptotune.types import ChatPiece, ChatStatus
+
     answers = Answers()
     for event in events:
         if isinstance(event, ChatStatus):
@@ -131,6 +144,8 @@ def _json_turn(events: Iterator[ChatEvent], cli_ctx: CliContext) -> None:
 
 def _interactive(cli_ctx: CliContext, job: str, sampling: Sampling) -> None:
     """A conversation: each answer joins the history (without its reasoning, as the model card says)."""
+    from rich.text import Text
+
     history: list[dict[str, str]] = []
     cli_ctx.err.print(
         Text("Chatting with " + job + ". Ctrl-C stops an answer; Ctrl-D or /exit leaves.", style="dim"),
@@ -215,5 +230,5 @@ def chat(
         else:
             _show_turn(cli_ctx, _events(cli_ctx, job, messages, sampling), compare)
     except KeyboardInterrupt:
-        cli_ctx.err.print(Text("stopped; the model's device is freed", style="yellow"), highlight=False)
+        cli_ctx.err.print("stopped; the model's device is freed", style="yellow", highlight=False)
         sys.exit(EXIT_INTERRUPTED)

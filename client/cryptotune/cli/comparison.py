@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from cryptotune.cli.context import CliContext
-from cryptotune.types import Job
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cryptotune.types import Job
 
 COMPARISON_EVENT = "comparison"
 _FIGURES = (
@@ -27,6 +29,8 @@ def _figure(value: Any) -> str:
 
 def comparison_table(base: dict[str, Any], tuned: dict[str, Any]) -> Table:
     """Base and fine-tuned figures side by side, eval loss per difficulty included."""
+    from rich.table import Table
+
     table = Table(title="before / after fine-tuning (same eval split)")
     table.add_column("figure", style="bold")
     table.add_column("base", justify="right")

@@ -1,15 +1,21 @@
-"""``cryptotune export JOB DIR``: the adapter (checked for vLLM) or, with ``--merged``, the merged model."""
+"""``cryptotune export JOB DIR``: the adapter (checked for vLLM) or, with ``--merged``, the merged model.
+
+rich and the SDK's types are imported when the command runs, so listing commands costs only click.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
-from rich.text import Text
 
 from cryptotune.cli.context import CliContext, pass_cli
-from cryptotune.types import ExportProgress, ServingCheck
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from cryptotune.types import ExportProgress, ServingCheck
 
 GGUF_OUT_OF_SCOPE = (
     "GGUF export (llama.cpp, Ollama) is out of scope for cryptotune: export --merged writes safetensors "
@@ -24,6 +30,8 @@ def _serving_dict(check: ServingCheck, adapter_dir: Path) -> dict[str, object]:
 
 
 def _print_serving(cli_ctx: CliContext, check: ServingCheck, adapter_dir: Path) -> None:
+    from rich.text import Text
+
     out = cli_ctx.out
     if check.loadable:
         out.print(Text.assemble(("✓ ", "bold green"), "vLLM can serve this adapter:"))
@@ -52,6 +60,9 @@ def export(cli_ctx: CliContext, job: str, destination: Path, merged: bool, gguf:
     """
     if gguf:
         cli_ctx.fail(GGUF_OUT_OF_SCOPE, "request.invalid")
+    from rich.progress import BarColumn, Progress, TextColumn
+    from rich.text import Text
+
     checks: list[ServingCheck] = []
     bar = Progress(
         TextColumn("{task.description}"),
