@@ -194,6 +194,7 @@ class InferenceWorker:
         self._queues: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
+        self._freed_because = ""
 
     @property
     def alive(self) -> bool:
@@ -224,8 +225,22 @@ class InferenceWorker:
             queue = self._queues.get(int(message.get("id") or 0))
             if queue is not None:
                 queue.put_nowait(message)
-        lost = {"type": "error", "code": ErrorCode.INTERNAL.value}
-        lost["message"] = f"the inference worker ended unexpectedly; see {self.log_path}"
+        self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """Ends every turn still waiting for this worker, saying why it is gone."""
+        if self._freed_because:
+            lost = {
+                "type": "error",
+                "code": ErrorCode.DAEMON_SHUTTING_DOWN.value,
+                "message": self._freed_because,
+            }
+        else:
+            lost = {
+                "type": "error",
+                "code": ErrorCode.INTERNAL.value,
+                "message": f"the inference worker ended unexpectedly; see {self.log_path}",
+            }
         for queue in self._queues.values():
             queue.put_nowait(lost)
 
@@ -260,13 +275,15 @@ class InferenceWorker:
                 with contextlib.suppress(Exception):
                     self._send({"op": "cancel", "id": request_id})
 
-    async def stop(self) -> None:
-        """Frees the worker (and its device)."""
+    async def stop(self, because: str = "") -> None:
+        """Frees the worker (and its device); a turn still waiting is told ``because`` (the daemon stops)."""
+        self._freed_because = because
         await _end(self.process)
-        if self._reader is not None:
+        if self._reader is not None and not self._reader.done():
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._fail_waiting()
 
 
 def _chat_event(message: dict[str, Any]) -> ChatEvent:
@@ -316,7 +333,7 @@ class InferencePool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         for job_id in list(self._workers):
-            await self._free(job_id)
+            await self._free(job_id, "the daemon is shutting down; chat again once it is back")
 
     def loaded(self) -> dict[str, int]:
         """Job id → the pid of its inference worker, for every loaded model."""
@@ -431,11 +448,11 @@ class InferencePool:
             del self._owners[placement.gpu_uuid]
             self._wake_scheduler()
 
-    async def _free(self, job_id: str) -> None:
+    async def _free(self, job_id: str, because: str = "") -> None:
         worker = self._workers.pop(job_id, None)
         if worker is None:
             return
-        await worker.stop()
+        await worker.stop(because)
         self._release(worker.placement)
         log.info("inference worker of job %s freed", job_id)
 
