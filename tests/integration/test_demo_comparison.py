@@ -11,6 +11,7 @@ from tests.integration.conftest import RunningDaemon, run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the whole demo: minutes on a laptop, far more on a shared CI machine
 def test_demo_ends_with_base_and_fine_tuned_side_by_side(daemon: RunningDaemon, tmp_path: Path) -> None:
     result = run_cli("demo", "-o", str(tmp_path), address=daemon.address, timeout=3600)
     assert result.exit_code == 0, result.stdout + result.stderr
