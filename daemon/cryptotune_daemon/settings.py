@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
+
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
@@ -27,6 +29,7 @@ class DaemonSettings:
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
         max_chats: chats answered at once (each needs an inference worker with its job's model).
         chat_idle_timeout_s: an inference worker nobody used for this long is freed.
+        faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
     """
 
     state_dir: Path
@@ -42,6 +45,7 @@ class DaemonSettings:
     tls_client_ca: Path | None = None
     max_chats: int = 2
     chat_idle_timeout_s: float = 300.0
+    faults: FaultInjection = NO_FAULTS
 
     @property
     def auth_token_path(self) -> Path:

@@ -14,8 +14,8 @@ import pytest
 from cryptotune import Client
 from cryptotune.errors import FailedPrecondition, InvalidArgument, NotFound
 from cryptotune.types import ChatDone, ChatPiece
+from tests.helpers.jobs import SAMPLE, wait_terminal, write_config, write_data
 from tests.integration.conftest import RunningDaemon, run_cli, short_tmp_dir, start_daemon, stop_daemon
-from tests.integration.test_jobs import SAMPLE, wait_terminal, write_config, write_data
 
 IDLE_TIMEOUT_S = 6
 REASONING, ANSWER = "先想一想。", "答案是四。"

@@ -12,8 +12,8 @@ import pytest
 
 from cryptotune import Client
 from cryptotune.types import ExportProgress
+from tests.helpers.jobs import CONFIG, wait_terminal, write_data
 from tests.integration.conftest import RunningDaemon, short_tmp_dir, start_daemon, stop_daemon
-from tests.integration.test_jobs import CONFIG, wait_terminal, write_data
 
 PROMPTS = ("什么是SM4？", "RSA 的安全性基于什么？", "Explain AES-GCM in one line.")
 

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from cryptotune_daemon.worker.config_mapping import _finite, pad_token_id
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 def comparison_figures(loss: Any, generation: Any) -> dict[str, Any]:
@@ -60,6 +60,8 @@ class EvaluationStage(StageBase):
             max_new_tokens=int(config.training.max_new_tokens),
             dist=dist,
             autocast=self._autocast,
+            batch_size=self.ctx.plan.micro_batch_size,
+            max_generated_tokens=int(config.training.max_generated_tokens),
         )
         return loss, generation
 
@@ -85,6 +87,7 @@ class EvaluationStage(StageBase):
                 "length_cap_rate": generation.length_cap_rate,
                 "samples": generation.samples,
                 "evaluated": generation.evaluated,
+                "generated_tokens": generation.generated_tokens,
             },
         )
         # The same split scored by the base model: the LoRA update switched off, nothing reloaded.
@@ -104,6 +107,7 @@ class EvaluationStage(StageBase):
             "length_cap_rate": generation.length_cap_rate,
             "generation_samples": generation.samples,
             "generation_evaluated": generation.evaluated,
+            "generation_tokens": generation.generated_tokens,
             "base": base,
             "base_generation_samples": base_generation.samples,
         }
