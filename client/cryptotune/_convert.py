@@ -150,3 +150,42 @@ def event(msg: job_pb2.JobEvent) -> t.JobEvent:
     return t.JobEvent(
         job_id=msg.job_id, seq=msg.seq, type=msg.type, ts=msg.ts, data=_json_object(msg.data_json)
     )
+
+
+_CHAT_MODELS = {job_pb2.CHAT_MODEL_TUNED: "tuned", job_pb2.CHAT_MODEL_BASE: "base"}
+_CHANNELS = {job_pb2.CHANNEL_REASONING: "reasoning", job_pb2.CHANNEL_ANSWER: "answer"}
+
+
+def chat_event(msg: job_pb2.GenerateChunk) -> t.ChatEvent | None:
+    """A GenerateChunk as a typed chat event (None for a kind this client does not know)."""
+    kind = msg.WhichOneof("kind")
+    if kind == "status":
+        return t.ChatStatus(state=msg.status.state, message=msg.status.message, device=msg.status.device)
+    if kind == "piece":
+        return t.ChatPiece(
+            model=_CHAT_MODELS.get(msg.piece.model, "tuned"),
+            channel=_CHANNELS.get(msg.piece.channel, "answer"),
+            text=msg.piece.text,
+        )
+    if kind == "done":
+        return t.ChatDone(
+            model=_CHAT_MODELS.get(msg.done.model, "tuned"),
+            reasoning=msg.done.reasoning,
+            answer=msg.done.answer,
+            prompt_tokens=msg.done.prompt_tokens,
+            generated_tokens=msg.done.generated_tokens,
+            finish_reason=msg.done.finish_reason,
+        )
+    return None
+
+
+def serving_check(msg: job_pb2.ServingCheck) -> t.ServingCheck:
+    """The daemon's vLLM serving check."""
+    return t.ServingCheck(
+        loadable=msg.loadable,
+        problems=list(msg.problems),
+        base_model=msg.base_model,
+        name=msg.name,
+        rank=msg.rank,
+        max_lora_rank=msg.max_lora_rank,
+    )

@@ -490,13 +490,48 @@ class Client:
         for message in self._stream(self._jobs.StreamLogs, request):
             yield message.line
 
-    def export(self, job: str, destination: str | Path) -> list[Path]:
-        """Copies the job's adapter and report to ``destination`` on this machine."""
+    def export(
+        self,
+        job: str,
+        destination: str | Path,
+        *,
+        merged: bool = False,
+        on_progress: Callable[[t.ExportProgress], None] | None = None,
+        on_serving_check: Callable[[t.ServingCheck], None] | None = None,
+    ) -> list[Path]:
+        """Copies the job's export to ``destination`` on this machine; returns the files written.
+
+        Args:
+            job: job id or pipeline id of a succeeded job.
+            destination: a directory that does not exist yet or is empty.
+            merged: the base model with the adapter merged in (safetensors shards, tokenizer, the
+                official chat template, generation_config.json, a model card) instead of the adapter
+                and report.
+            on_progress: called as the daemon merges and as files arrive.
+            on_serving_check: called (adapter exports) with whether vLLM would load the adapter.
+
+        Raises:
+            InvalidArgument: ``destination`` exists and is not an empty directory.
+        """
         root = Path(destination).expanduser().resolve()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            what = "is not a directory" if not root.is_dir() else "exists and is not empty"
+            raise InvalidArgument(f"export directory {root} {what}: give a new or empty directory")
         written: list[Path] = []
         handle = None
+        received = 0
+        request = job_pb2.ExportJobRequest(job=job, merged=merged)
         try:
-            for chunk in self._stream(self._jobs.ExportJob, job_pb2.ExportJobRequest(job=job)):
+            for chunk in self._stream(self._jobs.ExportJob, request):
+                if chunk.HasField("serving"):
+                    if on_serving_check is not None:
+                        on_serving_check(_convert.serving_check(chunk.serving))
+                    continue
+                if chunk.HasField("progress"):
+                    if on_progress is not None:
+                        progress = chunk.progress
+                        on_progress(t.ExportProgress(progress.phase, progress.done, progress.total))
+                    continue
                 if handle is None:
                     target = (root / chunk.path).resolve()
                     if root not in target.parents:
@@ -505,6 +540,9 @@ class Client:
                     handle = target.open("wb")
                     written.append(target)
                 handle.write(chunk.data)
+                received += len(chunk.data)
+                if on_progress is not None and chunk.data:
+                    on_progress(t.ExportProgress(f"receiving {chunk.path}", received, 0))
                 if chunk.last:
                     handle.close()
                     handle = None
@@ -512,6 +550,63 @@ class Client:
             if handle is not None:
                 handle.close()
         return written
+
+    def generate(
+        self,
+        job: str,
+        messages: str | list[dict[str, str]],
+        *,
+        max_new_tokens: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        compare: bool = False,
+    ) -> Iterator[t.ChatEvent]:
+        """Chats with a succeeded job's model: status events, decoded pieces as they are generated, then
+        one :class:`~cryptotune.types.ChatDone` per model.
+
+        The prompt is rendered with the official Qwen3-Thinking-2507 chat template; earlier assistant
+        turns carry only their answer (the template drops their reasoning). Closing the iterator
+        (or Ctrl-C) cancels the generation and frees the model's device.
+
+        Args:
+            job: job id or pipeline id.
+            messages: one user prompt, or the conversation as ``{"role", "content"}`` dicts ending
+                with a user turn.
+            max_new_tokens: cap on generated tokens per answer (0: the daemon's default, 1024).
+            temperature: sampling temperature (None: the model card's 0.6; 0: greedy decoding).
+            top_p: nucleus sampling mass (None: 0.95).
+            top_k: top-k sampling (None: 20).
+            seed: makes sampling reproducible.
+            compare: also answer with the base model (the adapter disabled), after the tuned one.
+        """
+        conversation = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+        try:
+            chat = [job_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in conversation]
+        except (KeyError, TypeError):
+            raise InvalidArgument("each message needs a 'role' and a 'content'") from None
+        request = job_pb2.GenerateRequest(
+            job=job, messages=chat, max_new_tokens=max_new_tokens, compare=compare
+        )
+        if temperature is not None:
+            request.temperature = temperature
+        if top_p is not None:
+            request.top_p = top_p
+        if top_k is not None:
+            request.top_k = top_k
+        if seed is not None:
+            request.seed = seed
+        call = self._jobs.Generate(request, metadata=tuple(self._metadata()))
+        try:
+            for chunk in call:
+                event = _convert.chat_event(chunk)
+                if event is not None:
+                    yield event
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.address) from None
+        finally:
+            call.cancel()  # a no-op after the end; stops the generation when the caller leaves early
 
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")

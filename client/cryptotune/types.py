@@ -279,3 +279,65 @@ class JobEvent(_Serializable):
     type: str
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatStatus(_Serializable):
+    """Where a chat stands before its first piece: ``queued`` (waiting for a GPU or for another chat),
+    ``loading`` (the model is being loaded) or ``ready``; ``device`` is ``cpu`` or a GPU uuid."""
+
+    state: str
+    message: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ChatPiece(_Serializable):
+    """A decoded piece of an answer (``model``: tuned or base; ``channel``: reasoning or answer)."""
+
+    model: str
+    channel: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ChatDone(_Serializable):
+    """One model's whole answer; ``finish_reason`` is ``stop`` (end of turn) or ``length`` (the cap)."""
+
+    model: str
+    reasoning: str
+    answer: str
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str
+
+
+ChatEvent = ChatStatus | ChatPiece | ChatDone
+
+
+@dataclass(frozen=True)
+class ExportProgress(_Serializable):
+    """Progress of an export: a phase, and steps (or bytes, while files are sent) done of a total."""
+
+    phase: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ServingCheck(_Serializable):
+    """Whether vLLM would load an exported adapter for Qwen3; ``problems`` say what would not load and why."""
+
+    loadable: bool
+    problems: list[str]
+    base_model: str
+    name: str
+    rank: int
+    max_lora_rank: int
+
+    def vllm_command(self, adapter_dir: str) -> str:
+        """The ``vllm serve`` command that serves the adapter found in ``adapter_dir``."""
+        return (
+            f"vllm serve {self.base_model} --enable-lora --lora-modules {self.name}={adapter_dir} "
+            f"--max-lora-rank {self.max_lora_rank} --reasoning-parser deepseek_r1"
+        )

@@ -66,6 +66,20 @@ from cryptotune_daemon.settings import DaemonSettings
     help="Require client certificates signed by this CA (mutual TLS).",
 )
 @click.option(
+    "--max-chats",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Chats answered at once (and models kept loaded for them); more are refused until one ends.",
+)
+@click.option(
+    "--chat-idle-timeout",
+    type=click.FloatRange(0.5),
+    default=300.0,
+    show_default=True,
+    help="Seconds an unused chat model stays loaded before its inference worker is freed.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -97,6 +111,8 @@ def main(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    max_chats: int,
+    chat_idle_timeout: float,
     log_level: str,
     enable_fault_injection: bool,
     inject_fault: tuple[str, ...],
@@ -124,6 +140,8 @@ def main(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        max_chats=max_chats,
+        chat_idle_timeout_s=chat_idle_timeout,
         faults=faults,
     )
     try:

@@ -27,6 +27,8 @@ class DaemonSettings:
         tls_cert: PEM certificate chain for TCP listeners (required off loopback).
         tls_key: PEM private key matching ``tls_cert``.
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
+        max_chats: chats answered at once (each needs an inference worker with its job's model).
+        chat_idle_timeout_s: an inference worker nobody used for this long is freed.
         faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
     """
 
@@ -41,6 +43,8 @@ class DaemonSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    max_chats: int = 2
+    chat_idle_timeout_s: float = 300.0
     faults: FaultInjection = NO_FAULTS
 
     @property
@@ -58,6 +62,11 @@ class DaemonSettings:
     @property
     def jobs_dir(self) -> Path:
         return self.state_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Inference workers' logs and requests, and merged exports in progress."""
+        return self.state_dir / "models"
 
     @property
     def db_path(self) -> Path:

@@ -458,6 +458,7 @@ _SERVER_STREAMING_METHODS = [
     "/cryptotune.proto.v1.JobService/WatchJob",
     "/cryptotune.proto.v1.JobService/StreamLogs",
     "/cryptotune.proto.v1.JobService/ExportJob",
+    "/cryptotune.proto.v1.JobService/Generate",
 ]
 # Bytes that are never a valid message: a truncated varint, bad wire types, a truncated string.
 _CORRUPT = [b"\x08", b"\xff\xff\xff", b"\x0f", b"\x0a\x05ab"]

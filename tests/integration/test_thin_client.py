@@ -52,7 +52,11 @@ COMMAND_HELP = {
     "jobs": ("[OPTIONS]", ("--limit",)),
     "cancel": ("[OPTIONS] JOB", ()),
     "logs": ("[OPTIONS] JOB", ("--follow",)),
-    "export": ("[OPTIONS] JOB DESTINATION", ()),
+    "export": ("[OPTIONS] JOB DESTINATION", ("--merged", "--gguf")),
+    "chat": (
+        "[OPTIONS] JOB",
+        ("--prompt", "--compare", "--max-new-tokens", "--temperature", "--top-p", "--top-k", "--seed"),
+    ),
     "demo": ("[OPTIONS]", ("--output-dir",)),
 }
 

@@ -117,6 +117,21 @@ def test_full_run_writes_report_adapter_and_state(full_run: dict[str, Any]) -> N
     for difficulty, value in perplexities.items():
         assert f"{difficulty}: {value:.4g}" in row
     assert 0.0 <= report["thinking_format_rate"] <= 1.0 and 0.0 <= report["crypto_term_recall"] <= 1.0
+    # The base model (adapter disabled) is scored on the same split; training lowered the loss.
+    base = report["base"]
+    assert set(base) == {
+        "eval_loss",
+        "eval_loss_by_difficulty",
+        "perplexity",
+        "thinking_format_rate",
+        "term_recall",
+        "length_cap_rate",
+    }
+    assert set(base["eval_loss_by_difficulty"]) == set(losses)
+    assert report["eval_loss"] < base["eval_loss"]
+    assert 0.0 <= base["length_cap_rate"] <= 1.0 and 0.0 <= report["length_cap_rate"] <= 1.0
+    assert of(full_run["events"], "comparison")[-1]["base"] == base
+    assert "| | base | fine-tuned |" in markdown
     assert report["peak_memory_mb"] > 0 and report["wall_seconds"] > 0
     assert set(report["stage_seconds"]) == set(STAGES)
     assert report["resumed_from_step"] is None

@@ -1,4 +1,4 @@
-"""Job commands: train, status, watch, jobs, cancel, logs, export, demo.
+"""Job commands: train, status, watch, jobs, cancel, logs, demo.
 
 rich and the live display are imported inside the functions that draw, so that listing these
 commands (``cryptotune --help``) costs only click.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from cryptotune._lazy import LazyModule
+from cryptotune.cli.comparison import print_comparison
 from cryptotune.cli.context import CliContext, pass_cli
 from cryptotune.types import JobState
 
@@ -119,8 +120,13 @@ def _disconnected_note(cli_ctx: CliContext) -> Callable[[DaemonUnavailable], Non
     return disconnected
 
 
-def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
-    """Follows a job until it ends, prints its outcome (or final status JSON) and exits 0/1."""
+def _follow_to_end(
+    cli_ctx: CliContext, job: Job, epilogue: Callable[[CliContext, Job], None] | None = None
+) -> NoReturn:
+    """Follows a job until it ends, prints its outcome (or final status JSON) and exits 0/1.
+
+    ``epilogue`` runs after the outcome is printed (not with --json), e.g. the demo's comparison.
+    """
     client = cli_ctx.client()
     if cli_ctx.json_output:
         _follow_quietly(cli_ctx, job)
@@ -131,6 +137,8 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
         cli_ctx.emit_json(final.status_dict())
     else:
         render.outcome(cli_ctx.out, final)
+        if epilogue is not None and final.state is JobState.SUCCEEDED:
+            epilogue(cli_ctx, final)
     sys.exit(0 if final.state is JobState.SUCCEEDED else EXIT_JOB_FAILED)
 
 
@@ -355,23 +363,6 @@ def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
         sys.exit(0)
 
 
-@click.command("export")
-@click.argument("job")
-@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
-@pass_cli
-def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
-    """Copy JOB's adapter and report into DESTINATION on this machine."""
-    written = cli_ctx.client().export(job, destination)
-    if cli_ctx.json_output:
-        cli_ctx.emit_json({"files": [str(p) for p in written]})
-    else:
-        from rich.text import Text
-
-        cli_ctx.out.print(
-            Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}")
-        )
-
-
 @click.command("demo")
 @click.option(
     "--output-dir",
@@ -403,7 +394,7 @@ def demo(cli_ctx: CliContext, output_dir: Path) -> None:
                 )
             )
         job = cli_ctx.client().submit(data, config, output_dir=target, pipeline_id=pipeline_id)
-    _follow_to_end(cli_ctx, job)
+    _follow_to_end(cli_ctx, job, print_comparison)
 
 
-COMMANDS = (train, status, watch, jobs, cancel, logs, export, demo)
+COMMANDS = (train, status, watch, jobs, cancel, logs, demo)

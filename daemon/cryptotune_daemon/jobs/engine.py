@@ -1,9 +1,10 @@
 """The state the job engine's parts share (resources taken, workers followed, wake-ups).
 
 :class:`~cryptotune_daemon.jobs.manager.JobManager` is composed of four parts, each in its own module:
-requests (``jobs/requests.py``), the scheduler (``jobs/scheduler.py``), the supervisor
-(``jobs/supervisor.py``) and the event and log streams (``jobs/streams.py``). Each part is a mixin of
-:class:`EngineCore`, which declares the state they share and the few methods one part calls on another.
+requests (``jobs/requests.py``; chats and merged exports through ``jobs/model_workers.py``), the
+scheduler (``jobs/scheduler.py``), the supervisor (``jobs/supervisor.py``) and the event and log
+streams (``jobs/streams.py``). Each part is a mixin of :class:`EngineCore`, which declares the state
+they share and the few methods one part calls on another.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.model import Job
+from cryptotune_daemon.jobs.model_workers import InferencePool
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.layout import STOP_MARKER
 from cryptotune_daemon.settings import DaemonSettings
@@ -43,6 +45,7 @@ class EngineCore:
     _accepting: bool
     _loop: asyncio.AbstractEventLoop | None
     _reconciled: bool
+    _chats: InferencePool
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""

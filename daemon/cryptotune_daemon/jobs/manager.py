@@ -10,6 +10,7 @@ import time
 
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.model_workers import InferencePool
 from cryptotune_daemon.jobs.requests import JobRequests
 from cryptotune_daemon.jobs.scheduler import Scheduler
 from cryptotune_daemon.jobs.store import JobStore
@@ -47,6 +48,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
+        self._chats = InferencePool(settings, inventory, self._allocated, self._wakeup.set)
 
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
@@ -62,6 +64,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._reconciled = True
         self._loop = asyncio.get_running_loop()
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="scheduler")
+        self._chats.start()
         self._wakeup.set()
 
     async def stop(self) -> None:
@@ -73,6 +76,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         without counting a retry.
         """
         self._accepting = False
+        await self._chats.stop()
         for changed in self._changed.values():
             changed.set()  # wakes watchers so that their streams end now
         self._changed.clear()

@@ -1,16 +1,22 @@
-"""The job engine's request API: submit, get, list, cancel and export (the JobService's domain calls)."""
+"""The job engine's request API: submit, get, list, cancel, export, chat (the JobService's domain calls)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.chat_policy import adapter_of
 from cryptotune_daemon.jobs.engine import EngineCore, _db_handle, _shutting_down
 from cryptotune_daemon.jobs.model import Job, JobState
+from cryptotune_daemon.jobs.model_workers import ChatEvent, ExportFile, ExportStep, merged_export
+from cryptotune_daemon.jobs.serving import ServingCheck, check_vllm_adapter
 from cryptotune_daemon.jobs.submission import SubmitRequest, prepare
 from cryptotune_daemon.layout import ADAPTER_DIR, EXPORTED_FILES
+from cryptotune_daemon.training.model_request import GenerateParams
+from cryptotune_daemon.worker.spec import JobSpec
 
 
 class JobRequests(EngineCore):
@@ -110,3 +116,35 @@ class JobRequests(EngineCore):
         for name in EXPORTED_FILES:
             if (root / name).is_file():
                 yield name, root / name
+
+    def serving_check(self, ref: str) -> ServingCheck:
+        """Whether vLLM would load the job's adapter (for Qwen3), and what its serve command needs."""
+        from cryptotune_daemon.config import load_config
+
+        job = self.get(ref)
+        adapter = adapter_of(job, "export")
+        try:
+            adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CryptotuneError(
+                ErrorCode.JOB_STATE_CONFLICT, f"cannot read {adapter / 'adapter_config.json'}: {error}"
+            ) from None
+        spec = JobSpec.from_json(job.spec)
+        base = load_config(spec.config_yaml, spec.config_name).model.model_name
+        return check_vllm_adapter(adapter_config, base_model=base, name=job.pipeline_id)
+
+    def export_merged(self, ref: str) -> AsyncIterator[ExportStep | ExportFile]:
+        """The job's base model with its adapter merged in, made by an export worker: progress, then files."""
+        job = self.get(ref)
+        adapter_of(job, "export")
+        return merged_export(job, self._settings)
+
+    def chat(self, ref: str, params: GenerateParams) -> AsyncIterator[ChatEvent]:
+        """Answers a chat with the job's model through an inference worker (see ``jobs/model_workers.py``)."""
+        if not self._accepting:
+            raise _shutting_down("chat again later")
+        return self._chats.chat(self.get(ref), params)
+
+    def loaded_models(self) -> dict[str, int]:
+        """Job id → pid of the inference worker that holds its model."""
+        return self._chats.loaded()

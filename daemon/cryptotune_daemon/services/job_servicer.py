@@ -1,15 +1,17 @@
-"""JobService: submit, inspect, cancel and follow training jobs."""
+"""JobService: submit, inspect, cancel, follow, export and chat with training jobs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
 from cryptotune_daemon.jobs.manager import JobManager
+from cryptotune_daemon.jobs.model_workers import ExportStep
 from cryptotune_daemon.jobs.streams import chunks_of
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import streaming, unary
@@ -72,14 +74,38 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def ExportJob(
         self, request: job_pb2.ExportJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.ExportChunk]:
-        for relative, path in self._jobs.export_files(job_ref(request.job)):
-            size = path.stat().st_size
-            pieces = chunks_of(path)
-            current = next(pieces)
-            first = True
-            # One chunk of look-ahead so that the last chunk of each file carries last=True.
-            for following in pieces:
-                yield job_pb2.ExportChunk(path=relative, data=current, size=size if first else 0)
-                first = False
-                current = following
-            yield job_pb2.ExportChunk(path=relative, data=current, last=True, size=size if first else 0)
+        ref = job_ref(request.job)
+        if request.merged:
+            async for item in self._jobs.export_merged(ref):
+                if isinstance(item, ExportStep):
+                    yield serde.export_progress(item)
+                else:
+                    for chunk in _file_chunks(item.relative, item.path):
+                        yield chunk
+            return
+        yield serde.serving_check(self._jobs.serving_check(ref))
+        for relative, path in self._jobs.export_files(ref):
+            for chunk in _file_chunks(relative, path):
+                yield chunk
+
+    @streaming
+    async def Generate(
+        self, request: job_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[job_pb2.GenerateChunk]:
+        params = serde.generate_params(request)
+        async for event in self._jobs.chat(job_ref(request.job), params):
+            yield serde.chat_chunk(event)
+
+
+def _file_chunks(relative: str, path: Path) -> Iterator[job_pb2.ExportChunk]:
+    """One file as ExportChunks; the last carries ``last=True``, the first the file's size."""
+    size = path.stat().st_size
+    pieces = chunks_of(path)
+    current = next(pieces)
+    first = True
+    # One chunk of look-ahead so that the last chunk of each file carries last=True.
+    for following in pieces:
+        yield job_pb2.ExportChunk(path=relative, data=current, size=size if first else 0)
+        first = False
+        current = following
+    yield job_pb2.ExportChunk(path=relative, data=current, last=True, size=size if first else 0)

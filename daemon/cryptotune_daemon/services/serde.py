@@ -8,8 +8,12 @@ from typing import Any
 
 from cryptotune.proto.v1 import common_pb2, config_pb2, data_pb2, gpu_pb2, job_pb2
 from cryptotune_daemon.gpus import GpuInfo, Recommendation
+from cryptotune_daemon.jobs import chat_policy
 from cryptotune_daemon.jobs.model import Job, JobEvent
+from cryptotune_daemon.jobs.model_workers import ChatEvent, ChatPiece, ChatStatus, ExportStep
+from cryptotune_daemon.jobs.serving import ServingCheck
 from cryptotune_daemon.jobs.submission import SubmitRequest
+from cryptotune_daemon.training.model_request import GenerateParams
 
 # A config with tens of thousands of bad keys must not make a response too big for clients to read
 # (gRPC clients refuse messages over 4 MiB by default).
@@ -209,4 +213,66 @@ def submit_request(request: job_pb2.SubmitJobRequest, *, remote: bool = False) -
         dry_run=request.dry_run,
         client_cwd=request.client_cwd,
         remote=remote,
+    )
+
+
+_CHAT_MODELS = {"tuned": job_pb2.CHAT_MODEL_TUNED, "base": job_pb2.CHAT_MODEL_BASE}
+_CHANNELS = {"reasoning": job_pb2.CHANNEL_REASONING, "answer": job_pb2.CHANNEL_ANSWER}
+
+
+def generate_params(request: job_pb2.GenerateRequest) -> GenerateParams:
+    """GenerateRequest → checked GenerateParams (unset sampling fields take the model card's values)."""
+    return chat_policy.generate_params(
+        [(m.role, m.content) for m in request.messages],
+        max_new_tokens=request.max_new_tokens,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        top_k=request.top_k if request.HasField("top_k") else None,
+        seed=request.seed if request.HasField("seed") else None,
+        compare=request.compare,
+    )
+
+
+def chat_chunk(event: ChatEvent) -> job_pb2.GenerateChunk:
+    """A chat event → GenerateChunk."""
+    if isinstance(event, ChatStatus):
+        return job_pb2.GenerateChunk(
+            status=job_pb2.GenerateStatus(state=event.state, message=event.message, device=event.device)
+        )
+    if isinstance(event, ChatPiece):
+        return job_pb2.GenerateChunk(
+            piece=job_pb2.GeneratePiece(
+                model=_CHAT_MODELS[event.model], channel=_CHANNELS[event.channel], text=event.text
+            )
+        )
+    return job_pb2.GenerateChunk(
+        done=job_pb2.GenerateDone(
+            model=_CHAT_MODELS[event.model],
+            reasoning=event.reasoning,
+            answer=event.answer,
+            prompt_tokens=event.prompt_tokens,
+            generated_tokens=event.generated_tokens,
+            finish_reason=event.finish_reason,
+        )
+    )
+
+
+def serving_check(check: ServingCheck) -> job_pb2.ExportChunk:
+    """The vLLM serving check → the ExportChunk that carries it."""
+    return job_pb2.ExportChunk(
+        serving=job_pb2.ServingCheck(
+            loadable=check.loadable,
+            problems=check.problems,
+            base_model=check.base_model,
+            name=check.name,
+            rank=check.rank,
+            max_lora_rank=check.max_lora_rank,
+        )
+    )
+
+
+def export_progress(step: ExportStep) -> job_pb2.ExportChunk:
+    """Merged-export progress → the ExportChunk that carries it."""
+    return job_pb2.ExportChunk(
+        progress=job_pb2.ExportProgress(phase=step.phase, done=step.done, total=step.total)
     )

@@ -160,6 +160,7 @@ class GenerationResult:
         crypto_term_recall: mean share of each record's crypto terms found in its answer part.
         samples: a few generations for the report (truncated).
         evaluated: how many records were generated for.
+        length_cap_rate: share of generations that stopped at ``max_new_tokens`` instead of ending.
         generated_tokens: new tokens generated for them in all (each up to and including its
             end-of-turn token; the padding of rows that ended early in a batch is not counted).
     """
@@ -169,6 +170,7 @@ class GenerationResult:
     samples: list[dict[str, Any]]
     evaluated: int
     generated_tokens: int = 0
+    length_cap_rate: float | None = None
 
 
 def generated_part(row: Sequence[int], stop_ids: set[int]) -> list[int]:
@@ -259,6 +261,8 @@ def generation_eval(
                         "difficulty": example.difficulty,
                         "thinking_ok": thinking_format_ok(text),
                         "recall": term_recall(answer, example.crypto_terms),
+                        "capped": not (generated and generated[-1] in stop_ids)
+                        and len(generated) >= max_new_tokens,
                         "prompt": tokenizer.decode(prompt)[-SAMPLE_TEXT_LIMIT:],
                         "generated": text[:SAMPLE_TEXT_LIMIT],
                         "crypto_terms": list(example.crypto_terms),
@@ -274,8 +278,10 @@ def generation_eval(
         thinking_format_rate=sum(1 for r in results if r["thinking_ok"]) / len(results),
         crypto_term_recall=sum(recalls) / len(recalls) if recalls else None,
         samples=[
-            {k: v for k, v in r.items() if k not in ("position", "tokens")} for r in results[:LISTED_SAMPLES]
+            {k: v for k, v in r.items() if k not in ("position", "tokens", "capped")}
+            for r in results[:LISTED_SAMPLES]
         ],
         evaluated=len(results),
+        length_cap_rate=sum(1 for r in results if r["capped"]) / len(results),
         generated_tokens=sum(int(r["tokens"]) for r in results),
     )

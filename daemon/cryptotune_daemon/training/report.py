@@ -32,6 +32,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "perplexity_by_difficulty",
     "thinking_format_rate",
     "crypto_term_recall",
+    "length_cap_rate",
+    "base",
     "tokens_per_second",
     "peak_memory_mb",
     "stage_seconds",
@@ -44,6 +46,40 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "strategy",
     "mesh",
 )
+
+
+# The base model's figures (adapter disabled, same eval split), beside the tuned ones: ``report["base"]``.
+BASE_KEYS: tuple[str, ...] = (
+    "eval_loss",
+    "eval_loss_by_difficulty",
+    "perplexity",
+    "thinking_format_rate",
+    "term_recall",
+    "length_cap_rate",
+)
+# (label, key in report["base"], key among the tuned figures) of the side-by-side table.
+_COMPARED = (
+    ("Eval loss", "eval_loss", "eval_loss"),
+    ("Perplexity", "perplexity", "perplexity"),
+    ("Thinking-format rate", "thinking_format_rate", "thinking_format_rate"),
+    ("Crypto-term recall", "term_recall", "crypto_term_recall"),
+    ("Length-cap rate", "length_cap_rate", "length_cap_rate"),
+)
+
+
+def comparison_rows(report: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(figure, base value, tuned value) rows of the before/after comparison, per difficulty included."""
+    base = report.get("base") or {}
+    rows: list[tuple[str, Any, Any]] = [
+        (label, base.get(base_key), report.get(tuned_key)) for label, base_key, tuned_key in _COMPARED
+    ]
+    base_by = base.get("eval_loss_by_difficulty") or {}
+    tuned_by = report.get("eval_loss_by_difficulty") or {}
+    for difficulty in sorted(set(base_by) | set(tuned_by)):
+        rows.append(
+            (f"Eval loss, difficulty {difficulty}", base_by.get(difficulty), tuned_by.get(difficulty))
+        )
+    return rows
 
 
 def json_safe(value: Any) -> Any:
@@ -154,6 +190,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines = ["# cryptotune report", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
+    lines += [
+        "",
+        "## Before and after fine-tuning",
+        "",
+        "Same eval split; base = the adapter switched off.",
+        "",
+    ]
+    lines += ["| | base | fine-tuned |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(base)} | {_fmt(tuned)} |" for name, base, tuned in comparison_rows(report)]
     lines += ["", f"![loss]({LOSS_CURVE})", "", "## Stages", "", "| stage | seconds |", "|---|---|"]
     stage_seconds = report.get("stage_seconds") or {}
     lines += [f"| {stage} | {_fmt(seconds)} |" for stage, seconds in stage_seconds.items()]
@@ -214,8 +259,10 @@ def build_report(
         "perplexity_by_difficulty": metrics.get("perplexity_by_difficulty") or {},
         "thinking_format_rate": metrics.get("thinking_format_rate"),
         "crypto_term_recall": metrics.get("crypto_term_recall"),
+        "length_cap_rate": metrics.get("length_cap_rate"),
         "generation_evaluated": metrics.get("generation_evaluated", 0),
         "generation_tokens": metrics.get("generation_tokens", 0),
+        "base": metrics.get("base") or dict.fromkeys(BASE_KEYS),
         "tokens_per_second": tokens_per_second,
         "trained_tokens": trainer_state.trained_tokens,
         "peak_memory_mb": peak_memory_mb,
@@ -237,6 +284,7 @@ def build_report(
         "config_hash": hashes.config,
         "tokenizer_hash": hashes.tokenizer,
         "generation_samples": metrics.get("generation_samples") or [],
+        "base_generation_samples": metrics.get("base_generation_samples") or [],
     }
 
 

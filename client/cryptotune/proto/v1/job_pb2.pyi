@@ -46,6 +46,44 @@ JOB_STATE_CANCELLING: JobState.ValueType  # 6
 JOB_STATE_RECOVERING: JobState.ValueType  # 7
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _ChatModel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChatModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChatModel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHAT_MODEL_UNSPECIFIED: _ChatModel.ValueType  # 0
+    CHAT_MODEL_TUNED: _ChatModel.ValueType  # 1
+    CHAT_MODEL_BASE: _ChatModel.ValueType  # 2
+
+class ChatModel(_ChatModel, metaclass=_ChatModelEnumTypeWrapper): ...
+
+CHAT_MODEL_UNSPECIFIED: ChatModel.ValueType  # 0
+CHAT_MODEL_TUNED: ChatModel.ValueType  # 1
+CHAT_MODEL_BASE: ChatModel.ValueType  # 2
+Global___ChatModel: _TypeAlias = ChatModel  # noqa: Y015
+
+class _Channel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANNEL_UNSPECIFIED: _Channel.ValueType  # 0
+    CHANNEL_REASONING: _Channel.ValueType  # 1
+    """before </think>"""
+    CHANNEL_ANSWER: _Channel.ValueType  # 2
+    """after </think>"""
+
+class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper): ...
+
+CHANNEL_UNSPECIFIED: Channel.ValueType  # 0
+CHANNEL_REASONING: Channel.ValueType  # 1
+"""before </think>"""
+CHANNEL_ANSWER: Channel.ValueType  # 2
+"""after </think>"""
+Global___Channel: _TypeAlias = Channel  # noqa: Y015
+
 @_typing.final
 class SubmitJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -431,15 +469,19 @@ class ExportJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    MERGED_FIELD_NUMBER: _builtins.int
     job: _builtins.str
+    merged: _builtins.bool
+    """base + adapter merged (fp32, then cast) instead of the adapter alone"""
     def __init__(
         self,
         *,
         job: _builtins.str = ...,
+        merged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "merged", b"merged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,19 +489,31 @@ Global___ExportJobRequest: _TypeAlias = ExportJobRequest  # noqa: Y015
 
 @_typing.final
 class ExportChunk(_message.Message):
+    """One message of an export: a piece of a file, or progress, or the serving check."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """relative path inside the output dir"""
+    """relative path inside the export (empty on progress/check messages)"""
     data: _builtins.bytes
     last: _builtins.bool
     """true on the last chunk of a file"""
     size: _builtins.int
     """total file size, on the first chunk"""
+    @_builtins.property
+    def progress(self) -> Global___ExportProgress:
+        """set on progress messages"""
+
+    @_builtins.property
+    def serving(self) -> Global___ServingCheck:
+        """set once, on adapter exports, before the files"""
+
     def __init__(
         self,
         *,
@@ -467,11 +521,285 @@ class ExportChunk(_message.Message):
         data: _builtins.bytes = ...,
         last: _builtins.bool = ...,
         size: _builtins.int = ...,
+        progress: Global___ExportProgress | None = ...,
+        serving: Global___ServingCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "path", b"path", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "path", b"path", "progress", b"progress", "serving", b"serving", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
+class ExportProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    """e.g. "loading base", "merging", "writing shards", "sending files" """
+    done: _builtins.int
+    total: _builtins.int
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "phase", b"phase", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportProgress: _TypeAlias = ExportProgress  # noqa: Y015
+
+@_typing.final
+class ServingCheck(_message.Message):
+    """Whether vLLM would load the adapter for Qwen3, and what its serve command needs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOADABLE_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    MAX_LORA_RANK_FIELD_NUMBER: _builtins.int
+    loadable: _builtins.bool
+    base_model: _builtins.str
+    """what `vllm serve` loads as the base"""
+    name: _builtins.str
+    """the adapter's name in --lora-modules NAME=DIR"""
+    rank: _builtins.int
+    max_lora_rank: _builtins.int
+    """the smallest --max-lora-rank vLLM accepts that fits the rank"""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what would not load, and why"""
+
+    def __init__(
+        self,
+        *,
+        loadable: _builtins.bool = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        base_model: _builtins.str = ...,
+        name: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        max_lora_rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "loadable", b"loadable", "max_lora_rank", b"max_lora_rank", "name", b"name", "problems", b"problems", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServingCheck: _TypeAlias = ServingCheck  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """user or assistant (an assistant turn's content is its answer)"""
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class GenerateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    COMPARE_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    max_new_tokens: _builtins.int
+    """0 = the default (1024)"""
+    temperature: _builtins.float
+    """unset = the model card's 0.6; 0 = greedy"""
+    top_p: _builtins.float
+    """unset = 0.95"""
+    top_k: _builtins.int
+    """unset = 20"""
+    seed: _builtins.int
+    """reproducible sampling"""
+    compare: _builtins.bool
+    """also answer with the base model (adapter disabled)"""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """ends with a user turn"""
+
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        max_new_tokens: _builtins.int = ...,
+        temperature: _builtins.float | None = ...,
+        top_p: _builtins.float | None = ...,
+        top_k: _builtins.int | None = ...,
+        seed: _builtins.int | None = ...,
+        compare: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "compare", b"compare", "job", b"job", "max_new_tokens", b"max_new_tokens", "messages", b"messages", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class GenerateStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """queued, loading, ready"""
+    message: _builtins.str
+    device: _builtins.str
+    """"cpu" or a GPU uuid, once known"""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        message: _builtins.str = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "message", b"message", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateStatus: _TypeAlias = GenerateStatus  # noqa: Y015
+
+@_typing.final
+class GeneratePiece(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    model: Global___ChatModel.ValueType
+    channel: Global___Channel.ValueType
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: Global___ChatModel.ValueType = ...,
+        channel: Global___Channel.ValueType = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "model", b"model", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratePiece: _TypeAlias = GeneratePiece  # noqa: Y015
+
+@_typing.final
+class GenerateDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKENS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    model: Global___ChatModel.ValueType
+    reasoning: _builtins.str
+    answer: _builtins.str
+    prompt_tokens: _builtins.int
+    generated_tokens: _builtins.int
+    finish_reason: _builtins.str
+    """"stop" (end of turn) or "length" (max_new_tokens)"""
+    def __init__(
+        self,
+        *,
+        model: Global___ChatModel.ValueType = ...,
+        reasoning: _builtins.str = ...,
+        answer: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
+        generated_tokens: _builtins.int = ...,
+        finish_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "finish_reason", b"finish_reason", "generated_tokens", b"generated_tokens", "model", b"model", "prompt_tokens", b"prompt_tokens", "reasoning", b"reasoning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDone: _TypeAlias = GenerateDone  # noqa: Y015
+
+@_typing.final
+class GenerateChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PIECE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___GenerateStatus: ...
+    @_builtins.property
+    def piece(self) -> Global___GeneratePiece: ...
+    @_builtins.property
+    def done(self) -> Global___GenerateDone: ...
+    def __init__(
+        self,
+        *,
+        status: Global___GenerateStatus | None = ...,
+        piece: Global___GeneratePiece | None = ...,
+        done: Global___GenerateDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "piece", b"piece", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "piece", b"piece", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["status", "piece", "done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___GenerateChunk: _TypeAlias = GenerateChunk  # noqa: Y015

@@ -70,6 +70,11 @@ class JobServiceStub:
                 request_serializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportJobRequest.SerializeToString,
                 response_deserializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/cryptotune.proto.v1.JobService/Generate',
+                request_serializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -114,7 +119,15 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The adapter (default) or the merged model, as files; progress and serving checks ride along.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Chat with a succeeded job's model: decoded pieces as they are generated, then the whole turn.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -156,6 +169,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ExportJob,
                     request_deserializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportJobRequest.FromString,
                     response_serializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportChunk.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateRequest.FromString,
+                    response_serializer=cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +366,33 @@ class JobService:
             '/cryptotune.proto.v1.JobService/ExportJob',
             cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportJobRequest.SerializeToString,
             cryptotune_dot_proto_dot_v1_dot_job__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cryptotune.proto.v1.JobService/Generate',
+            cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateRequest.SerializeToString,
+            cryptotune_dot_proto_dot_v1_dot_job__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,9 @@ class JobServiceStub:
     """Replays stored events after after_seq, then follows live until the job is terminal."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_job_pb2.StreamLogsRequest, _job_pb2.LogLine]
     ExportJob: _grpc.UnaryStreamMultiCallable[_job_pb2.ExportJobRequest, _job_pb2.ExportChunk]
+    """The adapter (default) or the merged model, as files; progress and serving checks ride along."""
+    Generate: _grpc.UnaryStreamMultiCallable[_job_pb2.GenerateRequest, _job_pb2.GenerateChunk]
+    """Chat with a succeeded job's model: decoded pieces as they are generated, then the whole turn."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -55,6 +58,9 @@ class JobServiceAsyncStub(JobServiceStub):
     """Replays stored events after after_seq, then follows live until the job is terminal."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_job_pb2.StreamLogsRequest, _job_pb2.LogLine]  # type: ignore[assignment]
     ExportJob: _aio.UnaryStreamMultiCallable[_job_pb2.ExportJobRequest, _job_pb2.ExportChunk]  # type: ignore[assignment]
+    """The adapter (default) or the merged model, as files; progress and serving checks ride along."""
+    Generate: _aio.UnaryStreamMultiCallable[_job_pb2.GenerateRequest, _job_pb2.GenerateChunk]  # type: ignore[assignment]
+    """Chat with a succeeded job's model: decoded pieces as they are generated, then the whole turn."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Training jobs: submit, inspect, cancel, and follow them."""
@@ -107,6 +113,15 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _job_pb2.ExportJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_job_pb2.ExportChunk], _abc.AsyncIterator[_job_pb2.ExportChunk]]: ...
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.ExportChunk], _abc.AsyncIterator[_job_pb2.ExportChunk]]:
+        """The adapter (default) or the merged model, as files; progress and serving checks ride along."""
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _job_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.GenerateChunk], _abc.AsyncIterator[_job_pb2.GenerateChunk]]:
+        """Chat with a succeeded job's model: decoded pieces as they are generated, then the whole turn."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

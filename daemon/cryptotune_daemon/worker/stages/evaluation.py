@@ -1,4 +1,4 @@
-"""``evaluation``: eval loss (overall and per difficulty) and generation checks."""
+"""``evaluation``: eval loss (overall and per difficulty) and generation checks, tuned and base."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from cryptotune_daemon.worker.config_mapping import _finite, pad_token_id
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
+
+
+def comparison_figures(loss: Any, generation: Any) -> dict[str, Any]:
+    """One model's figures in the report's before/after comparison (``report.json``'s ``base``)."""
+    return {
+        "eval_loss": loss.loss,
+        "eval_loss_by_difficulty": loss.by_difficulty,
+        "perplexity": _finite(loss.perplexity),
+        "thinking_format_rate": generation.thinking_format_rate,
+        "term_recall": generation.crypto_term_recall,
+        "length_cap_rate": generation.length_cap_rate,
+    }
 
 
 class EvaluationStage(StageBase):
@@ -25,55 +37,65 @@ class EvaluationStage(StageBase):
             return torch.autocast("cuda", dtype=precision_dtype(self.ctx.plan.precision))
         return contextlib.nullcontext()
 
-    def _evaluation(self) -> None:
+    def _score(self, model: Any) -> tuple[Any, Any]:
+        """Eval loss and generation checks of ``model`` on the eval split (every rank calls it)."""
         from cryptotune_daemon.training.evaluation import compute_eval_loss, generation_eval
         from cryptotune_daemon.training.models import uses_varlen_attention
 
         config, data, dist = self.ctx.config, self.ctx.data, self.ctx.dist
-        if not data.eval:
-            self._warn("the eval split is empty (data.eval_split_ratio): evaluation metrics are not computed")
         loss = compute_eval_loss(
-            self.ctx.model,
+            model,
             data.eval,
             batch_size=self.ctx.plan.micro_batch_size,
             pad_token_id=pad_token_id(self.ctx.tokenizer),
             dist=dist,
             autocast=self._autocast,
             row_tokens=int(config.training.max_seq_length),
-            single_row=uses_varlen_attention(self.ctx.model),
+            single_row=uses_varlen_attention(model),
         )
-        step = self.ctx.trainer_state.step
-        self.events.emit(
-            "eval",
-            {
-                "step": step,
-                "eval_loss": loss.loss,
-                "perplexity": loss.perplexity,
-                "eval_loss_by_difficulty": loss.by_difficulty,
-                "perplexity_by_difficulty": loss.perplexity_by_difficulty,
-            },
-        )
-        sample_size = int(config.training.eval_sample_size)
         generation = generation_eval(
-            self.ctx.model,
+            model,
             self.ctx.tokenizer,
-            data.eval[:sample_size],
+            data.eval[: int(config.training.eval_sample_size)],
             max_new_tokens=int(config.training.max_new_tokens),
             dist=dist,
             autocast=self._autocast,
             batch_size=self.ctx.plan.micro_batch_size,
             max_generated_tokens=int(config.training.max_generated_tokens),
         )
+        return loss, generation
+
+    def _evaluation(self) -> None:
+        if not self.ctx.data.eval:
+            self._warn("the eval split is empty (data.eval_split_ratio): evaluation metrics are not computed")
+        loss, generation = self._score(self.ctx.model)
+        self.events.emit(
+            "eval",
+            {
+                "step": self.ctx.trainer_state.step,
+                "eval_loss": loss.loss,
+                "perplexity": loss.perplexity,
+                "eval_loss_by_difficulty": loss.by_difficulty,
+                "perplexity_by_difficulty": loss.perplexity_by_difficulty,
+            },
+        )
         self.events.emit(
             "generation_eval",
             {
                 "thinking_format_rate": generation.thinking_format_rate,
                 "crypto_term_recall": generation.crypto_term_recall,
+                "length_cap_rate": generation.length_cap_rate,
                 "samples": generation.samples,
                 "evaluated": generation.evaluated,
                 "generated_tokens": generation.generated_tokens,
             },
         )
+        # The same split scored by the base model: the LoRA update switched off, nothing reloaded.
+        with self.ctx.model.disable_adapter():
+            base_loss, base_generation = self._score(self.ctx.model)
+        base = comparison_figures(base_loss, base_generation)
+        tuned = comparison_figures(loss, generation)
+        self.events.emit("comparison", {"base": base, "tuned": tuned})
         self.state.results["metrics"] = {
             "eval_loss": loss.loss,
             # The state file is JSON: an overflowing (infinite) perplexity is recorded as None.
@@ -82,9 +104,12 @@ class EvaluationStage(StageBase):
             "perplexity_by_difficulty": {k: _finite(v) for k, v in loss.perplexity_by_difficulty.items()},
             "thinking_format_rate": generation.thinking_format_rate,
             "crypto_term_recall": generation.crypto_term_recall,
+            "length_cap_rate": generation.length_cap_rate,
             "generation_samples": generation.samples,
             "generation_evaluated": generation.evaluated,
             "generation_tokens": generation.generated_tokens,
+            "base": base,
+            "base_generation_samples": base_generation.samples,
         }
 
     def _restore_evaluation(self) -> bool:
