@@ -20,6 +20,8 @@ from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir
 from cryptotune.proto.v1 import (
     config_pb2,
     config_pb2_grpc,
+    dashboard_pb2,
+    dashboard_pb2_grpc,
     data_pb2,
     data_pb2_grpc,
     gpu_pb2,
@@ -113,6 +115,7 @@ class Client:
         self._data = data_pb2_grpc.DataServiceStub(self._channel)
         self._gpus = gpu_pb2_grpc.GpuServiceStub(self._channel)
         self._jobs = job_pb2_grpc.JobServiceStub(self._channel)
+        self._dashboard = dashboard_pb2_grpc.DashboardServiceStub(self._channel)
 
     def _open_channel(
         self, tls_ca: str | Path | None, tls_cert: str | Path | None, tls_key: str | Path | None
@@ -442,6 +445,13 @@ class Client:
             f"the job keeps its state. Follow it again with: {again}",
             error.code,
         )
+
+    def dashboard_url(self, job: str = "") -> str:
+        """A one-time, short-lived URL that signs a browser into the daemon's web dashboard (on the
+        job's page when ``job`` is given). Raises FailedPrecondition when the daemon was started
+        without ``--http-listen``."""
+        request = dashboard_pb2.CreateDashboardLoginRequest(job=job)
+        return self._call(self._dashboard.CreateDashboardLogin, request).url
 
     def logs(self, job: str, follow: bool = False, skip_lines: int = 0) -> Iterator[str]:
         """The job's log lines after the first ``skip_lines``; with ``follow`` keeps streaming until

@@ -65,6 +65,18 @@ from cryptotune_daemon.settings import DaemonSettings
     help="Require client certificates signed by this CA (mutual TLS).",
 )
 @click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (loopback: open; elsewhere: TLS + token).",
+)
+@click.option(
+    "--http-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the read-only web dashboard (sign in with `cryptotune dashboard`; off loopback needs TLS).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -81,6 +93,8 @@ def main(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    metrics_listen: str | None,
+    http_listen: str | None,
     log_level: str,
 ) -> None:
     """The cryptotune training daemon: owns the GPUs, runs training jobs, serves gRPC."""
@@ -98,6 +112,8 @@ def main(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        metrics_listen=metrics_listen,
+        http_listen=http_listen,
     )
     try:
         from cryptotune_daemon.server import Daemon

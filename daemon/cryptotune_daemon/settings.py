@@ -25,6 +25,8 @@ class DaemonSettings:
         tls_cert: PEM certificate chain for TCP listeners (required off loopback).
         tls_key: PEM private key matching ``tls_cert``.
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
+        metrics_listen: ``HOST:PORT`` serving Prometheus ``/metrics`` (None: off).
+        http_listen: ``HOST:PORT`` serving the web dashboard (None: off).
     """
 
     state_dir: Path
@@ -38,10 +40,17 @@ class DaemonSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    metrics_listen: str | None = None
+    http_listen: str | None = None
 
     @property
     def auth_token_path(self) -> Path:
         return self.token_file or self.state_dir / "auth_token"
+
+    @property
+    def dashboard_key_path(self) -> Path:
+        """The key that signs dashboard session cookies (created 0600; sessions survive restarts)."""
+        return self.state_dir / "dashboard_key"
 
     @property
     def blobs_dir(self) -> Path:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
+from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
 from cryptotune.cli.live import JobView, LiveDisplay
 from cryptotune.errors import DaemonUnavailable
@@ -283,7 +284,7 @@ def _job_detail(cli_ctx: CliContext, job: Job) -> None:
 
 
 @click.command("status")
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_job)
 @pass_cli
 def status(cli_ctx: CliContext, job: str | None) -> None:
     """Show JOB (job id, pipeline id or PIPELINE_DIR), or recent jobs without an argument."""
@@ -316,7 +317,7 @@ def jobs(cli_ctx: CliContext, limit: int) -> None:
 
 
 @click.command("watch")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option(
     "--since",
     type=click.IntRange(0),
@@ -363,7 +364,7 @@ def _echo_json_line(value: object) -> None:
 
 
 @click.command("cancel")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @pass_cli
 def cancel(cli_ctx: CliContext, job: str) -> None:
     """Cancel JOB: its whole process tree is ended and its GPUs freed."""
@@ -377,7 +378,7 @@ def cancel(cli_ctx: CliContext, job: str) -> None:
 
 
 @click.command("logs")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
 @pass_cli
 def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
@@ -401,7 +402,7 @@ def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:
 
 
 @click.command("export")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
 @pass_cli
 def export(cli_ctx: CliContext, job: str, destination: Path) -> None:

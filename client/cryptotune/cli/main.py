@@ -10,7 +10,9 @@ from rich.text import Text
 
 from cryptotune import __version__
 from cryptotune.cli import render
+from cryptotune.cli.completion import completion
 from cryptotune.cli.context import CliContext, CryptotuneGroup, pass_cli
+from cryptotune.cli.dashboard_command import dashboard
 from cryptotune.cli.job_commands import COMMANDS
 from cryptotune.paths import ADDRESS_ENV, TOKEN_ENV
 
@@ -168,7 +170,7 @@ def inspect_data(
     sys.exit(1 if result.records_invalid or result.over_max_seq_length else 0)
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, dashboard, completion):
     cli.add_command(_command)
 
 

@@ -24,6 +24,10 @@ DataFormat = Literal["auto", "alpaca", "sharegpt", "openai"]
 ParallelStrategy = Literal["data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"]
 # The strategies a job can run with today (the schema accepts more, refused at submit and by the worker).
 SUPPORTED_STRATEGIES: tuple[str, ...] = ("data_parallel", "auto")
+ModelHub = Literal["huggingface", "modelscope"]
+# Where training metrics go besides the job's events; tensorboard needs nothing extra, the others
+# their package in the daemon's environment (checked by the job's init stage).
+ReportTarget = Literal["tensorboard", "wandb", "mlflow"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Precision = Literal["bf16", "fp16", "fp32"]
 
@@ -192,6 +196,17 @@ def _to_module_list(value: Any) -> Any:
     return value
 
 
+def _to_report_list(value: Any) -> Any:
+    if isinstance(value, str):  # `report_to: tensorboard` means a list of one
+        value = [value]
+    if not isinstance(value, list):
+        raise _fail(
+            "list",
+            f"expected a list such as [tensorboard, wandb] (or [] for none), got {describe_value(value)}",
+        )
+    return [_to_choice(item) for item in value]
+
+
 def _to_module_name(value: Any) -> Any:
     if not isinstance(value, str) or not re.fullmatch(_MODULE_NAME_PATTERN, value):
         raise _fail(
@@ -227,6 +242,11 @@ class ModelConfig(_Section):
         default="main",
         description="Branch, tag or commit of the hub repository.",
         examples=["main"],
+    )
+    hub: Annotated[ModelHub, BeforeValidator(_to_choice)] = Field(
+        default="huggingface",
+        description="Where hub ids are downloaded from: huggingface (HF_ENDPOINT selects a mirror) or "
+        "modelscope (needs the modelscope package where the daemon runs).",
     )
     trust_remote_code: Boolean = Field(
         default=False,
@@ -308,6 +328,12 @@ class TrainingConfig(_Section):
     )
     max_new_tokens: Annotated[int, Field(ge=1, le=32768), BeforeValidator(_to_integer)] = Field(
         default=256, description="Tokens generated per record in those generation checks.", examples=[256]
+    )
+    report_to: Annotated[list[ReportTarget], BeforeValidator(_to_report_list)] = Field(
+        default_factory=lambda: list[ReportTarget](["tensorboard"]),
+        description="Where training metrics are also written: tensorboard (OUTPUT_DIR/tensorboard), "
+        "wandb, mlflow (each needs its package where the daemon runs); [] for none.",
+        examples=[["tensorboard"], ["tensorboard", "wandb"]],
     )
 
     @property

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+# Settings that change where metrics are reported, not what is trained: a resume may change them.
+_NOT_HASHED = (("training", "report_to"),)
 
 
 def sha256_file(path: Path) -> str:
@@ -45,6 +47,9 @@ def config_fingerprint(config: Any) -> dict[str, Any]:
         raise TypeError(f"cannot fingerprint a {type(config).__name__}")
     # Round-trip through canonical JSON so tuples, enums and paths compare as they hash.
     result: dict[str, Any] = json.loads(canonical_json(dumped))
+    for section, key in _NOT_HASHED:
+        if isinstance(result.get(section), dict):
+            result[section].pop(key, None)
     return result
 
 

@@ -29,6 +29,7 @@ class InitStage(StageBase):
         from cryptotune_daemon.data.tokenizer import load_tokenizer
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
+        from cryptotune_daemon.training.reporting import check_report_to
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         strategy = str(config.parallel.strategy)
@@ -38,8 +39,10 @@ class InitStage(StageBase):
                 f"parallel.strategy '{strategy}' is not supported: cryptotune trains LoRA adapters with data "
                 "parallelism; set parallel.strategy to data_parallel or auto",
             )
+        check_report_to(list(config.training.report_to))
         source = resolve_model(
             str(config.model.model_name),
+            hub=str(config.model.hub),
             trust_remote_code=bool(config.model.trust_remote_code),
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
