@@ -101,6 +101,11 @@ class HttpFrontend:
         self._auth = auth
         self._runners: list[web.AppRunner] = []
         self.bound: dict[HttpAddress, int] = {}
+        # Refused before anything starts listening.
+        if metrics_listen is not None:
+            self._check_exposure(metrics_listen, "--metrics-listen")
+        if http_listen is not None:
+            self._check_exposure(http_listen, "--http-listen")
 
     def _check_exposure(self, address: HttpAddress, option: str) -> None:
         if not address.loopback and self._tls is None:
@@ -143,10 +148,8 @@ class HttpFrontend:
         """
         plan: dict[HttpAddress, tuple[bool, bool]] = {}
         if self._metrics_listen is not None:
-            self._check_exposure(self._metrics_listen, "--metrics-listen")
             plan[self._metrics_listen] = (True, False)
         if self._http_listen is not None:
-            self._check_exposure(self._http_listen, "--http-listen")
             metrics, _ = plan.get(self._http_listen, (False, False))
             plan[self._http_listen] = (metrics, True)
         for address, (metrics, dashboard) in plan.items():
