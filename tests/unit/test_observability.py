@@ -147,23 +147,3 @@ def test_model_hub_is_validated_and_a_missing_modelscope_names_the_install(
     assert raised.value.code == ErrorCode.MODEL_UNAVAILABLE
     assert "pip install modelscope" in raised.value.message
     assert resolve_model("builtin:tiny-qwen3", hub="modelscope").kind == "builtin"
-
-
-@pytest.mark.slow
-def test_a_failed_download_names_the_endpoint_and_hf_endpoint(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: object
-) -> None:
-    from cryptotune_daemon.training.models import resolve_model
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with pytest.raises(CryptotuneError) as raised:
-        resolve_model("Qwen/Qwen3-0.6B")
-    assert "http://127.0.0.1:9" in raised.value.message
-    assert "HF_ENDPOINT" in raised.value.message
