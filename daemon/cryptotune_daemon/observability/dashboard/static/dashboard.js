@@ -139,7 +139,6 @@
     const loss = new Chart($("loss-chart"), "train loss", "#2563eb");
     const evalLoss = new Chart($("eval-chart"), "eval loss", "#dc2626");
     const stages = new Map();
-    const logLines = [];
     let lastSeq = 0;
     let source = null;
     let finished = false;
@@ -216,14 +215,6 @@
       box.append(table);
     }
 
-    function addLog(line) {
-      logLines.push(line);
-      if (logLines.length > LOG_LINES) logLines.splice(0, logLines.length - LOG_LINES);
-      const pre = $("log");
-      pre.textContent = logLines.join("\n");
-      pre.scrollTop = pre.scrollHeight;
-    }
-
     function onEvent(event) {
       lastSeq = Math.max(lastSeq, event.seq);
       const d = event.data || {};
@@ -244,7 +235,6 @@
         case "stage_skipped": setStage(d.stage, "skipped"); break;
         case "plan": renderPlan(d.plan || d); break;
         case "gpu_sample": renderGpus(d.gpus); break;
-        case "log": case "warning": addLog(`${event.type === "warning" ? "warning: " : ""}${d.message}`); break;
         case "failed": $("job-failure").textContent = d.reason || "failed"; $("job-failure").hidden = false; break;
         case "result": refreshDetail(); break;
         default: break;
@@ -281,8 +271,11 @@
         renderReport(job.report);
         if (job.failure_reason) { $("job-failure").textContent = job.failure_reason; $("job-failure").hidden = false; }
         if (Array.isArray(job.log_tail) && job.log_tail.length) {
-          logLines.splice(0, logLines.length, ...job.log_tail.slice(-LOG_LINES));
-          $("log").textContent = logLines.join("\n");
+          // The worker's log (warnings included), refreshed with the rest of the page.
+          const pre = $("log");
+          const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          pre.textContent = job.log_tail.slice(-LOG_LINES).join("\n");
+          if (atBottom) pre.scrollTop = pre.scrollHeight;
         }
       } catch (error) {
         console.warn(error);
