@@ -256,6 +256,8 @@ def test_dashboard_command_without_a_dashboard(daemon: RunningDaemon) -> None:
     assert result.exit_code == 1
     assert "--http-listen" in result.stderr
     assert "Traceback" not in result.stderr
+    unknown = run_cli("dashboard", "no-such-job", address=daemon.address)
+    assert unknown.exit_code == 1 and "no-such-job" in unknown.stderr
 
 
 def test_shell_completion_lists_job_ids_and_never_starts_a_daemon(
