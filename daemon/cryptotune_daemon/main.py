@@ -68,7 +68,7 @@ from cryptotune_daemon.settings import DaemonSettings
     "--metrics-listen",
     metavar="HOST:PORT",
     default=None,
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (loopback: open; elsewhere: TLS + token).",
+    help="Serve Prometheus /metrics on HOST:PORT (a bare PORT: loopback, open; elsewhere: TLS + token).",
 )
 @click.option(
     "--http-listen",

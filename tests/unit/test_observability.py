@@ -8,14 +8,15 @@ from collections.abc import Callable
 
 import pytest
 
-from cryptotune_daemon.config.validate import load_config
+from cryptotune_daemon.config.report_targets import check_report_to
+from cryptotune_daemon.config.validate import load_config, validate_config_text
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState
 from cryptotune_daemon.observability.dashboard.views import parse_last_event_id
 from cryptotune_daemon.observability.login import LoginCodes, LoginRefused, Refusal, Sessions, cookie_name
 from cryptotune_daemon.observability.metrics import reported_jobs
 from cryptotune_daemon.training.hashing import config_hash
-from cryptotune_daemon.training.reporting import check_report_to, scalars_of
+from cryptotune_daemon.training.reporting import scalars_of
 
 
 class Clock:
@@ -124,6 +125,10 @@ def test_report_to_defaults_to_tensorboard_and_names_missing_packages(
         check_report_to(["tensorboard", "mlflow"])
     assert raised.value.code == ErrorCode.CONFIG_INVALID
     assert "pip install mlflow" in raised.value.message
+    # `validate-config` warns before a job would fail at init.
+    report = validate_config_text("training:\n  report_to: [tensorboard, mlflow]\n")
+    assert report.valid
+    assert any(w.path == "training.report_to" and "pip install mlflow" in w.message for w in report.warnings)
     # Where metrics go does not change what is trained: a resume may switch it.
     assert config_hash(load_config("")) == config_hash(load_config("training:\n  report_to: []\n"))
 
@@ -147,3 +152,16 @@ def test_model_hub_is_validated_and_a_missing_modelscope_names_the_install(
     assert raised.value.code == ErrorCode.MODEL_UNAVAILABLE
     assert "pip install modelscope" in raised.value.message
     assert resolve_model("builtin:tiny-qwen3", hub="modelscope").kind == "builtin"
+
+
+def test_http_addresses_default_to_loopback() -> None:
+    from cryptotune_daemon.observability.http_server import HttpAddress, parse_http_address
+
+    assert parse_http_address("9464", "--metrics-listen") == HttpAddress("127.0.0.1", 9464)
+    assert parse_http_address(":9464", "--metrics-listen").loopback
+    assert parse_http_address("[::1]:80", "--http-listen") == HttpAddress("::1", 80)
+    assert not parse_http_address("0.0.0.0:80", "--http-listen").loopback
+    assert not parse_http_address("10.250.0.1:80", "--http-listen").loopback
+    for bad in ("host:", "host:99999", "host:http"):
+        with pytest.raises(CryptotuneError, match="--http-listen takes HOST:PORT"):
+            parse_http_address(bad, "--http-listen")

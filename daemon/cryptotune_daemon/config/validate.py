@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from cryptotune_daemon.config.report_targets import missing_reporters, missing_reporters_message
 from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
@@ -590,6 +591,10 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             ("model", "trust_remote_code"),
             "is true, but remote code stays off unless the daemon was started with --allow-remote-code; "
             "Qwen3 needs none, so set it to false",
+        )
+    if out.usable("training.report_to") and (missing := missing_reporters(training.report_to)):
+        out.warn(
+            ("training", "report_to"), f"{missing_reporters_message(missing)}; the job would fail at init"
         )
     if out.usable("training.learning_rate") and training.learning_rate > 1e-3:
         out.warn(

@@ -31,6 +31,7 @@ from cryptotune_daemon.observability.metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+DEFAULT_HOST = "127.0.0.1"  # a bare port listens on loopback only
 METRICS_DENIED = "missing or wrong token: send 'Authorization: Bearer TOKEN' (the daemon's auth_token)\n"
 
 
@@ -56,14 +57,14 @@ class HttpAddress:
 
 
 def parse_http_address(text: str, option: str) -> HttpAddress:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6).
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``PORT`` or ``:PORT`` alone means loopback (127.0.0.1).
 
     Raises:
         CryptotuneError: REQUEST_INVALID naming ``option`` when ``text`` is not HOST:PORT.
     """
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port.isdigit() or int(port) > 65535:
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
             f"{option} takes HOST:PORT such as 127.0.0.1:8787 (port 0 picks a free one), got {text!r}",

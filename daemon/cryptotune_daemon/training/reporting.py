@@ -4,7 +4,6 @@ the job's own events on rank 0, so every tool shows exactly what ``cryptotune wa
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import math
 import os
@@ -13,35 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.config.report_targets import check_report_to
 from cryptotune_daemon.layout import TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
 
-# report_to target → (module it needs, how to install it); tensorboard is a daemon dependency.
-_PACKAGES = {
-    "tensorboard": ("tensorboard", "pip install 'cryptotune[daemon]'"),
-    "wandb": ("wandb", "pip install wandb"),
-    "mlflow": ("mlflow", "pip install mlflow"),
-}
 TENSORBOARD_FLUSH_S = 5
-
-
-def missing_reporters(report_to: Sequence[str]) -> list[str]:
-    """The ``report_to`` targets whose package is not installed here."""
-    return [target for target in report_to if importlib.util.find_spec(_PACKAGES[target][0]) is None]
-
-
-def check_report_to(report_to: Sequence[str]) -> None:
-    """Raises CONFIG_INVALID naming the install command when a ``report_to`` target's package is missing."""
-    missing = missing_reporters(report_to)
-    if missing:
-        hints = "; ".join(f"{t}: {_PACKAGES[t][1]}" for t in missing)
-        raise CryptotuneError(
-            ErrorCode.CONFIG_INVALID,
-            f"training.report_to lists {', '.join(missing)}, but the package is not installed where the "
-            f"daemon runs ({hints}, in the daemon's environment), or remove it from training.report_to",
-        )
 
 
 def scalars_of(event_type: str, data: Mapping[str, Any]) -> dict[str, float]:

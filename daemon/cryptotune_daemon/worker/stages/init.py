@@ -26,10 +26,10 @@ class InitStage(StageBase):
 
     def _init(self) -> None:
         from cryptotune_daemon.config import load_config
+        from cryptotune_daemon.config.report_targets import check_report_to
         from cryptotune_daemon.data.tokenizer import load_tokenizer
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
-        from cryptotune_daemon.training.reporting import check_report_to
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         strategy = str(config.parallel.strategy)
