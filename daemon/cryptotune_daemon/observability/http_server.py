@@ -169,9 +169,8 @@ class HttpFrontend:
                 raise CryptotuneError(
                     ErrorCode.RESOURCE_EXHAUSTED, f"cannot listen on {address}: {error.strerror}"
                 ) from None
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.bound[address] = int(sockets[0].getsockname()[1]) if sockets else address.port
+            bound = [a for a in runner.addresses if isinstance(a, tuple)]
+            self.bound[address] = int(bound[-1][1]) if bound else address.port
             what = " and ".join(n for n, on in (("/metrics", metrics), ("the dashboard", dashboard)) if on)
             log.info("HTTP listener %s (port %d) serves %s", address, self.bound[address], what)
 
