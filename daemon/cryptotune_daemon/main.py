@@ -12,6 +12,7 @@ import click
 from cryptotune.paths import default_socket_path, default_state_dir
 from cryptotune_daemon import __version__
 from cryptotune_daemon.errors import CryptotuneError
+from cryptotune_daemon.faults import ENABLE_FLAG, INJECT_FLAG, FaultInjection
 from cryptotune_daemon.settings import DaemonSettings
 
 
@@ -82,6 +83,21 @@ from cryptotune_daemon.settings import DaemonSettings
     default="INFO",
     show_default=True,
 )
+@click.option(
+    ENABLE_FLAG,
+    "enable_fault_injection",
+    is_flag=True,
+    hidden=True,
+    help="Test only: accept --inject-fault (a production daemon refuses it).",
+)
+@click.option(
+    INJECT_FLAG,
+    "inject_fault",
+    multiple=True,
+    hidden=True,
+    metavar="KIND=VALUE",
+    help="Test only: inject a fault into every job (see cryptotune_daemon/faults.py).",
+)
 @click.version_option(__version__, prog_name="cryptotuned")
 def main(
     state_dir: Path | None,
@@ -96,12 +112,22 @@ def main(
     metrics_listen: str | None,
     http_listen: str | None,
     log_level: str,
+    enable_fault_injection: bool,
+    inject_fault: tuple[str, ...],
 ) -> None:
     """The cryptotune training daemon: owns the GPUs, runs training jobs, serves gRPC."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     state = (state_dir or default_state_dir()).expanduser().resolve()
+    if inject_fault and not enable_fault_injection:
+        click.echo(f"cryptotuned: {INJECT_FLAG} is for tests and needs {ENABLE_FLAG}", err=True)
+        sys.exit(2)
+    try:
+        faults = FaultInjection.parse(inject_fault)
+    except CryptotuneError as error:
+        click.echo(f"cryptotuned: {error.message}", err=True)
+        sys.exit(2)
     settings = DaemonSettings(
         state_dir=state,
         listen=listen or (f"unix://{default_socket_path(state)}",),
@@ -114,6 +140,7 @@ def main(
         tls_client_ca=tls_client_ca,
         metrics_listen=metrics_listen,
         http_listen=http_listen,
+        faults=faults,
     )
     try:
         from cryptotune_daemon.server import Daemon

@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
+
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
@@ -27,6 +29,7 @@ class DaemonSettings:
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
         metrics_listen: ``HOST:PORT`` serving Prometheus ``/metrics`` (None: off).
         http_listen: ``HOST:PORT`` serving the web dashboard (None: off).
+        faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
     """
 
     state_dir: Path
@@ -42,6 +45,7 @@ class DaemonSettings:
     tls_client_ca: Path | None = None
     metrics_listen: str | None = None
     http_listen: str | None = None
+    faults: FaultInjection = NO_FAULTS
 
     @property
     def auth_token_path(self) -> Path:

@@ -1,9 +1,9 @@
 """Out of memory in one process of a 2-process DDP job: the daemon relaunches every rank with the halved
 micro-batch from the newest checkpoint, or fails the job with the reason when nothing is left to halve.
 
-The OOM is injected with the trainer's test hook (CRYPTOTUNE_TEST_HOOK_INJECT_OOM=STEP:FITS:RANK) in
-rank 1 only, as on a real GPU box where one card fills up first: rank 0 is then stuck in the gradient
-all-reduce and ends when torchrun stops the job.
+The OOM is injected through the fault seam (cryptotuned --enable-fault-injection
+--inject-fault oom=STEP:FITS:RANK) in rank 1 only, as on a real GPU box where one card fills up
+first: rank 0 is then stuck in the gradient all-reduce and ends when torchrun stops the job.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ import re
 
 import pytest
 
-from cryptotune_daemon.faults import TEST_HOOK_ENV
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
-from tests.integration.test_recovery import WAIT_S, Harness, check_runs, harness, states
-
-__all__ = ["harness"]  # the fixture, shared with test_recovery
+from tests.helpers.harness import WAIT_S, Harness, check_runs, states
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 
 
 @pytest.mark.slow
@@ -26,7 +23,7 @@ def test_an_oom_in_one_rank_relaunches_the_job_with_half_the_micro_batch(harness
     data = write_data(harness.root / "data.jsonl", count=24)
     config = write_config(harness.root / "ddp.yaml", max_steps=total, save_steps=save, world_size=2)
     out = harness.root / "out"
-    harness.start({TEST_HOOK_ENV: "3:2:1"})  # step 3 runs out of memory in rank 1 above micro-batch 2
+    harness.start(faults=("oom=3:2:1",))  # step 3 runs out of memory in rank 1 above micro-batch 2
     with harness.client() as client:
         job = client.submit(data, config, output_dir=out, pipeline_id="ddp-oom")
         state = wait_terminal(client, job.job_id, timeout=WAIT_S * 3)
@@ -68,7 +65,7 @@ def test_an_oom_at_micro_batch_one_fails_the_ddp_job_with_the_reason(harness: Ha
     config_path.write_text(
         config_path.read_text().replace("per_device_train_batch_size: 4", "per_device_train_batch_size: 1")
     )
-    harness.start({TEST_HOOK_ENV: "2:0:1"})  # nothing fits in rank 1 at step 2
+    harness.start(faults=("oom=2:0:1",))  # nothing fits in rank 1 at step 2
     with harness.client() as client:
         job = client.submit(data, config_path, output_dir=harness.root / "out", pipeline_id="ddp-oom-1")
         assert wait_terminal(client, job.job_id, timeout=WAIT_S * 2) == "failed"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cryptotune_daemon.training.checkpoints import Hashes, list_checkpoints, newest_verified, write_checkpoint
+from cryptotune_daemon.training.checkpoints import Hashes, newest_verified, write_checkpoint
 from cryptotune_daemon.worker.failures import describe_failure
+from tests.helpers.checkpoints import list_checkpoints
 
 HASHES = Hashes(data="d" * 64, config="c" * 64, tokenizer="t" * 64)
 

@@ -12,7 +12,6 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     Hashes,
     find_checkpoint,
-    list_checkpoints,
     newest_verified,
     refuse_if_changed,
     remove_temp_dirs,
@@ -20,6 +19,7 @@ from cryptotune_daemon.training.checkpoints import (
     write_checkpoint,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_hash, sha256_file
+from tests.helpers.checkpoints import list_checkpoints
 
 HASHES = Hashes(data="a" * 64, config="b" * 64, tokenizer="c" * 64)
 

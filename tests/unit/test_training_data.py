@@ -11,16 +11,11 @@ import pytest
 import torch
 
 from cryptotune_daemon.data.records import Record
-from cryptotune_daemon.training.dataset import (
-    Example,
-    collate,
-    dedupe,
-    split_counts,
-    split_examples,
-)
+from cryptotune_daemon.training.batching import collate
+from cryptotune_daemon.training.dataset import Example, dedupe, split_counts, split_examples
 from cryptotune_daemon.training.evaluation import answer_part, term_recall, thinking_format_ok
 from cryptotune_daemon.training.models import ModelFacts
-from cryptotune_daemon.training.planner import DeviceInfo, PlanRequest, estimate_memory_mb, plan_training
+from cryptotune_daemon.training.planner import DeviceInfo, PlanRequest, estimate_memory, plan_training
 
 
 def _example(index: int, length: int, prompt: int = 3) -> Example:
@@ -135,15 +130,15 @@ def test_auto_settings_fit_the_gpu_and_keep_the_effective_batch() -> None:
 
 def test_memory_estimate_grows_with_batch_and_shrinks_with_checkpointing() -> None:
     def estimate(micro: int, checkpointing: bool) -> int:
-        return estimate_memory_mb(
+        return estimate_memory(
             FACTS_4B,
             device="cuda",
-            micro_batch_size=micro,
-            seq_len=2048,
+            rows=micro,
+            width=2048,
             precision="bf16",
             gradient_checkpointing=checkpointing,
             lora_parameters=0,
-        )
+        ).total
 
     assert estimate(1, False) < estimate(4, False)
     assert estimate(4, True) < estimate(4, False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.text import Text
 
 from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
@@ -28,6 +27,8 @@ def dashboard(cli_ctx: CliContext, job: str, open_browser: bool) -> None:
         import webbrowser
 
         if not webbrowser.open(url):
+            from rich.text import Text
+
             cli_ctx.err.print(
                 Text("no web browser found here: open the URL above yourself", style="yellow"),
                 highlight=False,

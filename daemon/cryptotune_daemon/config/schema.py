@@ -9,6 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from cryptotune_daemon.constants import (
+    BUILTIN_TINY_QWEN3,
+    DEFAULT_MAX_SEQ_LENGTH,
+    DEFAULT_MODEL_ID,
+    MAX_SEQ_LENGTH,
+    MIN_SEQ_LENGTH,
+)
+
 SchedulerType = Literal[
     "linear",
     "cosine",
@@ -21,9 +29,11 @@ SchedulerType = Literal[
 IntervalStrategy = Literal["no", "steps", "epoch"]
 OptimizationStrategy = Literal["auto", "memory", "balanced", "quality"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "openai"]
-ParallelStrategy = Literal["data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"]
-# The strategies a job can run with today (the schema accepts more, refused at submit and by the worker).
-SUPPORTED_STRATEGIES: tuple[str, ...] = ("data_parallel", "auto")
+# Which of these train today is decided by config/strategies.py (the rest are refused at submission).
+ParallelStrategy = Literal[
+    "data_parallel", "sharded_data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel", "auto"
+]
+PipelineSchedule = Literal["gpipe", "1f1b"]
 ModelHub = Literal["huggingface", "modelscope"]
 # Where training metrics go besides the job's events; tensorboard needs nothing extra, the others
 # their package in the daemon's environment (checked by the job's init stage).
@@ -35,9 +45,11 @@ Precision = Literal["bf16", "fp16", "fp32"]
 # so the manual's `learning_rate: 2e-4` arrives as the string "2e-4" and must be read here.
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER_RE = re.compile(r"[+-]?\d+")
-_MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A module name, or peft's "all-linear" (every linear layer but the output head).
+_MODULE_NAME_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]*|all-linear)$"
 # Longer digit strings are typos or attacks; int() would also refuse them past 4300 digits.
 _MAX_NUMBER_CHARS = 64
+_MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 
 
 def describe_value(value: Any) -> str:
@@ -171,6 +183,20 @@ def _to_string(value: Any) -> Any:
     raise _fail("string", f"expected a string, got {describe_value(value)}{hint}")
 
 
+def _to_path_text(value: Any) -> Any:
+    """A directory path: a string no file system refuses outright (no NUL, within PATH_MAX)."""
+    text = _to_string(value)
+    if "\x00" in text:
+        raise _fail("path", f"contains a NUL character, which no path can hold: {describe_value(text)}")
+    if len(text.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise _fail("path", f"is longer than {_MAX_PATH_BYTES} bytes; give a shorter directory path")
+    return text
+
+
+def _to_optional_path_text(value: Any) -> Any:
+    return None if value is None else _to_path_text(value)
+
+
 def _to_choice(value: Any) -> Any:
     # Enum values are matched case-insensitively; anything not a string is left to the Literal check.
     return value.strip().lower() if isinstance(value, str) else value
@@ -211,7 +237,8 @@ def _to_module_name(value: Any) -> Any:
     if not isinstance(value, str) or not re.fullmatch(_MODULE_NAME_PATTERN, value):
         raise _fail(
             "module",
-            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores), "
+            "expected a module name such as 'q_proj' (ASCII letters, digits and underscores) or "
+            "'all-linear', "
             f"got {describe_value(value)}",
         )
     return value
@@ -234,9 +261,9 @@ class ModelConfig(_Section):
     """Which base model to fine-tune."""
 
     model_name: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="Qwen/Qwen3-4B-Thinking-2507",
-        description="Hugging Face hub id, local model directory, or builtin:tiny-qwen3 (offline demo).",
-        examples=["Qwen/Qwen3-4B-Thinking-2507"],
+        default=DEFAULT_MODEL_ID,
+        description=f"Hugging Face hub id, local model directory, or {BUILTIN_TINY_QWEN3} (offline demo).",
+        examples=[DEFAULT_MODEL_ID],
     )
     model_revision: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
         default="main",
@@ -253,6 +280,12 @@ class ModelConfig(_Section):
         description="Run Python code shipped with the model; Qwen3 needs none, and the daemon refuses it "
         "unless started with --allow-remote-code.",
     )
+
+
+def generation_record_count(available: int, max_new_tokens: int, max_generated_tokens: int) -> int:
+    """How many of ``available`` eval records the generation checks cover: as many as can each
+    generate ``max_new_tokens`` without the total passing ``max_generated_tokens``."""
+    return max(0, min(available, max_generated_tokens // max(max_new_tokens, 1)))
 
 
 class TrainingConfig(_Section):
@@ -313,8 +346,10 @@ class TrainingConfig(_Section):
     logging_steps: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
         default=10, description="Optimizer steps between progress events.", examples=[10]
     )
-    max_seq_length: Annotated[int, Field(ge=16, le=131072), BeforeValidator(_to_integer)] = Field(
-        default=2048,
+    max_seq_length: Annotated[
+        int, Field(ge=MIN_SEQ_LENGTH, le=MAX_SEQ_LENGTH), BeforeValidator(_to_integer)
+    ] = Field(
+        default=DEFAULT_MAX_SEQ_LENGTH,
         description="Longest tokenized sample; longer samples are reported and refused, never cut.",
         examples=[2048],
     )
@@ -328,6 +363,12 @@ class TrainingConfig(_Section):
     )
     max_new_tokens: Annotated[int, Field(ge=1, le=32768), BeforeValidator(_to_integer)] = Field(
         default=256, description="Tokens generated per record in those generation checks.", examples=[256]
+    )
+    max_generated_tokens: Annotated[int, Field(ge=1, le=10_000_000), BeforeValidator(_to_integer)] = Field(
+        default=4096,
+        description="Bound on the tokens generated by those checks in all: only as many records as can "
+        "each generate max_new_tokens within it are checked (the report says how many).",
+        examples=[4096],
     )
     report_to: Annotated[list[ReportTarget], BeforeValidator(_to_report_list)] = Field(
         default_factory=lambda: list[ReportTarget](["tensorboard"]),
@@ -390,7 +431,12 @@ class ParallelConfig(_Section):
     """Multi-GPU training."""
 
     strategy: Annotated[ParallelStrategy, BeforeValidator(_to_choice)] = Field(
-        default="data_parallel", description="How work is spread over GPUs; LoRA jobs use data parallelism."
+        default="data_parallel",
+        description=(
+            "How work is spread over GPUs: data_parallel (DDP), sharded_data_parallel (FSDP2), "
+            "model_parallel (tensor parallel), pipeline_parallel, hybrid_parallel (tensor parallel × FSDP2) "
+            "or auto (the fastest that fits)."
+        ),
     )
     world_size: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
         default=1, description="Number of GPUs (processes) for one job.", examples=[1]
@@ -398,19 +444,38 @@ class ParallelConfig(_Section):
     enable_distributed: Boolean = Field(
         default=False, description="Launch one process per GPU with torchrun."
     )
+    tensor_parallel_size: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
+        default=1,
+        description="GPUs that split each layer (model_parallel, hybrid_parallel); divides the KV heads.",
+        examples=[1, 2],
+    )
+    pipeline_schedule: Annotated[PipelineSchedule, BeforeValidator(_to_choice)] = Field(
+        default="1f1b", description="pipeline_parallel: micro-batch schedule, gpipe or 1f1b."
+    )
+    pipeline_micro_batches: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
+        default=2, description="pipeline_parallel: micro-batches each batch is cut into.", examples=[2]
+    )
 
 
 class SystemConfig(_Section):
     """Where outputs go and how much is logged."""
 
-    output_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./output", description="Adapter, checkpoints and report; relative to the job directory."
+    output_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
+        default=None,
+        description="Adapter, checkpoints and report; --output-dir wins over it, and without either the "
+        "job writes to ./training_output. Relative paths are taken from the client's working directory "
+        "(a remote client must give an absolute path).",
+        examples=["./output"],
     )
-    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./logs", description="Training logs; relative to the job directory."
+    logging_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_path_text)] = Field(
+        default="./logs",
+        description="The worker's log (worker.log); relative to the output directory unless absolute.",
     )
-    cache_dir: Annotated[str, Field(min_length=1), BeforeValidator(_to_string)] = Field(
-        default="./cache", description="Tokenized-data cache; relative to the job directory."
+    cache_dir: Annotated[str | None, Field(min_length=1), BeforeValidator(_to_optional_path_text)] = Field(
+        default=None,
+        description="Tokenized-data cache; relative to the output directory unless absolute; null shares "
+        "the daemon's cache between jobs.",
+        examples=["./cache"],
     )
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = Field(
         default="INFO", description="Worker log verbosity (case-insensitive)."

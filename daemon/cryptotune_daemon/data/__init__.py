@@ -1,5 +1,6 @@
 """Training data: reading and validating records, rendering, tokenising and inspection."""
 
+from cryptotune_daemon.constants import BUILTIN_TINY_QWEN3, IGNORE_INDEX
 from cryptotune_daemon.data.inspect import InspectionReport, inspect_data, length_stats
 from cryptotune_daemon.data.readers import (
     DATA_FORMATS,
@@ -15,8 +16,6 @@ from cryptotune_daemon.data.readers import (
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.data.template import RenderedSample, extract_reasoning, render_prompt, render_record
 from cryptotune_daemon.data.tokenizer import (
-    BUILTIN_TINY_QWEN3,
-    IGNORE_INDEX,
     TokenizedSample,
     build_qwen3_tokenizer,
     clear_tokenizer_memo,

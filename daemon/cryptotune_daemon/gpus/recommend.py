@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptotune_daemon.constants import BUILTIN_TINY_QWEN3, DEFAULT_MODEL_ID
 from cryptotune_daemon.gpus.inventory import GpuInfo
 
-DEFAULT_MODEL = "Qwen/Qwen3-4B-Thinking-2507"
+DEFAULT_MODEL = DEFAULT_MODEL_ID
 # Qwen3-4B: 4.02 B parameters, bf16 weights ≈ 7.7 GiB. Activation figures are per sample at
 # 2048 tokens, measured-order-of-magnitude values: about 6 GiB without gradient checkpointing,
 # about 0.9 GiB with it (layer inputs only, plus chunked LM-head logits).
@@ -47,7 +48,7 @@ def recommend(gpus: list[GpuInfo], model: str = DEFAULT_MODEL) -> Recommendation
             gradient_accumulation_steps=_TARGET_EFFECTIVE_BATCH,
             precision="fp32",
             gradient_checkpointing=False,
-            reason="No GPU: training runs on the CPU, which is practical only for builtin:tiny-qwen3.",
+            reason=f"No GPU: training runs on the CPU, which is practical only for {BUILTIN_TINY_QWEN3}.",
         )
     free_mb = min(g.memory_total_mb - g.memory_used_mb for g in gpus)
     budget = free_mb - _WEIGHTS_MB - _OVERHEAD_MB

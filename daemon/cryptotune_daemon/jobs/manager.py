@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +21,6 @@ from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 
 log = logging.getLogger(__name__)
-
-TEST_RECONCILE_DELAY_ENV = "CRYPTOTUNE_TEST_RECONCILE_DELAY_S"
 
 
 class JobManager(JobRequests, Scheduler, Supervisor, Streams):
@@ -63,8 +60,8 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
         self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        delay = float(os.environ.get(TEST_RECONCILE_DELAY_ENV, "0") or 0)
-        if delay > 0:  # test hook: widens the window in which health must say NOT_SERVING
+        delay = self._settings.faults.reconcile_delay_s
+        if delay > 0:  # injected fault (tests): widens the window in which health must say NOT_SERVING
             await asyncio.sleep(delay)
         for job in self._store.list_nonterminal():
             try:

@@ -47,11 +47,6 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-def can_transition(current: JobState, to: JobState) -> bool:
-    """Return whether the transition table allows moving from ``current`` to ``to``."""
-    return to in TRANSITIONS.get(current, frozenset())
-
-
 def sources_of(to: JobState) -> frozenset[JobState]:
     """Return every state from which ``to`` may be entered."""
     return frozenset(s for s, targets in TRANSITIONS.items() if to in targets)

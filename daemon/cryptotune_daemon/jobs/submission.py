@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptotune_daemon.config import load_config
-from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
+from cryptotune_daemon.config.strategies import refuse_unsupported
+from cryptotune_daemon.config.system_paths import check_job_dirs, choose_output_dir
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
-from cryptotune_daemon.layout import PIPELINE_STATE_FILE
+from cryptotune_daemon.path_text import path_text, shown
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
+from cryptotune_daemon.worker.state import read_state
 
 # ASCII digits only, and few of them: int() of a 5000-digit (or Arabic-Indic) step must never run.
 _RESUME = re.compile(r"(?P<pipeline>[A-Za-z0-9._-]{1,64})(?:@(?P<step>[0-9]{1,12}))?")
-# Linux limits: PATH_MAX for a whole path, NAME_MAX for one component.
-MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,8 @@ class SubmitRequest:
     pipeline_id: str
     resume: str
     dry_run: bool
+    client_cwd: str = ""  # where relative config paths start (the client's working directory)
+    remote: bool = False  # came over TCP: the client's directory is on another machine
 
 
 @dataclass(frozen=True)
@@ -49,51 +49,25 @@ class PreparedJob:
     spec: JobSpec
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
-
-
-def _check_path_text(raw: str) -> None:
-    """Refuses what no file system path can hold, before the path reaches the OS."""
-    if "\x00" in raw:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir {_shown(raw)} contains a NUL byte; give a plain absolute directory path",
-        )
-    if len(raw.encode()) > MAX_PATH_BYTES:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir is {len(raw.encode())} bytes long, over the {MAX_PATH_BYTES}-byte path limit; "
-            "choose a shorter directory",
-        )
-    long_part = next((part for part in raw.split("/") if len(part.encode()) > MAX_NAME_BYTES), None)
-    if long_part is not None:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"output_dir has a name longer than {MAX_NAME_BYTES} bytes ({_shown(long_part, 40)}); "
-            "shorten that directory name",
-        )
-
-
 def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
     if not raw:
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
             "output_dir is required: give an absolute directory for the job's output",
         )
-    _check_path_text(raw)
+    path_text(raw, "output_dir", "give a plain absolute directory path")
     path = Path(raw)
     if not path.is_absolute():
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
-            f"output_dir must be an absolute path, got {_shown(raw)}; the daemon does not know the "
+            f"output_dir must be an absolute path, got {shown(raw)}; the daemon does not know the "
             "client's working directory",
         )
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
         raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID, f"output_dir {_shown(raw)} cannot be resolved: {error}"
+            ErrorCode.REQUEST_INVALID, f"output_dir {shown(raw)} cannot be resolved: {error}"
         ) from None
     roots = settings.output_roots()
     if not any(resolved == root or root in resolved.parents for root in roots):
@@ -118,12 +92,8 @@ def _check_output_dir(raw: str, settings: DaemonSettings) -> Path:
 
 
 def _pipeline_in_dir(output_dir: Path) -> str | None:
-    try:
-        state = json.loads((output_dir / PIPELINE_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    value = state.get("pipeline_id") if isinstance(state, dict) else None
-    return str(value) if value else None
+    state = read_state(output_dir)
+    return state.pipeline_id if state is not None and state.pipeline_id else None
 
 
 def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
@@ -132,7 +102,7 @@ def _resolve_resume(resume: str, store: JobStore) -> tuple[Job, int | None]:
         raise CryptotuneError(
             ErrorCode.REQUEST_INVALID,
             f"--resume takes PIPELINE_ID or PIPELINE_ID@STEP (a pipeline id of 1 to 64 characters from "
-            f"A-Z a-z 0-9 . _ -, and a checkpoint step number), got {_shown(resume)}",
+            f"A-Z a-z 0-9 . _ -, and a checkpoint step number), got {shown(resume)}",
         )
     previous = store.get(match.group("pipeline"))
     step = int(match.group("step")) if match.group("step") else None
@@ -177,12 +147,7 @@ def prepare(
             "model.trust_remote_code is true, but this daemon was not started with --allow-remote-code; "
             "Qwen3 needs no remote code: set it to false",
         )
-    if config.parallel.strategy not in SUPPORTED_STRATEGIES:
-        raise CryptotuneError(
-            ErrorCode.CONFIG_INVALID,
-            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA "
-            "adapters with data parallelism; set parallel.strategy to data_parallel or auto",
-        )
+    refuse_unsupported(config.parallel.strategy)
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
     if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
         world_size = gpu_count
@@ -210,7 +175,10 @@ def prepare(
         pipeline_id = (
             validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
         )
-        output_dir = _check_output_dir(request.output_dir, settings)
+        choice = choose_output_dir(
+            request.output_dir, config.system.output_dir, request.client_cwd, remote=request.remote
+        )
+        output_dir = _check_output_dir(choice.path, settings)
         owner = _pipeline_in_dir(output_dir)
         if owner and owner != pipeline_id:
             raise CryptotuneError(
@@ -218,6 +186,7 @@ def prepare(
                 f"output dir {output_dir} already holds pipeline {owner}; choose another --output-dir, "
                 f"or continue that pipeline with --resume {owner}",
             )
+    check_job_dirs(output_dir, config.system.logging_dir, config.system.cache_dir, settings.output_roots())
     for job in store.list_nonterminal():
         if Path(job.output_dir) == output_dir and job.request_id != request.request_id:
             raise CryptotuneError(
@@ -239,5 +208,6 @@ def prepare(
         resume=resume_spec,
         world_size=world_size,
         allow_remote_code=settings.allow_remote_code,
+        fault_injection=settings.faults,
     )
     return PreparedJob(pipeline_id=pipeline_id, output_dir=output_dir, resumed_from=resumed_from, spec=spec)

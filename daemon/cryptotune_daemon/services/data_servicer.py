@@ -10,16 +10,14 @@ from typing import Any
 import grpc
 
 from cryptotune.proto.v1 import data_pb2, data_pb2_grpc
+from cryptotune_daemon.constants import BUILTIN_TINY_QWEN3, DEFAULT_MAX_SEQ_LENGTH, MAX_SEQ_LENGTH
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.services import serde
 from cryptotune_daemon.services.error_catalog import unary
 from cryptotune_daemon.services.validation import MODEL_HINT, int_range, path_text, shown
 from cryptotune_daemon.storage.blobs import BlobStore
 
-DEFAULT_MAX_SEQ_LENGTH = 2048
 MAX_SAMPLES_SHOWN = 1000
-# The largest training.max_seq_length a config accepts.
-MAX_SEQ_LENGTH = 131072
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
@@ -81,7 +79,13 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 f"format must be 'json' or 'jsonl' (or empty to detect it), got {shown(request.format)}",
             )
         int_range(request.sample, "sample", 0, MAX_SAMPLES_SHOWN, "records shown with their training text")
-        int_range(request.max_seq_length, "max_seq_length", 0, MAX_SEQ_LENGTH, "0 means the default, 2048")
+        int_range(
+            request.max_seq_length,
+            "max_seq_length",
+            0,
+            MAX_SEQ_LENGTH,
+            f"0 means the default, {DEFAULT_MAX_SEQ_LENGTH}",
+        )
         path_text(request.model, "model", MODEL_HINT)
         blob = self._blobs.get(request.digest)
         report = await asyncio.to_thread(
@@ -102,7 +106,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         from cryptotune_daemon.data.inspect import inspect_data
         from cryptotune_daemon.data.tokenizer import load_tokenizer
 
-        model_name = model or "builtin:tiny-qwen3"
+        model_name = model or BUILTIN_TINY_QWEN3
         tokenizer = load_tokenizer(model_name, self._cache_dir)
         return inspect_data(
             path,

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+from cryptotune_daemon.constants import BUILTIN_TINY_QWEN3
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.path_text import MAX_NAME_BYTES, MAX_PATH_BYTES, path_text, shown
 
 MAX_CONFIG_BYTES = 1024 * 1024
-# Linux PATH_MAX and NAME_MAX: no job reference, directory or model name is longer.
-MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255
 JOB_REF_HINT = "give a job id, a pipeline id or the job's absolute output directory"
-MODEL_HINT = "give builtin:tiny-qwen3, a Hugging Face id (owner/name) or a local model directory"
-
-
-def shown(value: str, limit: int = 80) -> str:
-    """A field's value for an error message: quoted, control characters escaped, long values cut."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
+MODEL_HINT = f"give {BUILTIN_TINY_QWEN3}, a Hugging Face id (owner/name) or a local model directory"
 
 
 def config_size(text: str) -> str:
@@ -36,29 +30,6 @@ def job_ref(ref: str) -> str:
     return path_text(ref, "job", JOB_REF_HINT)
 
 
-def path_text(value: str, field: str, hint: str) -> str:
-    """Returns ``value`` when it could name a file (no NUL, within PATH_MAX and NAME_MAX), else raises.
-
-    Checked before the value reaches the OS, which would raise ValueError or ENAMETOOLONG.
-    """
-    if "\x00" in value:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID, f"{field} {shown(value)} contains a NUL byte; {hint}"
-        )
-    if len(value.encode()) > MAX_PATH_BYTES:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID, f"{field} {shown(value)} is longer than {MAX_PATH_BYTES} bytes; {hint}"
-        )
-    long_part = next((part for part in value.split("/") if len(part.encode()) > MAX_NAME_BYTES), None)
-    if long_part is not None:
-        raise CryptotuneError(
-            ErrorCode.REQUEST_INVALID,
-            f"{field} {shown(value)} has a name longer than {MAX_NAME_BYTES} bytes "
-            f"({shown(long_part, 40)}); {hint}",
-        )
-    return value
-
-
 def int_range(value: int, name: str, low: int, high: int, meaning: str = "") -> int:
     """Returns ``value`` when ``low <= value <= high``, else raises REQUEST_INVALID naming the range."""
     if not low <= value <= high:
@@ -67,3 +38,17 @@ def int_range(value: int, name: str, low: int, high: int, meaning: str = "") -> 
             ErrorCode.REQUEST_INVALID, f"{name} must be between {low} and {high}{extra}, got {value}"
         )
     return value
+
+
+__all__ = [
+    "JOB_REF_HINT",
+    "MAX_CONFIG_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "MODEL_HINT",
+    "config_size",
+    "int_range",
+    "job_ref",
+    "path_text",
+    "shown",
+]

@@ -26,9 +26,6 @@ MANIFEST_FILE = CHECKPOINT_MANIFEST
 MANIFEST_FORMAT = 1
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 _TEMP_PREFIX = ".tmp-"
-# Test hook (tests/integration/test_recovery.py): "N" makes the worker SIGKILL itself once, midway
-# through writing the checkpoint of step N. Never set outside tests.
-TEST_CRASH_ENV = "CRYPTOTUNE_TEST_CRASH_IN_CHECKPOINT"
 
 
 @dataclass(frozen=True)
@@ -38,6 +35,8 @@ class Hashes:
     data: str
     config: str
     tokenizer: str
+    # This run's config under the hash of older checkpoints (never recorded; compared only).
+    config_legacy: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,8 @@ def write_checkpoint(
     write_files: Callable[[Path], None],
     hashes: Hashes,
     extra: Mapping[str, Any] | None = None,
+    *,
+    crash_at_step: int | None = None,
 ) -> Path:
     """Writes a checkpoint atomically and returns its final directory.
 
@@ -102,6 +103,7 @@ def write_checkpoint(
         write_files: writes the checkpoint's files into the directory it is given.
         hashes: data/config/tokenizer hashes recorded in the manifest.
         extra: more manifest fields (e.g. epoch).
+        crash_at_step: injected fault (tests only): die midway through writing this step's checkpoint.
 
     Returns:
         The ``checkpoints/step-NNNNNN`` directory.
@@ -113,7 +115,8 @@ def write_checkpoint(
     temp.mkdir()
     try:
         write_files(temp)
-        _test_crash_hook(output_dir, step, temp)
+        if crash_at_step == step:
+            _test_crash_hook(output_dir, step, temp)
         files: dict[str, str] = {}
         for path in _files_under(temp):
             _fsync_path(path)
@@ -152,9 +155,10 @@ def write_checkpoint(
 
 
 def _test_crash_hook(output_dir: Path, step: int, partial: Path) -> None:
-    """Dies like a power cut after the files, before the manifest (once per output dir; tests only)."""
-    if os.environ.get(TEST_CRASH_ENV) != str(step):
-        return
+    """Dies like a power cut after the files, before the manifest (once per output dir).
+
+    The injected fault ``crash_in_checkpoint`` (faults.py); tests only.
+    """
     marker = output_dir / f".test-crashed-in-checkpoint-{step}"
     if marker.exists():
         return
@@ -202,18 +206,6 @@ def _step_dirs(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def list_checkpoints(output_dir: Path, warn: Callable[[str], None] | None = None) -> list[CheckpointInfo]:
-    """Verified checkpoints, oldest first; unverifiable ones are reported through ``warn``."""
-    verified = []
-    for _, path in _step_dirs(output_dir):
-        info, problem = verify_checkpoint(path)
-        if info is not None:
-            verified.append(info)
-        elif warn is not None:
-            warn(f"ignoring checkpoint {problem}")
-    return verified
-
-
 def newest_verified(output_dir: Path, warn: Callable[[str], None] | None = None) -> CheckpointInfo | None:
     """The newest checkpoint whose manifest verifies (newer broken ones are skipped and reported)."""
     for _, path in reversed(_step_dirs(output_dir)):
@@ -258,6 +250,8 @@ def hash_mismatches(recorded: Hashes, current: Hashes) -> list[str]:
     changed = []
     for name, label in (("data", "the data file"), ("config", "the config"), ("tokenizer", "the tokenizer")):
         old, new = getattr(recorded, name), getattr(current, name)
+        if name == "config" and old and old == current.config_legacy:
+            continue  # recorded before resumes could change the parallel section
         if old and new and old != new:
             changed.append(label)
     return changed

@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from cryptotune_daemon.constants import IGNORE_INDEX
+
 # Labelled positions that go through the LM head at once. One chunk's fp32 logits are
 # chunk × 151,936 × 4 bytes (311 MB at 512): small next to a GPU's activations, and big enough that
 # the head's matrix products stay efficient on CPUs and GPUs alike.
@@ -20,11 +21,6 @@ def _causal_lm(model: nn.Module) -> Any:
     """The transformers causal LM inside a peft wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
-
-
-def label_token_counts(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens that carry loss per example: labels after the one-token shift that are not ignored."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
 class _FusedLabelCrossEntropy(torch.autograd.Function):
@@ -140,8 +136,8 @@ def per_example_loss_sums(
     Args:
         model: a transformers causal LM, or a peft model wrapping one.
         input_ids: ``(B, T)`` token ids: one example per row, right-padded
-            (:func:`~cryptotune_daemon.training.dataset.collate`), or packed rows
-            (:func:`~cryptotune_daemon.training.dataset.collate_packed`).
+            (:func:`~cryptotune_daemon.training.batching.collate`), or packed rows
+            (:func:`~cryptotune_daemon.training.batching.collate_packed`).
         attention_mask: ``(B, T)`` 1 for real tokens (padded batches); None for packed ones.
         labels: ``(B, T)`` target ids, ``-100`` where no loss is taken (prompt, padding).
         position_ids: packed batches: positions restarting at 0 for every sample.

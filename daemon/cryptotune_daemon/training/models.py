@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 import torch
 
+from cryptotune_daemon.constants import BUILTIN_PREFIX, BUILTIN_TINY_QWEN3
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_TINY_QWEN3 = "builtin:tiny-qwen3"
 # Fixed so every process (and every rank) builds bit-identical tiny weights.
 TINY_QWEN3_SEED = 20250731
 log = logging.getLogger(__name__)

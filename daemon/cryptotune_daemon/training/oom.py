@@ -87,7 +87,7 @@ def train_with_oom_recovery(
     """Builds, sets up and trains a trainer; on out-of-memory halves the micro-batch and goes on.
 
     Recovery keeps the data order equivalent: the order is fixed per optimiser step
-    (:func:`~cryptotune_daemon.training.dataset.epoch_steps`), so after halving the micro-batch and
+    (:func:`~cryptotune_daemon.training.batching.epoch_steps`), so after halving the micro-batch and
     doubling accumulation every step still trains on the same samples with the same effective
     batch and learning rate. Training continues from the newest verified checkpoint (whose state
     and RNG streams are exact; the partial step that ran out of memory is discarded), or from the

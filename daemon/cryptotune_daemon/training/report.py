@@ -9,9 +9,14 @@ import resource
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptotune_daemon.layout import LOSS_CURVE, REPORT_JSON, REPORT_MD
+
+if TYPE_CHECKING:
+    from cryptotune_daemon.training.checkpoints import Hashes
+    from cryptotune_daemon.training.planner import Plan
+    from cryptotune_daemon.training.trainer import TrainerState
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "pipeline_id",
@@ -36,6 +41,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "precision",
     "device",
     "world_size",
+    "strategy",
+    "mesh",
 )
 
 
@@ -116,6 +123,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Pipeline", report.get("pipeline_id")),
         ("Model", report.get("model")),
         ("Device", f"{report.get('device')} × {report.get('world_size')} ({report.get('precision')})"),
+        ("Strategy", f"{report.get('strategy', 'data_parallel')}, mesh {report.get('mesh') or {}}"),
         ("Train / eval samples", f"{report.get('train_samples')} / {report.get('eval_samples')}"),
         ("Steps", report.get("steps")),
         ("Resumed from step", report.get("resumed_from_step")),
@@ -129,6 +137,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Perplexity by difficulty", report.get("perplexity_by_difficulty")),
         ("Thinking-format rate", report.get("thinking_format_rate")),
         ("Crypto-term recall", report.get("crypto_term_recall")),
+        (
+            "Generation checks",
+            f"{report.get('generation_evaluated', 0)} samples, "
+            f"{report.get('generation_tokens', 0)} tokens generated",
+        ),
         ("Tokens / s (trained)", report.get("tokens_per_second")),
         ("Peak memory (MB)", report.get("peak_memory_mb")),
         (
@@ -160,6 +173,71 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "",
             ]
     return "\n".join(lines) + "\n"
+
+
+def build_report(
+    *,
+    pipeline_id: str,
+    job_id: str,
+    model: str,
+    train_samples: int,
+    eval_samples: int,
+    trainer_state: TrainerState,
+    metrics: Mapping[str, Any],
+    tokens_per_second: float | None,
+    peak_memory_mb: float,
+    stage_seconds: Mapping[str, float],
+    wall_seconds: float,
+    adapter_path: Path,
+    resumed_from_step: int | None,
+    plan: Plan,
+    device: str,
+    world_size: int,
+    mesh: Mapping[str, int],
+    oom_recoveries: list[Any],
+    hashes: Hashes,
+) -> dict[str, Any]:
+    """The ``report.json`` object of a completed run (``REQUIRED_KEYS`` and more)."""
+    losses = [float(p[1]) for p in trainer_state.loss_history]
+    return {
+        "pipeline_id": pipeline_id,
+        "job_id": job_id,
+        "model": model,
+        "train_samples": train_samples,
+        "eval_samples": eval_samples,
+        "steps": trainer_state.step,
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "eval_loss": metrics.get("eval_loss"),
+        "eval_loss_by_difficulty": metrics.get("eval_loss_by_difficulty") or {},
+        "perplexity": metrics.get("perplexity"),
+        "perplexity_by_difficulty": metrics.get("perplexity_by_difficulty") or {},
+        "thinking_format_rate": metrics.get("thinking_format_rate"),
+        "crypto_term_recall": metrics.get("crypto_term_recall"),
+        "generation_evaluated": metrics.get("generation_evaluated", 0),
+        "generation_tokens": metrics.get("generation_tokens", 0),
+        "tokens_per_second": tokens_per_second,
+        "trained_tokens": trainer_state.trained_tokens,
+        "peak_memory_mb": peak_memory_mb,
+        "stage_seconds": dict(stage_seconds),
+        "wall_seconds": wall_seconds,
+        "adapter_path": str(adapter_path),
+        "resumed_from_step": resumed_from_step,
+        "precision": plan.precision,
+        "device": device,
+        "world_size": world_size,
+        "strategy": trainer_state.strategy,
+        "mesh": dict(mesh),
+        "micro_batch_size": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "effective_batch_size": plan.effective_batch_size,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "oom_recoveries": oom_recoveries,
+        "data_hash": hashes.data,
+        "config_hash": hashes.config,
+        "tokenizer_hash": hashes.tokenizer,
+        "generation_samples": metrics.get("generation_samples") or [],
+    }
 
 
 def write_report(

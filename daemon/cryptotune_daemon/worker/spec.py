@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest
 
 
@@ -57,6 +58,7 @@ class JobSpec:
         events_path: the JSON-lines event file rank 0 appends to.
         data_digest: the uploaded data's content digest (the daemon's record; the worker hashes the file).
         world_size: processes the daemon launches for the job (torchrun above 1).
+        fault_injection: test-only faults (set only by a daemon started with --enable-fault-injection).
     """
 
     job_id: str
@@ -74,6 +76,7 @@ class JobSpec:
     events_path: Path | None = None
     data_digest: str = ""
     world_size: int = 1
+    fault_injection: FaultInjection = NO_FAULTS
 
     @property
     def cache_dir(self) -> Path:
@@ -98,6 +101,7 @@ class JobSpec:
             "device": self.device,
             "allow_remote_code": self.allow_remote_code,
             "events_path": None if self.events_path is None else str(self.events_path),
+            "fault_injection": self.fault_injection.to_json(),
         }
 
     @classmethod
@@ -164,7 +168,16 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
         events_path=Path(str(events)) if events else None,
         data_digest=str(raw.get("data_digest") or ""),
         world_size=_positive_int(raw.get("world_size", 1), "world_size"),
+        fault_injection=FaultInjection.from_json(
+            _object_or_none(raw.get("fault_injection"), "fault_injection")
+        ),
     )
+
+
+def _object_or_none(value: Any, key: str) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise CryptotuneError(ErrorCode.REQUEST_INVALID, f"job spec '{key}' must be null or an object")
 
 
 def _positive_int(value: Any, key: str) -> int:

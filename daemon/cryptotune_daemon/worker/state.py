@@ -1,4 +1,8 @@
-"""``pipeline_state.json``: which stages of a pipeline completed, and what they were computed from."""
+"""``pipeline_state.json``: which stages of a pipeline completed, and what they were computed from.
+
+The only module that reads or writes the file (the worker records progress; the daemon's submission
+reads which pipeline an output dir holds).
+"""
 
 from __future__ import annotations
 
@@ -47,10 +51,6 @@ class PipelineState:
         """Whether ``stage`` completed in this or an earlier run."""
         return self.stages.get(stage, {}).get("status") == "completed"
 
-    def first_incomplete(self) -> str | None:
-        """The first stage that has not completed (None when the pipeline is done)."""
-        return next((s for s in STAGES if not self.completed(s)), None)
-
     def mark(self, stage: str, status: str, *, seconds: float | None = None, error: str = "") -> None:
         """Records a stage's status."""
         entry: dict[str, Any] = {"status": status, "updated_at": time.time()}
@@ -93,7 +93,7 @@ def read_state(output_dir: Path) -> PipelineState | None:
     stages: dict[str, Any] = stages_raw if isinstance(stages_raw, dict) else {}
     results = {k: v for k, v in raw.items() if k not in ("format", "pipeline_id", "stages", "hashes")}
     return PipelineState(
-        pipeline_id=str(raw.get("pipeline_id", "")),
+        pipeline_id=str(raw.get("pipeline_id") or ""),
         stages={str(k): dict(v) for k, v in stages.items() if isinstance(v, dict)},
         hashes=Hashes(
             data=str(hashes.get("data", "")),

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.trainer import TrainerState
 
 
-log = logging.getLogger(__name__)
+# The stages log under the stage runner's name, as they did when they were one module: the lines of
+# `cryptotune logs` keep the logger name users know.
+PIPELINE_LOGGER = "cryptotune_daemon.worker.pipeline"
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class WorkerContext:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-from cryptotune_daemon.worker.stages.base import StageBase
+from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PIPELINE_LOGGER)
 
 
 class EnvSetupStage(StageBase):
