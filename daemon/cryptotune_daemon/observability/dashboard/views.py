@@ -29,7 +29,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "stage": job.stage,
             "step": job.progress.step,
             "total_steps": job.progress.total_steps,
-            "loss": job.progress.loss if job.progress.has_data else None,
+            "loss": job.progress.loss if job.progress.step > 0 else None,
             "created_at": job.created_at,
             "updated_at": job.updated_at,
             "dry_run": job.dry_run,
