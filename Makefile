@@ -8,7 +8,7 @@ PROTO_OUT := client
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-slow lint format typecheck protos check-protos bench clean
+.PHONY: setup demo test test-slow browser lint format typecheck protos check-protos bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -34,6 +34,14 @@ test: setup check-protos
 ## test-slow: the long end-to-end runs (DDP OOM relaunch, two-process DDP worker run, thin-client wheel); CI runs them too
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+## browser: install Debian's chromium for the dashboard's browser test (apt; root or sudo). CI runs it;
+## without it, that one test skips and names the package.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	@chromium --version
 
 ## lint: ruff, and the import layers and forbidden imports of docs/architecture.md (import-linter)
 lint: setup

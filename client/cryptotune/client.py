@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from cryptotune.proto.v1 import (
         config_pb2,
         config_pb2_grpc,
+        dashboard_pb2,
+        dashboard_pb2_grpc,
         data_pb2,
         data_pb2_grpc,
         gpu_pb2,
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 else:  # the generated code of one service is imported when that service is first called
     config_pb2 = LazyModule("cryptotune.proto.v1.config_pb2")
     config_pb2_grpc = LazyModule("cryptotune.proto.v1.config_pb2_grpc")
+    dashboard_pb2 = LazyModule("cryptotune.proto.v1.dashboard_pb2")
+    dashboard_pb2_grpc = LazyModule("cryptotune.proto.v1.dashboard_pb2_grpc")
     data_pb2 = LazyModule("cryptotune.proto.v1.data_pb2")
     data_pb2_grpc = LazyModule("cryptotune.proto.v1.data_pb2_grpc")
     gpu_pb2 = LazyModule("cryptotune.proto.v1.gpu_pb2")
@@ -150,6 +154,10 @@ class Client:
     @property
     def _jobs(self) -> job_pb2_grpc.JobServiceStub:
         return self._stub(job_pb2_grpc.JobServiceStub)
+
+    @property
+    def _dashboard(self) -> dashboard_pb2_grpc.DashboardServiceStub:
+        return self._stub(dashboard_pb2_grpc.DashboardServiceStub)
 
     def _open_channel(
         self, tls_ca: str | Path | None, tls_cert: str | Path | None, tls_key: str | Path | None
@@ -482,6 +490,13 @@ class Client:
             f"the job keeps its state. Follow it again with: {again}",
             error.code,
         )
+
+    def dashboard_url(self, job: str = "") -> str:
+        """A one-time, short-lived URL that signs a browser into the daemon's web dashboard (on the
+        job's page when ``job`` is given). Raises FailedPrecondition when the daemon was started
+        without ``--http-listen``."""
+        request = dashboard_pb2.CreateDashboardLoginRequest(job=job)
+        return self._call(self._dashboard.CreateDashboardLogin, request).url
 
     def logs(self, job: str, follow: bool = False, skip_lines: int = 0) -> Iterator[str]:
         """The job's log lines after the first ``skip_lines``; with ``follow`` keeps streaming until

@@ -23,6 +23,7 @@ class ErrorCode(enum.Enum):
     PATH_NOT_ALLOWED = "path.not_allowed"
     UNAUTHENTICATED = "auth.unauthenticated"
     NOT_IMPLEMENTED = "not_implemented"
+    DASHBOARD_DISABLED = "dashboard.disabled"
     RESOURCE_EXHAUSTED = "resource.exhausted"
     DAEMON_SHUTTING_DOWN = "daemon.shutting_down"
     INTERNAL = "internal"

@@ -21,6 +21,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"  # the config with every `auto` resolve
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 LOSS_CURVE = "loss_curve.png"  # embedded in report.md
+TENSORBOARD_DIR = "tensorboard"  # the TensorBoard event files rank 0 writes (training.report_to)
 # What `cryptotune export` copies besides the adapter.
 EXPORTED_FILES = (REPORT_JSON, REPORT_MD, LOSS_CURVE, RESOLVED_CONFIG)
 

@@ -80,6 +80,18 @@ from cryptotune_daemon.settings import DaemonSettings
     help="Seconds an unused chat model stays loaded before its inference worker is freed.",
 )
 @click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus /metrics on HOST:PORT (a bare PORT: loopback, open; elsewhere: TLS + token).",
+)
+@click.option(
+    "--http-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the read-only web dashboard (sign in with `cryptotune dashboard`; off loopback needs TLS).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -113,6 +125,8 @@ def main(
     tls_client_ca: Path | None,
     max_chats: int,
     chat_idle_timeout: float,
+    metrics_listen: str | None,
+    http_listen: str | None,
     log_level: str,
     enable_fault_injection: bool,
     inject_fault: tuple[str, ...],
@@ -142,6 +156,8 @@ def main(
         tls_client_ca=tls_client_ca,
         max_chats=max_chats,
         chat_idle_timeout_s=chat_idle_timeout,
+        metrics_listen=metrics_listen,
+        http_listen=http_listen,
         faults=faults,
     )
     try:

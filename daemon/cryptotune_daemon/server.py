@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from cryptotune.proto.v1 import (
     config_pb2,
     config_pb2_grpc,
+    dashboard_pb2,
+    dashboard_pb2_grpc,
     data_pb2,
     data_pb2_grpc,
     gpu_pb2,
@@ -32,7 +34,13 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory, NvmlInventory
 from cryptotune_daemon.jobs.manager import JobManager
 from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.observability.dashboard.app import DashboardAuth
+from cryptotune_daemon.observability.http_server import HttpFrontend, parse_http_address, tls_context
+from cryptotune_daemon.observability.login import LoginCodes, Sessions, cookie_name
+from cryptotune_daemon.observability.metrics import DaemonMetrics
+from cryptotune_daemon.observability.rpc_metrics import RpcMetricsInterceptor
 from cryptotune_daemon.services.config_servicer import ConfigServicer
+from cryptotune_daemon.services.dashboard_servicer import DashboardServicer
 from cryptotune_daemon.services.data_servicer import DataServicer
 from cryptotune_daemon.services.gpu_servicer import GpuServicer
 from cryptotune_daemon.services.inspection_process import InspectionProcess
@@ -49,6 +57,7 @@ SERVICE_NAMES = (
     data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name,
     gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name,
     job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
@@ -91,6 +100,8 @@ class Daemon:
         self.bound_ports: dict[str, int] = {}
         self.store: JobStore | None = None
         self.jobs: JobManager | None = None
+        self.metrics: DaemonMetrics | None = None
+        self.http: HttpFrontend | None = None
 
     def _acquire_state_dir(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,14 +128,58 @@ class Daemon:
         self.blobs = BlobStore(self.settings.blobs_dir, self.settings.max_upload_bytes)
         self.store = JobStore(self.settings.db_path)
         self.jobs = JobManager(self.settings, self.store, self.blobs, self.inventory)
+        self.metrics = DaemonMetrics(self.store, self.inventory)
+        self.jobs.add_event_listener(self.metrics.observe_events)
+        self.http = self._http_frontend(self.jobs, self.metrics)
+
+    def _http_frontend(self, jobs: JobManager, metrics: DaemonMetrics) -> HttpFrontend:
+        """The /metrics and dashboard listeners the settings ask for (none by default)."""
+        settings = self.settings
+        metrics_listen = (
+            parse_http_address(settings.metrics_listen, "--metrics-listen")
+            if settings.metrics_listen
+            else None
+        )
+        http_listen = (
+            parse_http_address(settings.http_listen, "--http-listen") if settings.http_listen else None
+        )
+        tls = None
+        if settings.tls_cert is not None and settings.tls_key is not None and (metrics_listen or http_listen):
+            try:
+                tls = tls_context(str(settings.tls_cert), str(settings.tls_key))
+            except (OSError, ValueError) as error:
+                raise CryptotuneError(
+                    ErrorCode.REQUEST_INVALID, f"cannot load --tls-cert/--tls-key for HTTP: {error}"
+                ) from None
+        auth = None
+        if http_listen is not None:
+            key = load_or_create_token(settings.dashboard_key_path).encode()
+            auth = DashboardAuth(
+                codes=LoginCodes(),
+                sessions=Sessions(key),
+                cookie_name=cookie_name(str(settings.state_dir)),
+                secure=tls is not None,
+            )
+        token = load_or_create_token(settings.auth_token_path) if metrics_listen is not None else ""
+        return HttpFrontend(
+            jobs=jobs,
+            metrics=metrics,
+            metrics_listen=metrics_listen,
+            http_listen=http_listen,
+            token=token,
+            tls=tls,
+            auth=auth,
+        )
 
     def _new_server(self, interceptors: list[grpc.aio.ServerInterceptor]) -> grpc.aio.Server:
         """A server with every service; local and TCP listeners get separate servers so that only
         TCP calls need a token (a server interceptor cannot tell which listener a call came from)."""
         assert self.jobs is not None and self.blobs is not None
+        assert self.metrics is not None and self.http is not None
         server = grpc.aio.server(
-            # The guard runs inside authentication: a caller without the token is refused first.
-            interceptors=[*interceptors, RequestGuardInterceptor()],
+            # Metrics see every call; the guard runs inside authentication: a caller without the
+            # token is refused first.
+            interceptors=[RpcMetricsInterceptor(self.metrics), *interceptors, RequestGuardInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -137,6 +192,9 @@ class Daemon:
         )
         gpu_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(self.inventory, self._owners), server)
         job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        dashboard_pb2_grpc.add_DashboardServiceServicer_to_server(
+            DashboardServicer(self.jobs, self.http), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         return server
@@ -214,8 +272,9 @@ class Daemon:
         for _, path in unix:
             # 0660: the owner and its group may connect; others may not.
             os.chmod(path, 0o660)
-        assert self.jobs is not None
+        assert self.jobs is not None and self.http is not None
         await self.jobs.start()
+        await self.http.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = self.notifier.start_watchdog()
@@ -234,6 +293,8 @@ class Daemon:
         await self.notifier.stop_task(self._watchdog)
         if self.jobs is not None:
             await self.jobs.stop()
+        if self.http is not None:
+            await self.http.stop()
         await asyncio.gather(*(server.stop(SHUTDOWN_GRACE_S) for server in self._servers))
         self._servers.clear()
         if self.store is not None:

@@ -29,6 +29,8 @@ class DaemonSettings:
         tls_client_ca: PEM CA bundle; when set, TCP clients must present a certificate it signed (mTLS).
         max_chats: chats answered at once (each needs an inference worker with its job's model).
         chat_idle_timeout_s: an inference worker nobody used for this long is freed.
+        metrics_listen: ``HOST:PORT`` serving Prometheus ``/metrics`` (None: off).
+        http_listen: ``HOST:PORT`` serving the web dashboard (None: off).
         faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
     """
 
@@ -45,11 +47,18 @@ class DaemonSettings:
     tls_client_ca: Path | None = None
     max_chats: int = 2
     chat_idle_timeout_s: float = 300.0
+    metrics_listen: str | None = None
+    http_listen: str | None = None
     faults: FaultInjection = NO_FAULTS
 
     @property
     def auth_token_path(self) -> Path:
         return self.token_file or self.state_dir / "auth_token"
+
+    @property
+    def dashboard_key_path(self) -> Path:
+        """The key that signs dashboard session cookies (created 0600; sessions survive restarts)."""
+        return self.state_dir / "dashboard_key"
 
     @property
     def blobs_dir(self) -> Path:

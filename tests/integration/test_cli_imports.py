@@ -35,8 +35,10 @@ COMMANDS = (
     "logs",
     "export",
     "demo",
+    "dashboard",
+    "completion",
 )
-SERVICES = ("config", "data", "gpu", "job")
+SERVICES = ("config", "data", "gpu", "job", "dashboard")
 
 
 def loaded_by(*args: str) -> set[str]:
@@ -89,3 +91,5 @@ def test_a_command_loads_only_its_service(daemon: RunningDaemon) -> None:
     assert service_modules(as_json) == {"gpu"}
     assert not under(as_json, "rich")
     assert service_modules(loaded_by(*address, "--json", "jobs")) == {"job"}
+    # Without --http-listen the command fails cleanly, having loaded only its own service.
+    assert service_modules(loaded_by(*address, "--json", "dashboard")) == {"dashboard"}

@@ -452,6 +452,7 @@ _UNARY_METHODS = [
     "/cryptotune.proto.v1.JobService/GetJob",
     "/cryptotune.proto.v1.JobService/ListJobs",
     "/cryptotune.proto.v1.JobService/CancelJob",
+    "/cryptotune.proto.v1.DashboardService/CreateDashboardLogin",
     "/grpc.health.v1.Health/Check",
 ]
 _SERVER_STREAMING_METHODS = [
@@ -468,6 +469,7 @@ _STRING_FIELD_METHODS = [
     "/cryptotune.proto.v1.DataService/StatBlob",
     "/cryptotune.proto.v1.JobService/GetJob",
     "/cryptotune.proto.v1.JobService/SubmitJob",
+    "/cryptotune.proto.v1.DashboardService/CreateDashboardLogin",
 ]
 
 

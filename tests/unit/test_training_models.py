@@ -77,13 +77,28 @@ def test_offline_mode_is_honoured_with_a_message_saying_how_to_fetch(
     assert all(call.get("local_files_only") for call in hub.calls), "offline: no download attempted"
 
 
-def test_a_failed_download_says_why(hub: FakeHub) -> None:
+def test_a_failed_download_says_why(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     hub.fail_with = OSError("Connection refused by huggingface.co\nlong traceback text")
     with pytest.raises(CryptotuneError) as info:
         resolve_model(REPO)
     assert info.value.code is ErrorCode.MODEL_UNAVAILABLE
-    assert "downloading it from the Hub failed (Connection refused by huggingface.co)" in info.value.message
-    assert "long traceback" not in info.value.message
+    message = info.value.message
+    assert (
+        "downloading it from https://huggingface.co failed (Connection refused by huggingface.co)" in message
+    )
+    assert "HF_ENDPOINT" in message and "model.hub: modelscope" in message  # what fixes it
+    assert "long traceback" not in message
+
+
+def test_hf_endpoint_selects_a_mirror(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example")
+    resolve_model(REPO)
+    downloads = [call for call in hub.calls if not call.get("local_files_only")]
+    assert downloads and all(call.get("endpoint") == "https://mirror.example" for call in downloads)
+    hub.fail_with = OSError("timed out")
+    with pytest.raises(CryptotuneError, match=r"downloading it from https://mirror\.example failed"):
+        resolve_model(REPO)
 
 
 def test_a_repo_without_weights_is_refused(hub: FakeHub) -> None:

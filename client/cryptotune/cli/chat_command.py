@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def _interactive(cli_ctx: CliContext, job: str, sampling: Sampling) -> None:
 
 
 @click.command("chat")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option(
     "--prompt", "-p", metavar="TEXT", help="Ask one question and exit (default: an interactive chat)."
 )

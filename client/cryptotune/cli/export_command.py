@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _print_serving(cli_ctx: CliContext, check: ServingCheck, adapter_dir: Path) 
 
 
 @click.command("export")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--merged",

@@ -17,6 +17,7 @@ import click
 
 from cryptotune._lazy import LazyModule
 from cryptotune.cli.comparison import print_comparison
+from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
 from cryptotune.types import JobState
 
@@ -246,7 +247,7 @@ def _warn_output_dir_on_resume(cli_ctx: CliContext, job: Job, requested: Path) -
 
 
 @click.command("status")
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_job)
 @pass_cli
 def status(cli_ctx: CliContext, job: str | None) -> None:
     """Show JOB (job id, pipeline id or PIPELINE_DIR), or recent jobs without an argument."""
@@ -279,7 +280,7 @@ def jobs(cli_ctx: CliContext, limit: int) -> None:
 
 
 @click.command("watch")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option(
     "--since",
     type=click.IntRange(0),
@@ -326,7 +327,7 @@ def _echo_json_line(value: object) -> None:
 
 
 @click.command("cancel")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @pass_cli
 def cancel(cli_ctx: CliContext, job: str) -> None:
     """Cancel JOB: its whole process tree is ended and its GPUs freed."""
@@ -340,7 +341,7 @@ def cancel(cli_ctx: CliContext, job: str) -> None:
 
 
 @click.command("logs")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
 @pass_cli
 def logs(cli_ctx: CliContext, job: str, follow: bool) -> None:

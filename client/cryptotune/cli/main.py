@@ -15,7 +15,9 @@ import click
 from cryptotune import __version__
 from cryptotune._lazy import LazyModule
 from cryptotune.cli.chat_command import chat
+from cryptotune.cli.completion import completion
 from cryptotune.cli.context import CliContext, CryptotuneGroup, pass_cli
+from cryptotune.cli.dashboard_command import dashboard
 from cryptotune.cli.export_command import export
 from cryptotune.cli.job_commands import COMMANDS
 from cryptotune.paths import ADDRESS_ENV, TOKEN_ENV
@@ -181,7 +183,7 @@ def inspect_data(
     sys.exit(1 if result.records_invalid or result.over_max_seq_length else 0)
 
 
-for _command in (*COMMANDS, export, chat):
+for _command in (*COMMANDS, export, chat, dashboard, completion):
     cli.add_command(_command)
 
 

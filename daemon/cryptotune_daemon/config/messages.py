@@ -144,6 +144,8 @@ def _examples(info: FieldInfo) -> str:
 
 def _choices(info: FieldInfo) -> list[str]:
     annotation = info.annotation
+    if get_origin(annotation) is list:  # a list of choices (training.report_to): the item's choices
+        annotation = get_args(annotation)[0]
     if get_origin(annotation) is Literal:
         return [str(choice) for choice in get_args(annotation)]
     return []

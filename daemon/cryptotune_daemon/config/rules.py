@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptotune_daemon.config.issues import _Collector
 from cryptotune_daemon.config.lora_targets import qwen3_target_problems
 from cryptotune_daemon.config.messages import _number_text
+from cryptotune_daemon.config.report_targets import missing_reporters, missing_reporters_message
 from cryptotune_daemon.config.schema import CryptotuneConfig, generation_record_count
 from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
 
@@ -88,6 +89,10 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
 def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
     """Settings that are valid but likely to hurt a run."""
     training, lora = config.training, config.lora
+    if out.usable("training.report_to") and (missing := missing_reporters(training.report_to)):
+        out.warn(
+            ("training", "report_to"), f"{missing_reporters_message(missing)}; the job would fail at init"
+        )
     if out.usable("model.trust_remote_code") and config.model.trust_remote_code:
         out.warn(
             ("model", "trust_remote_code"),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
@@ -46,6 +47,8 @@ class EngineCore:
     _loop: asyncio.AbstractEventLoop | None
     _reconciled: bool
     _chats: InferencePool
+    # Called with (job id, [(type, data, ts)]) for each batch of worker events ingested (metrics).
+    _event_listeners: list[Callable[[str, list[tuple[str, dict[str, Any], float]]], None]]
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""

@@ -7,6 +7,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
@@ -49,6 +51,13 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
         self._chats = InferencePool(settings, inventory, self._allocated, self._wakeup.set)
+        self._event_listeners = []
+
+    def add_event_listener(
+        self, listener: Callable[[str, list[tuple[str, dict[str, Any], float]]], None]
+    ) -> None:
+        """Calls ``listener(job_id, events)`` with each batch of worker events as it is stored."""
+        self._event_listeners.append(listener)
 
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""

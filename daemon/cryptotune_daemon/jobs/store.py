@@ -559,6 +559,13 @@ class JobStore:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?", params)
         return [_row_to_job(r) for r in rows]
 
+    def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zero when none)."""
+        counts = dict.fromkeys(JobState, 0)
+        for row in self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            counts[JobState(row["state"])] = int(row["n"])
+        return counts
+
     def list_nonterminal(self) -> list[Job]:
         """Return every job that is not in a terminal state, oldest first (the order to reschedule in)."""
         rows = self._read(

@@ -13,6 +13,7 @@ from cryptotune_daemon.layout import WORKER_LOG
 
 EXPORT_CHUNK = 1024 * 1024
 LOG_CHUNK = 1024 * 1024
+LOG_TAIL_BYTES = 256 * 1024
 
 
 class Streams(EngineCore):
@@ -39,6 +40,21 @@ class Streams(EngineCore):
                 # End the stream now rather than hold the shutdown for the server's grace period.
                 raise _shutting_down(f"watch again with after_seq={seq} once it is back")
             await self._wait_change(job_id, 1.0)
+
+    def log_tail(self, ref: str, lines: int) -> list[str]:
+        """The last ``lines`` lines of the job's worker log (at most the last ``LOG_TAIL_BYTES``)."""
+        path = self._settings.jobs_dir / self.get(ref).job_id / WORKER_LOG
+        try:
+            with path.open("rb") as handle:
+                size = handle.seek(0, 2)
+                handle.seek(max(0, size - LOG_TAIL_BYTES))
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        text = data.decode("utf-8", errors="replace").splitlines()
+        if size > LOG_TAIL_BYTES and text:
+            text = text[1:]  # the first line is probably cut
+        return text[-lines:] if lines > 0 else []
 
     async def logs(self, ref: str, follow: bool, skip_lines: int = 0) -> AsyncIterator[str]:
         """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the

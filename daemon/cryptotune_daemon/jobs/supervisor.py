@@ -154,6 +154,11 @@ class Supervisor(EngineCore):
         if events:
             self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)
             self._notify(job_id)
+            for listener in self._event_listeners:
+                try:
+                    listener(job_id, events)
+                except Exception:  # metrics must never stop the supervisor
+                    log.exception("an event listener failed on job %s", job_id)
 
     def _ingest_safely(self, job_id: str) -> bool:
         # A failing ingest (full disk) must not end the supervisor: it would free the job's GPUs

@@ -26,6 +26,7 @@ STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.JOB_STATE_CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.RESUME_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.MODEL_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.DASHBOARD_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.REMOTE_CODE_REFUSED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.PATH_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.UPLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -49,11 +49,13 @@ def config_fingerprint(config: Any) -> dict[str, Any]:
 
 
 # What a resume may change: the parallel layout (strategy, world size, ...) and the split of the
-# effective batch into micro-batch × accumulation (the trainer checks the effective batch itself).
+# effective batch into micro-batch × accumulation (the trainer checks the effective batch itself), and
+# where metrics are reported (training.report_to), which changes nothing that is trained.
 RESUME_FREE_KEYS: tuple[tuple[str, ...], ...] = (
     ("parallel",),
     ("training", "per_device_train_batch_size"),
     ("training", "gradient_accumulation_steps"),
+    ("training", "report_to"),
 )
 # The parallel keys of cryptotune before strategies could change on resume (see legacy_config_hash).
 _LEGACY_PARALLEL_KEYS = ("strategy", "world_size", "enable_distributed")

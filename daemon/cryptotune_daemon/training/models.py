@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -112,6 +114,11 @@ def _offline() -> bool:
     )
 
 
+def _endpoint() -> str:
+    """The Hugging Face endpoint downloads use (``HF_ENDPOINT`` selects a mirror)."""
+    return os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
+
+
 def _not_cached(name: str, detail: str, why_not_fetched: str) -> CryptotuneError:
     return CryptotuneError(
         ErrorCode.MODEL_UNAVAILABLE,
@@ -123,6 +130,50 @@ def _not_cached(name: str, detail: str, why_not_fetched: str) -> CryptotuneError
     )
 
 
+MODELSCOPE_INSTALL = "pip install modelscope"
+
+
+def _modelscope_unavailable(name: str, detail: str) -> CryptotuneError:
+    cache = os.environ.get("MODELSCOPE_CACHE") or "~/.cache/modelscope"
+    return CryptotuneError(
+        ErrorCode.MODEL_UNAVAILABLE,
+        f"model '{name}' could not be fetched from ModelScope ({detail}). The daemon looks in the "
+        f"ModelScope cache ({cache}, set by MODELSCOPE_CACHE); fetch it on a machine with access with "
+        f"`modelscope download --model {name}` and the daemon's MODELSCOPE_CACHE, set model.hub: huggingface "
+        "(HF_ENDPOINT selects a mirror such as https://hf-mirror.com), or set model.model_name to a local "
+        "directory holding config.json and the weights",
+    )
+
+
+def _modelscope_snapshot(repo_id: str, revision: str) -> Path:
+    """The model's snapshot from ModelScope (its cache first; downloaded unless offline mode is on)."""
+    if importlib.util.find_spec("modelscope") is None:
+        raise CryptotuneError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"model.hub is modelscope, but the modelscope package is not installed where the daemon runs: "
+            f"install it in the daemon's environment with `{MODELSCOPE_INSTALL}`, or set model.hub: "
+            "huggingface (HF_ENDPOINT selects a mirror)",
+        )
+    modelscope: Any = importlib.import_module("modelscope")
+    patterns = [*_DOWNLOAD_PATTERNS, *_BIN_PATTERNS]
+    ms_revision = None if revision == "main" else revision  # ModelScope's default branch is "master"
+    try:
+        snapshot = Path(
+            str(
+                modelscope.snapshot_download(
+                    repo_id, revision=ms_revision, allow_patterns=patterns, local_files_only=_offline()
+                )
+            )
+        )
+    except Exception as error:  # network, unknown model, offline and not cached ...
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        offline = " with offline mode on (HF_HUB_OFFLINE)" if _offline() else ""
+        raise _modelscope_unavailable(repo_id, f"{first_line}{offline}") from error
+    if not (snapshot / "config.json").is_file() or not _has_weights(snapshot):
+        raise _modelscope_unavailable(repo_id, "the repository has no config.json and weights")
+    return snapshot
+
+
 # What training needs from a hub repo: config, tokenizer files and weights (safetensors preferred;
 # .bin only for repos without them). Not the README, images or other formats' weights.
 _DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.safetensors"]
@@ -130,7 +181,12 @@ _BIN_PATTERNS = ["pytorch_model*.bin", "model*.bin"]
 
 
 def resolve_model(
-    name: str, *, trust_remote_code: bool = False, allow_remote_code: bool = False, revision: str = "main"
+    name: str,
+    *,
+    trust_remote_code: bool = False,
+    allow_remote_code: bool = False,
+    revision: str = "main",
+    hub: str = "huggingface",
 ) -> ModelSource:
     """Finds a model without loading it; downloads a hub model missing from the cache unless offline.
 
@@ -140,6 +196,7 @@ def resolve_model(
         trust_remote_code: the config's ``model.trust_remote_code``.
         allow_remote_code: whether the daemon permits remote code.
         revision: branch, tag or commit of a hub model (``model.model_revision``).
+        hub: ``huggingface`` (``HF_ENDPOINT`` selects a mirror) or ``modelscope`` (``model.hub``).
 
     Raises:
         CryptotuneError: REMOTE_CODE_REFUSED, or MODEL_UNAVAILABLE saying how to make the model available.
@@ -169,9 +226,10 @@ def resolve_model(
                 "pytorch_model*.bin), as written by save_pretrained or huggingface-cli download --local-dir",
             )
         return ModelSource(name=name, kind="local", path=path.resolve(), trust_remote_code=trust_remote_code)
-    return ModelSource(
-        name=name, kind="hub", path=_cached_snapshot(name, revision), trust_remote_code=trust_remote_code
+    snapshot = (
+        _modelscope_snapshot(name, revision) if hub == "modelscope" else _cached_snapshot(name, revision)
     )
+    return ModelSource(name=name, kind="hub", path=snapshot, trust_remote_code=trust_remote_code)
 
 
 def _cached_snapshot(repo_id: str, revision: str) -> Path:
@@ -194,16 +252,39 @@ def _cached_snapshot(repo_id: str, revision: str) -> Path:
     if snapshot is not None:
         what = "has no complete weights"
     if _offline():
-        raise _not_cached(repo_id, what, "offline mode is on (HF_HUB_OFFLINE), so it is not downloaded")
+        raise _not_cached(
+            repo_id,
+            what,
+            "offline mode is on (HF_HUB_OFFLINE), so it is not downloaded; unset HF_HUB_OFFLINE in the "
+            "daemon's environment to let it download",
+        )
     log.warning("model %s %s in the Hugging Face cache: downloading it from the Hub", repo_id, what)
     try:
         # Several ranks may do this at once: huggingface_hub locks each file while it downloads.
-        snapshot = Path(str(snapshot_download(repo_id, revision=revision, allow_patterns=_DOWNLOAD_PATTERNS)))
+        snapshot = Path(
+            str(
+                snapshot_download(
+                    repo_id, revision=revision, allow_patterns=_DOWNLOAD_PATTERNS, endpoint=_endpoint()
+                )
+            )
+        )
         if not _has_weights(snapshot):
-            snapshot = Path(str(snapshot_download(repo_id, revision=revision, allow_patterns=_BIN_PATTERNS)))
+            snapshot = Path(
+                str(
+                    snapshot_download(
+                        repo_id, revision=revision, allow_patterns=_BIN_PATTERNS, endpoint=_endpoint()
+                    )
+                )
+            )
     except Exception as error:  # network, auth (gated repos), unknown repo or revision, full disk ...
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise _not_cached(repo_id, what, f"downloading it from the Hub failed ({first_line})") from error
+        raise _not_cached(
+            repo_id,
+            what,
+            f"downloading it from {_endpoint()} failed ({first_line}); if that host is unreachable from "
+            "the daemon's machine, set HF_ENDPOINT to a mirror (e.g. HF_ENDPOINT=https://hf-mirror.com) in "
+            "the daemon's environment, or use model.hub: modelscope",
+        ) from error
     if not (snapshot / "config.json").is_file() or not _has_weights(snapshot):
         raise _not_cached(repo_id, what, "the Hub repository has no config.json and weights")
     return snapshot

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
+Listener = Callable[[str, Mapping[str, Any]], None]
 
 
 def _finite(value: Any) -> Any:
@@ -32,6 +36,7 @@ class EventWriter:
     def __init__(self, path: Path | None, *, enabled: bool = True) -> None:
         self._lock = threading.Lock()
         self._file: TextIO | None = None
+        self._listeners: list[Listener] = []
         if enabled and path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
@@ -40,6 +45,10 @@ class EventWriter:
     def enabled(self) -> bool:
         """Whether this writer writes anything (rank 0 with an events path)."""
         return self._file is not None
+
+    def add_listener(self, listener: Listener) -> None:
+        """Calls ``listener(type, data)`` after each event is written (the metrics reporters)."""
+        self._listeners.append(listener)
 
     def emit(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         """Appends one event and flushes it so the daemon sees it at once.
@@ -50,8 +59,9 @@ class EventWriter:
         """
         if self._file is None:
             return
+        payload = _finite(dict(data or {}))
         line = json.dumps(
-            {"type": event_type, "ts": time.time(), "data": _finite(dict(data or {}))},
+            {"type": event_type, "ts": time.time(), "data": payload},
             ensure_ascii=False,
             allow_nan=False,
             default=str,
@@ -60,6 +70,11 @@ class EventWriter:
             # One write call per complete line: the daemon only ever reads whole lines.
             self._file.write(line + "\n")
             self._file.flush()
+        for listener in self._listeners:
+            try:
+                listener(event_type, payload)
+            except Exception:  # reporting must never stop training
+                log.exception("an event listener failed on a %s event", event_type)
 
     def warning(self, message: str) -> None:
         """Emits a ``warning`` event."""

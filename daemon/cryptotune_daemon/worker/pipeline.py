@@ -83,6 +83,7 @@ class Pipeline(
         self._started = time.monotonic()
         self._current = ""
         self._gpu_sampler: Any = None
+        self._reporting = None
         self._succeeded = False
         self._complete_started = time.monotonic()
         previous = read_state(self.output_dir) if spec.resume is not None else None
@@ -190,6 +191,8 @@ class Pipeline(
     def _shutdown(self) -> None:
         if self._gpu_sampler is not None:
             self._gpu_sampler.stop()
+        if self._reporting is not None:
+            self._reporting.close()
         if self._succeeded:
             from cryptotune_daemon.training.distributed import shutdown_distributed
 

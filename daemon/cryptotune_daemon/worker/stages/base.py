@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.distributed import DistContext
     from cryptotune_daemon.training.models import ModelSource
     from cryptotune_daemon.training.planner import Plan
+    from cryptotune_daemon.training.reporting import MetricsReporting
     from cryptotune_daemon.training.trainer import TrainerState
 
 
@@ -61,6 +62,7 @@ class StageBase:
     _started: float
     _current: str
     _gpu_sampler: Any
+    _reporting: MetricsReporting | None
     _succeeded: bool
     _complete_started: float
 

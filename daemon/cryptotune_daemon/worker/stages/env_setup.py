@@ -1,4 +1,4 @@
-"""``env_setup``: this process's distributed group, seeds and GPU sampler."""
+"""``env_setup``: this process's distributed group, seeds, metrics reporters and GPU sampler."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ class EnvSetupStage(StageBase):
         views = dist.all_gather_object(mine)
         if any(view != views[0] for view in views):
             raise CryptotuneError(ErrorCode.INTERNAL, "ranks disagree on the data split or the plan")
+        if self.is_main and self._reporting is None:
+            from cryptotune_daemon.training.reporting import open_reporting
+
+            # Fed from the events rank 0 writes: TensorBoard (and W&B, MLflow) show what `watch` shows.
+            self._reporting = open_reporting(
+                list(self.ctx.config.training.report_to),
+                self.output_dir,
+                run_name=self.spec.pipeline_id,
+                config=self.state.results.get("config_fingerprint") or {},
+            )
+            self.events.add_listener(self._reporting.on_event)
         if self.spec.device == "cuda" and self.is_main:
             from cryptotune_daemon.worker.gpu_sampler import GpuSampler
 

@@ -33,6 +33,7 @@ class InitStage(StageBase):
 
     def _init(self) -> None:
         from cryptotune_daemon.config import load_config
+        from cryptotune_daemon.config.report_targets import check_report_to
         from cryptotune_daemon.data.tokenizer import load_tokenizer
         from cryptotune_daemon.training.hashing import tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
@@ -41,8 +42,10 @@ class InitStage(StageBase):
         config = load_config(self.spec.config_yaml, self.spec.config_name)
         apply_system_logging(config.system, self.output_dir, rank=self.rank)
         refuse_unsupported(str(config.parallel.strategy))
+        check_report_to(list(config.training.report_to))
         source = resolve_model(
             str(config.model.model_name),
+            hub=str(config.model.hub),
             trust_remote_code=bool(config.model.trust_remote_code),
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
