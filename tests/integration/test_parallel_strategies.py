@@ -217,8 +217,9 @@ def start_job(
 
 
 @pytest.mark.slow
-def test_sharded_job_cancelled_after_a_checkpoint_resumes_as_one_process(
-    single: tuple[Path, dict[str, Any]], tmp_path: Path
+@pytest.mark.parametrize(("strategy", "micro"), [("sharded_data_parallel", 2), ("model_parallel", 4)])
+def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
+    strategy: str, micro: int, single: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     import signal
     import time
@@ -227,7 +228,7 @@ def test_sharded_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     process, spec = start_job(
         tmp_path,
         data,
-        job_config(strategy="sharded_data_parallel", world=2, micro=2),
+        job_config(strategy=strategy, world=2, micro=micro),
         world=2,
         name="sharded",
     )
