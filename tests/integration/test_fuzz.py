@@ -804,7 +804,7 @@ def test_submit_job_fuzz(fuzz: Fuzzed) -> None:
                 [
                     "",
                     VALID_CONFIG.replace("trust_remote_code: false", "trust_remote_code: true"),
-                    VALID_CONFIG.replace("data_parallel", "model_parallel"),
+                    VALID_CONFIG.replace("data_parallel", "pipeline_parallel"),
                     VALID_CONFIG.replace(
                         "world_size: 1\n  enable_distributed: false",
                         "world_size: 64\n  enable_distributed: true",

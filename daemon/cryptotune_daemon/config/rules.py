@@ -144,7 +144,7 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
         out.warn(
             ("parallel", "strategy"),
             f"'{strategy}': this strategy will be refused when a job is submitted; use data_parallel, "
-            "sharded_data_parallel or auto",
+            "sharded_data_parallel, model_parallel or auto",
         )
     generation_keys = (
         "training.eval_sample_size",

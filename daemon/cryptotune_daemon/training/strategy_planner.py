@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from cryptotune_daemon.config.strategies import TRAINABLE_STRATEGIES, unsupported_message
+from cryptotune_daemon.config.strategies import AUTO_STRATEGIES, TRAINABLE_STRATEGIES, unsupported_message
 from cryptotune_daemon.training.models import ModelFacts
 
 MB = 1024 * 1024
@@ -194,11 +194,14 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
 def choose_strategy(rows: list[StrategyRow]) -> tuple[str, str]:
     """``auto``'s pick: the fastest available strategy that fits (DDP when it fits, else FSDP2, ...).
 
+    Only :data:`~cryptotune_daemon.config.strategies.AUTO_STRATEGIES` are candidates; tensor and
+    pipeline parallelism train when configured by name.
+
     Returns:
         The strategy and why. When nothing available fits, the available one that needs the least
         memory per GPU (the plan then warns that training may run out of memory).
     """
-    available = [r for r in rows if r.available]
+    available = [r for r in rows if r.available and r.strategy in AUTO_STRATEGIES]
     fitting = sorted((r for r in available if r.fits), key=lambda r: r.step_seconds)
     if fitting:
         best = fitting[0]

@@ -309,7 +309,10 @@ class LoraTrainer:
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizer = torch.optim.AdamW(
-            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+            params,
+            lr=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            **self.strategy.optimizer_options(),
         )
         self._scheduler = get_scheduler(
             settings.lr_scheduler_type,
@@ -539,9 +542,10 @@ class LoraTrainer:
         local_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
         weights = [1.0] * len(micro_batches) + [0.0] * padding
         micro_batches += [self.collate_batch(self.train_examples[:1])] * padding
-        global_tokens = int(
-            self.dist.all_reduce_sum(torch.tensor([local_tokens], device=device, dtype=torch.int64)).item()
-        )
+        # Ranks of one tensor- or pipeline-parallel group train the same samples: count them once.
+        replicas = self.strategy.replicas
+        counted = torch.tensor([local_tokens], device=device, dtype=torch.int64)
+        global_tokens = int(self.dist.all_reduce_sum(counted).item()) // replicas
         # Sum over tokens / (global tokens / data-parallel groups): after the strategy averages
         # gradients over those groups this is exactly the mean over every label token of the step.
         scale = self.strategy.data_parallel_size / max(global_tokens, 1)
@@ -585,7 +589,7 @@ class LoraTrainer:
             self._optimizer.step()
         self._scheduler.step()
         self._optimizer.zero_grad(set_to_none=True)
-        total = float(self.dist.all_reduce_sum(loss_sum).item())
+        total = float(self.dist.all_reduce_sum(loss_sum).item()) / replicas
         return total / max(global_tokens, 1), grad_norm, lr, global_tokens
 
     def evaluate(self, examples: Sequence[Example]) -> EvalLoss:

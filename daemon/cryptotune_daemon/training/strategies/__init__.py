@@ -24,6 +24,10 @@ def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) ->
         from cryptotune_daemon.training.strategies.sharded import ShardedDataParallel
 
         return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32)
+    if name == "model_parallel":
+        from cryptotune_daemon.training.strategies.tensor_parallel import TensorParallel
+
+        return TensorParallel(dist)
     from cryptotune_daemon.training.strategies.data_parallel import DataParallel
 
     return DataParallel(dist)

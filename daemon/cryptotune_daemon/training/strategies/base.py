@@ -62,9 +62,18 @@ class Strategy:
         """Whether every rank's model holds whole weights after training (else: load the checkpoint)."""
         return True
 
+    @property
+    def replicas(self) -> int:
+        """Ranks that see the same samples (tensor or pipeline parallel groups): 1 for DDP and FSDP2."""
+        return max(self.dist.world_size // max(self.data_parallel_size, 1), 1)
+
     def mesh(self) -> dict[str, int]:
         """The device mesh, by dimension name (``{"dp": 2}``, ``{"tp": 2, "dp_shard": 2}``)."""
         return {"dp": self.dist.world_size}
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the AdamW optimiser (e.g. no multi-tensor kernels)."""
+        return {}
 
     # -- model -------------------------------------------------------------------------------------------
 
@@ -130,7 +139,11 @@ class Strategy:
             optimizer.state[param] = {k: self._like(param, v) for k, v in values.items()}
 
     def _like(self, param: torch.Tensor, value: Any) -> Any:
-        """A saved optimiser value laid out like ``param`` (sharded strategies distribute it)."""
+        """A saved optimiser value laid out like ``param`` (a DTensor's is distributed like it)."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.dim() > 0:
+            return distribute_tensor(value.to(self.dist.device), param.device_mesh, param.placements)
         # Scalars (AdamW's step count) stay where the optimiser keeps them: on the CPU.
         return value.to(param.device) if isinstance(value, torch.Tensor) and value.dim() > 0 else value
 

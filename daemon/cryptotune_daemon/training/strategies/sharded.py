@@ -85,13 +85,6 @@ class ShardedDataParallel(Strategy):
         finally:
             module.reshard()  # type: ignore[operator]
 
-    def _like(self, param: torch.Tensor, value: Any) -> Any:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        if isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.dim() > 0:
-            return distribute_tensor(value.to(self.dist.device), param.device_mesh, param.placements)
-        return super()._like(param, value)
-
 
 @contextlib.contextmanager
 def _gradient_sync_off(module: nn.Module) -> Any:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from cryptotune_daemon.config.strategies import refuse_unsupported
+from cryptotune_daemon.config.strategies import refuse_unsupported, tensor_parallel_degree_problem
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     Hashes,
@@ -31,6 +32,23 @@ class InitStage(StageBase):
         self._init()
         return True
 
+    def _check_tensor_parallel_degree(self, source: Any, degree: int) -> None:
+        """Refuses a tensor-parallel degree that does not divide the model's KV heads (CONFIG_INVALID)."""
+        from cryptotune_daemon.training.models import load_model_config
+
+        model_config = load_model_config(source)
+        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        heads = int(getattr(text, "num_attention_heads", 1) or 1)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        problem = tensor_parallel_degree_problem(degree, kv_heads, source.name)
+        if problem is not None:
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID,
+                f"parallel.world_size: {problem} (model_parallel splits every layer over all "
+                f"world_size processes; set parallel.world_size to one of those, or use "
+                "data_parallel or sharded_data_parallel)",
+            )
+
     def _init(self) -> None:
         from cryptotune_daemon.config import load_config
         from cryptotune_daemon.config.report_targets import check_report_to
@@ -52,6 +70,8 @@ class InitStage(StageBase):
         )
         log.debug("model %s resolved: %s %s", source.name, source.kind, source.path or "")
         check_target_modules(source, tuple(config.lora.target_modules))
+        if str(config.parallel.strategy) == "model_parallel" and self.world_size > 1:
+            self._check_tensor_parallel_degree(source, self.world_size)
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
