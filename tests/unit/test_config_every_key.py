@@ -187,6 +187,35 @@ def test_the_generation_bound_limits_the_checked_records() -> None:
     assert checked({}) > checked({"training.max_generated_tokens": 256}) >= 1
 
 
+def test_report_to_chooses_where_metrics_are_written(tmp_path: Path) -> None:
+    from cryptotune_daemon.training.reporting import open_reporting
+
+    def written(settings: dict[str, Any]) -> list[str]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        reporting = open_reporting(config_of(settings).training.report_to, out, "run", {})
+        reporting.on_event("progress", {"step": 1, "loss": 2.5})
+        reporting.close()
+        return sorted(str(p.relative_to(out)).split("/")[0] for p in out.rglob("*") if p.is_file())
+
+    assert written({}) == ["tensorboard"]  # the default
+    assert written({"training.report_to": []}) == []
+
+
+def test_model_hub_chooses_where_a_hub_id_is_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def failure(settings: dict[str, Any]) -> str:
+        model = config_of({**settings, "model.model_name": "example-org/not-cached-anywhere"}).model
+        with pytest.raises(CryptotuneError) as caught:
+            resolve_model(str(model.model_name), hub=str(model.hub))
+        return caught.value.message
+
+    hugging_face, modelscope = failure({}), failure({"model.hub": "modelscope"})
+    assert "Hugging Face cache" in hugging_face and "modelscope" not in hugging_face
+    # ModelScope: its package (not installed here) or, where it is installed, its own offline error.
+    assert "modelscope" in modelscope.lower() and "Hugging Face cache" not in modelscope
+
+
 STRATEGY_KEYS = {
     "parallel.tensor_parallel_size": 2,
     "parallel.pipeline_schedule": "gpipe",
@@ -227,6 +256,8 @@ OTHER_PROBES = {
     "parallel.enable_distributed": test_parallel_keys_change_the_world_size,
     "system.output_dir": test_system_output_dir_chooses_the_output_dir,
     "training.max_generated_tokens": test_the_generation_bound_limits_the_checked_records,
+    "training.report_to": test_report_to_chooses_where_metrics_are_written,
+    "model.hub": test_model_hub_chooses_where_a_hub_id_is_fetched,
     **dict.fromkeys(STRATEGY_KEYS, test_strategy_keys_are_used_or_warned_about),
 }
 
