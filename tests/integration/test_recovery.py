@@ -85,6 +85,8 @@ class Harness:
                     str(self.state_dir),
                     "--listen",
                     self.address,
+                    "--warm-workers",
+                    "0",
                     *fault_flags(faults),
                 ],
                 stdout=log,

@@ -18,6 +18,7 @@ from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.model import Job
 from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.jobs.warm_pool import WarmPool
 from cryptotune_daemon.layout import STOP_MARKER
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
@@ -43,6 +44,7 @@ class EngineCore:
     _accepting: bool
     _loop: asyncio.AbstractEventLoop | None
     _reconciled: bool
+    _warm: WarmPool
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 
 from cryptotune_daemon.gpus import GpuInventory
@@ -15,6 +16,7 @@ from cryptotune_daemon.jobs.scheduler import Scheduler
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.streams import Streams
 from cryptotune_daemon.jobs.supervisor import Supervisor
+from cryptotune_daemon.jobs.warm_pool import WarmPool
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 
@@ -47,10 +49,12 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
+        self._warm = WarmPool(settings.warm_workers, settings.cache_dir, settings.warm_log_path, os.environ)
 
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
         self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._warm.fill()  # first: their imports run while the daemon reconciles and serves
         delay = self._settings.faults.reconcile_delay_s
         if delay > 0:  # injected fault (tests): widens the window in which health must say NOT_SERVING
             await asyncio.sleep(delay)
@@ -73,6 +77,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         without counting a retry.
         """
         self._accepting = False
+        self._warm.close()
         for changed in self._changed.values():
             changed.set()  # wakes watchers so that their streams end now
         self._changed.clear()

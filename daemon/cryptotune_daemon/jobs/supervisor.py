@@ -29,6 +29,7 @@ from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.engine import EngineCore, _db_handle
 from cryptotune_daemon.jobs.model import Job, JobState
 from cryptotune_daemon.jobs.verdict import WorkerOutcome, decide_verdict
+from cryptotune_daemon.jobs.warm_pool import may_use_warm_worker
 from cryptotune_daemon.layout import EVENTS_FILE, SPEC_FILE, WORKER_LOG
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
@@ -70,7 +71,7 @@ class Supervisor(EngineCore):
             )
             world = spec.world_size
             spec_path.write_text(json.dumps(spec.to_json(), ensure_ascii=False, indent=2))
-            handle = wp.launch(spec_path, world, job_dir / WORKER_LOG, env, job_dir)
+            handle, warm = self._start_worker(spec_path, world, env, job_dir)
         except wp.WorkerStillRunning as error:
             self._recover(job.job_id, str(error), count=False)
             return
@@ -86,7 +87,27 @@ class Supervisor(EngineCore):
             self._store.set_gpus(job.job_id, gpu_uuids)
         except CryptotuneError:
             log.exception("could not record the worker of job %s", job.job_id)
-        log.info("job %s started (pid %s, %s, world size %s)", job.job_id, handle.pid, device, world)
+        how = "in warm worker" if warm else "pid"
+        log.info("job %s started (%s %s, %s, world size %s)", job.job_id, how, handle.pid, device, world)
+
+    def _start_worker(
+        self, spec_path: Path, world: int, env: dict[str, str], job_dir: Path
+    ) -> tuple[wp.WorkerHandle, bool]:
+        """Hands the job to a warm worker when it may use one and one is idle, else launches it cold.
+
+        Returns:
+            The leader and whether it is a warm worker.
+        """
+        log_path = job_dir / WORKER_LOG
+        if may_use_warm_worker(world, self._warm.size):
+            warm = self._warm.take()
+            self._warm.fill()  # the replacement imports while this job runs
+            if warm is not None:
+                try:
+                    return wp.launch_warm(warm.pid, warm.channel, spec_path, log_path, env, job_dir), True
+                except OSError as error:
+                    log.warning("warm worker %s could not take the job (%s): cold start", warm.pid, error)
+        return wp.launch(spec_path, world, log_path, env, job_dir), False
 
     def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
         """Takes the job's resources and follows its worker until no process of it remains."""
