@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.event_watch import EventFileWatch
 from cryptotune_daemon.jobs.model import Job
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.warm_pool import WarmPool
@@ -45,6 +46,7 @@ class EngineCore:
     _loop: asyncio.AbstractEventLoop | None
     _reconciled: bool
     _warm: WarmPool
+    _event_watch: EventFileWatch
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""

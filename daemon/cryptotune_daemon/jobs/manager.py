@@ -11,6 +11,7 @@ import time
 
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.event_watch import EventFileWatch
 from cryptotune_daemon.jobs.requests import JobRequests
 from cryptotune_daemon.jobs.scheduler import Scheduler
 from cryptotune_daemon.jobs.store import JobStore
@@ -49,12 +50,14 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
+        self._event_watch = EventFileWatch()
         self._warm = WarmPool(settings.warm_workers, settings.cache_dir, settings.warm_log_path, os.environ)
 
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
         self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._warm.fill()  # first: their imports run while the daemon reconciles and serves
+        self._event_watch.start(asyncio.get_running_loop())
         delay = self._settings.faults.reconcile_delay_s
         if delay > 0:  # injected fault (tests): widens the window in which health must say NOT_SERVING
             await asyncio.sleep(delay)
@@ -97,6 +100,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._event_watch.close(asyncio.get_running_loop())
 
     def _wake_from_any_thread(self) -> None:
         # submit() runs in a worker thread (the servicer keeps YAML parsing off the event loop), and

@@ -37,9 +37,9 @@ from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often a worker's liveness is checked
-# How often a running worker's event file is checked for growth (one stat call): what a watcher
-# waits at most for an event beyond the worker writing it. Polling rather than inotify: it is
-# portable, survives the file being created late, and costs ~20 stat calls a second per job.
+# Where inotify is unavailable (jobs/event_watch.py), how often a running worker's event file is
+# checked for growth (one stat call): what a watcher then waits at most beyond the worker writing it.
+# With inotify the supervisor wakes on the write itself and checks the size at least every POLL_S.
 EVENT_POLL_S = 0.05
 # Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
 RETRY_BUDGET = 3
@@ -127,15 +127,24 @@ class Supervisor(EngineCore):
             # Without a known leader (the daemon died between launch and recording it) the job
             # lock, held by every process of the worker, says when it is over.
             events_size = -1
+            woken = self._event_watch.follow(job_id, job_dir)  # None: poll the file's size
+            loop = asyncio.get_running_loop()
             while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
-                for _ in range(round(POLL_S / EVENT_POLL_S)):
+                liveness_due = loop.time() + POLL_S
+                while (remaining := liveness_due - loop.time()) > 0:
+                    if woken is not None:
+                        woken.clear()  # before the size is read: a write after it wakes us again
                     size = _file_size(job_dir / EVENTS_FILE)
                     if size != events_size:
                         if not self._ingest_safely(job_id):
                             await asyncio.sleep(POLL_S)  # e.g. a full disk: retry at a calmer pace
                             break
                         events_size = size
-                    await asyncio.sleep(EVENT_POLL_S)
+                    if woken is None:
+                        await asyncio.sleep(min(EVENT_POLL_S, remaining))
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken.wait(), remaining)
             # Stragglers (dataloader children, torchrun ranks in sessions of their own, ranks
             # orphaned by a killed torchrun) hold GPUs too: end them and wait until none remains.
             if wp.job_alive(job_dir, handle):
@@ -156,6 +165,7 @@ class Supervisor(EngineCore):
                     log.exception("could not record the end of job %s (will retry)", job_id)
                     await asyncio.sleep(5 * POLL_S)
         finally:
+            self._event_watch.unfollow(job_id)
             self._release(job_id)
             self._supervisors.pop(job_id, None)
             self._handles.pop(job_id, None)
