@@ -17,7 +17,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.event_watch import EventFileWatch
-from cryptotune_daemon.jobs.model import Job
+from cryptotune_daemon.jobs.model import Job, JobEvent
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.warm_pool import WarmPool
 from cryptotune_daemon.layout import STOP_MARKER
@@ -47,6 +47,7 @@ class EngineCore:
     _reconciled: bool
     _warm: WarmPool
     _event_watch: EventFileWatch
+    _shared_reads: dict[tuple[str, int], list[JobEvent]]  # (job id, after seq) → stored events
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""

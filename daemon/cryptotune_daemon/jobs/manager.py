@@ -51,6 +51,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciled = False
         self._event_watch = EventFileWatch()
+        self._shared_reads = {}
         self._warm = WarmPool(settings.warm_workers, settings.cache_dir, settings.warm_log_path, os.environ)
 
     async def start(self) -> None:

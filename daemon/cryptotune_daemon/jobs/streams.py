@@ -13,6 +13,8 @@ from cryptotune_daemon.layout import WORKER_LOG
 
 EXPORT_CHUNK = 1024 * 1024
 LOG_CHUNK = 1024 * 1024
+# Reads of stored events that watchers share (see Streams._events_after): the newest ones are kept.
+SHARED_READS = 256
 
 
 class Streams(EngineCore):
@@ -25,7 +27,7 @@ class Streams(EngineCore):
         job_id = self.get(ref).job_id
         seq = after_seq
         while True:
-            events = self._store.events_after(job_id, seq, limit=500)
+            events = self._events_after(job_id, seq)
             for event in events:
                 seq = event.seq
                 yield event
@@ -39,6 +41,24 @@ class Streams(EngineCore):
                 # End the stream now rather than hold the shutdown for the server's grace period.
                 raise _shutting_down(f"watch again with after_seq={seq} once it is back")
             await self._wait_change(job_id, 1.0)
+
+    def _events_after(self, job_id: str, seq: int) -> list[JobEvent]:
+        """Stored events after ``seq``; one read (and one list) shared by every watcher at that seq.
+
+        Watchers of a job wake together and ask for the same ``seq``: the first reads the store, the
+        others get the same list. A non-empty answer never goes stale (stored events are immutable
+        and seqs gap-free; a watcher asks again after the last one it got); an empty one is not kept.
+        """
+        key = (job_id, seq)
+        shared = self._shared_reads.get(key)
+        if shared is not None:
+            return shared
+        events = self._store.events_after(job_id, seq, limit=500)
+        if events:
+            self._shared_reads[key] = events
+            if len(self._shared_reads) > SHARED_READS:
+                del self._shared_reads[next(iter(self._shared_reads))]
+        return events
 
     async def logs(self, ref: str, follow: bool, skip_lines: int = 0) -> AsyncIterator[str]:
         """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the
