@@ -101,7 +101,8 @@ def daemon_targets(daemon: dict[str, Any]) -> list[str]:
         p99 = watch["latency_p99_ms"]
         rows.append(
             f"| {watch['watchers']} watchers: event delivery p99 ≤ 100 ms "
-            f"| p50 {watch['latency_p50_ms']:.1f} ms, p99 {p99:.1f} ms | {verdict([p99], 100.0, at_least=False)} |"
+            f"| p50 {watch['latency_p50_ms']:.1f} ms, p99 {p99:.1f} ms "
+            f"| {verdict([p99], 100.0, at_least=False)} |"
         )
     return rows
 
