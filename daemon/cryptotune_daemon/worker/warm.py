@@ -45,6 +45,11 @@ def preload(cache_dir: Path | None) -> None:
     # transformers imports a model's modules on first attribute access: do it now.
     for name in ("Qwen3ForCausalLM", "AutoModelForCausalLM", "PreTrainedTokenizerFast", "GenerationConfig"):
         getattr(transformers, name)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the report's loss curve (as training/report.py draws it)
+    import matplotlib.pyplot
+
     if cache_dir is not None:
         from cryptotune_daemon.data.tokenizer import load_tokenizer
 
