@@ -84,23 +84,22 @@ def percentile(values: list[float], percent: float) -> float:
 
 
 class Daemon:
-    """A ``cryptotuned`` on a temp state dir, listening on a unix socket only."""
+    """A ``cryptotuned`` on a temp state dir, listening on a unix socket only.
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    ``command`` starts the daemon (default: the ``cryptotuned`` script beside this Python; a source
+    checkout without an installed script passes ``[python, "-m", "cryptotune_daemon.main"]``);
+    ``extra`` are more daemon flags (e.g. ``--warm-workers 0``).
+    """
+
+    def __init__(self, root: Path, command: list[str] | None = None, extra: tuple[str, ...] = ()) -> None:
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True)
         self.address = f"unix://{self.state_dir}/d.sock"
         self.log_path = root / "daemon.log"
+        start = command or [str(BIN / "cryptotuned")]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    str(BIN / "cryptotuned"),
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--listen",
-                    self.address,
-                    *extra,
-                ],
+                [*start, "--state-dir", str(self.state_dir), "--listen", self.address, *extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -197,19 +196,46 @@ def running_daemon() -> Iterator[tuple[Daemon, Path]]:
 # -- the measurements ----------------------------------------------------------------------------------------
 
 
+# The CLI's import floor: Python with click, gRPC and the protobuf runtime a generated module needs.
+FLOOR_IMPORTS = (
+    "import click, grpc\n"
+    "from google.protobuf import descriptor, descriptor_pool, runtime_version, symbol_database\n"
+    "from google.protobuf.internal import builder\n"
+)
+
+
 def cli_round_trip(daemon: Daemon, runs: int) -> dict[str, Any]:
-    command = [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "list-gpus"]
-    seconds = []
+    """``list-gpus`` and ``--help`` in fresh processes, each round next to the import floor.
+
+    The client is byte-compiled first, as an installed package is (``make setup`` does it once,
+    edits since then would otherwise be recompiled on every call).
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "client")], check=True, capture_output=True
+    )
+    commands = {
+        "list_gpus": [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "list-gpus"],
+        "help": [str(BIN / "cryptotune"), "--help"],
+        "floor": [sys.executable, "-c", FLOOR_IMPORTS],
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
     for index in range(runs + 2):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-        if index >= 2:  # the first two warm the page cache
-            seconds.append(time.perf_counter() - started)
+        for name, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+            if index >= 2:  # the first two rounds warm the page cache
+                seconds[name].append(time.perf_counter() - started)
+    gpus, floor = seconds["list_gpus"], seconds["floor"]
+    # The difference per round: the floor run next to it saw the same machine load.
+    over = [g - f for g, f in zip(gpus, floor, strict=True)]
     return {
         "runs": runs,
-        "median_seconds": statistics.median(seconds),
-        "p90_seconds": percentile(seconds, 90),
-        "min_seconds": min(seconds),
+        "median_seconds": statistics.median(gpus),
+        "p90_seconds": percentile(gpus, 90),
+        "min_seconds": min(gpus),
+        "floor_median_seconds": statistics.median(floor),
+        "over_floor_median_seconds": statistics.median(over),
+        "help_median_seconds": statistics.median(seconds["help"]),
     }
 
 
@@ -308,7 +334,7 @@ def job_start(warm_workers: int, settle_s: float, steps: int, timeout: float) ->
     """Submit → first ``progress`` event of a ``builtin:tiny-qwen3`` job on a fresh daemon that has
     been up ``settle_s`` seconds, with the stages' durations before training (from the events)."""
     root = Path(tempfile.mkdtemp(prefix="ctj-", dir="/tmp"))
-    daemon = Daemon(root, "--warm-workers", str(warm_workers))
+    daemon = Daemon(root, extra=("--warm-workers", str(warm_workers)))
     try:
         # Up for settle_s seconds: the warm worker has finished its imports (what the target assumes).
         time.sleep(settle_s)
@@ -367,6 +393,33 @@ def write_records(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
+def tokenizer_floor(path: Path, batch: int = 1024) -> dict[str, float]:
+    """Seconds the Qwen3 fast tokenizer alone takes to batch-encode the records' rendered text (its
+    Rust backend, and the transformers call on top of it), rendering not included."""
+    from cryptotune_daemon.data.readers import convert_record, iter_raw_records
+    from cryptotune_daemon.data.records import Record
+    from cryptotune_daemon.data.template import render_record
+    from cryptotune_daemon.data.tokenizer import BUILTIN_TINY_QWEN3, load_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="ctb-tok-") as cache:
+        tokenizer = load_tokenizer(BUILTIN_TINY_QWEN3, Path(cache))
+        texts = []
+        for raw in iter_raw_records(path, display_name=path.name, file_format="jsonl"):
+            record = convert_record(raw, data_format="auto")
+            if isinstance(record, Record):
+                texts.append(render_record(record).text)
+        backend = tokenizer.backend_tokenizer
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch):
+            backend.encode_batch(texts[start : start + batch], add_special_tokens=False)
+        backend_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch):
+            tokenizer(texts[start : start + batch], add_special_tokens=False)
+        call_seconds = time.perf_counter() - started
+    return {"backend_seconds": backend_seconds, "transformers_seconds": call_seconds}
+
+
 def inspect_data(daemon: Daemon, root: Path, sizes: list[int]) -> dict[str, Any]:
     command = [str(BIN / "cryptotune"), "--address", daemon.address, "--no-autostart", "--json"]
     # Warm up: the first inspection loads the tokenizer into the daemon, whatever the file's size.
@@ -374,6 +427,8 @@ def inspect_data(daemon: Daemon, root: Path, sizes: list[int]) -> dict[str, Any]
     results = {}
     for size in sizes:
         path = write_records(root / f"records-{size}.jsonl", size)
+        with daemon.client() as client:
+            client.upload(path)  # stored first: the timing is the inspection's
         sampler = Sampler(daemon.ps, interval=0.01)
         started = time.perf_counter()
         completed = subprocess.run(
@@ -381,11 +436,15 @@ def inspect_data(daemon: Daemon, root: Path, sizes: list[int]) -> dict[str, Any]
         )
         seconds = time.perf_counter() - started
         usage = sampler.stop()
+        floor = tokenizer_floor(path)  # the same records, in the same run
         report = json.loads(completed.stdout) if completed.stdout.strip().startswith("{") else {}
         results[str(size)] = {
             "records": size,
             "file_mb": path.stat().st_size / 2**20,
             "seconds": seconds,
+            "tokenizer_seconds": floor["backend_seconds"],
+            "tokenizer_call_seconds": floor["transformers_seconds"],
+            "ratio_to_tokenizer": seconds / floor["backend_seconds"],
             "records_valid": report.get("records_valid"),
             "daemon_rss_before_mb": usage["rss_before_mb"],
             "daemon_rss_peak_delta_mb": usage["rss_peak_delta_mb"],
@@ -404,7 +463,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "| measurement | result |",
         "|---|---|",
         f"| `cryptotune list-gpus` round trip, median of {cli['runs']} fresh processes "
-        f"| {cli['median_seconds']:.3f} s (p90 {cli['p90_seconds']:.3f} s, min {cli['min_seconds']:.3f} s) |",
+        f"| {cli['median_seconds']:.3f} s (p90 {cli['p90_seconds']:.3f} s, min {cli['min_seconds']:.3f} s); "
+        f"import floor {cli['floor_median_seconds']:.3f} s, median excess over it "
+        f"{cli['over_floor_median_seconds']:.3f} s |",
+        f"| `cryptotune --help`, median of {cli['runs']} | {cli['help_median_seconds']:.3f} s |",
         f"| dry-run SubmitJob call, median of {submit['submits']} | {1000 * submit['median_seconds']:.1f} ms "
         f"(p90 {1000 * submit['p90_seconds']:.1f} ms) |",
         "| dry run, submit → plan (idle daemon, worker start included) "
@@ -431,7 +493,9 @@ def markdown(summary: dict[str, Any]) -> str:
     for size, result in summary["inspect"].items():
         lines.append(
             f"| `inspect-data` {int(size):,} records ({result['file_mb']:.1f} MB) "
-            f"| {result['seconds']:.1f} s, daemon RSS +{result['daemon_rss_peak_delta_mb']:.0f} MB "
+            f"| {result['seconds']:.1f} s ({result['ratio_to_tokenizer']:.2f}× the tokenizer alone: "
+            f"{result['tokenizer_seconds']:.1f} s, {result['tokenizer_call_seconds']:.1f} s through "
+            f"transformers), daemon RSS +{result['daemon_rss_peak_delta_mb']:.0f} MB "
             f"above {result['daemon_rss_before_mb']:.0f} MB |"
         )
     return "\n".join(lines)

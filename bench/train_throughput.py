@@ -46,6 +46,15 @@ VARIANTS = {
 }
 VOCAB = 151936
 SHAPES: dict[str, dict[str, int]] = {
+    # builtin:tiny-qwen3's layout: what a CPU rehearsal of bench/gpu_proof.py trains.
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    },
     # Qwen3 layout at a size two CPU cores train in about a minute per variant.
     "bench": {
         "hidden_size": 256,
@@ -54,6 +63,15 @@ SHAPES: dict[str, dict[str, int]] = {
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 64,
+    },
+    # Qwen3-0.6B's shapes (random weights): a real-sized model that saves and loads in seconds.
+    "qwen3-0.6b": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
     },
     # Qwen3-4B(-Thinking-2507)'s shapes; random weights, nothing is downloaded.
     "qwen3-4b": {
@@ -103,12 +121,17 @@ def build_model(shape: str, device: str) -> Any:
 
 
 def load_examples(samples: int, cache_dir: Path) -> tuple[list[Any], Any]:
-    """The first ``samples`` records, rendered and tokenised exactly as cryptotune trains them."""
+    """The first ``samples`` records, rendered and tokenised exactly as cryptotune trains them.
+
+    Asked for more samples than the file holds, the records repeat in file order (the bundled set has
+    72; about 30 optimiser steps need more).
+    """
     from cryptotune_daemon.data.tokenizer import load_tokenizer
     from cryptotune_daemon.training.dataset import read_records, tokenize_cached
 
     tokenizer = load_tokenizer("builtin:tiny-qwen3", cache_dir)
-    records = read_records(DATA, display_name=DATA.name)[:samples]
+    records = read_records(DATA, display_name=DATA.name)
+    records = (records * math.ceil(samples / max(len(records), 1)))[:samples]
     examples, _ = tokenize_cached(records, tokenizer, cache_dir / f"bench-{samples}.pt")
     return examples, tokenizer
 

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptotune import types as t
-from cryptotune.proto.v1 import common_pb2, data_pb2, gpu_pb2, job_pb2
+from cryptotune._lazy import LazyModule
 
-_STATE_NAMES = {
-    job_pb2.JOB_STATE_QUEUED: "queued",
-    job_pb2.JOB_STATE_RUNNING: "running",
-    job_pb2.JOB_STATE_SUCCEEDED: "succeeded",
-    job_pb2.JOB_STATE_FAILED: "failed",
-    job_pb2.JOB_STATE_CANCELLED: "cancelled",
-    job_pb2.JOB_STATE_CANCELLING: "cancelling",
-    job_pb2.JOB_STATE_RECOVERING: "recovering",
-}
+if TYPE_CHECKING:
+    from cryptotune.proto.v1 import common_pb2, data_pb2, gpu_pb2, job_pb2
+else:  # converting one service's replies imports only that service's generated code
+    job_pb2 = LazyModule("cryptotune.proto.v1.job_pb2")
+
+
+@functools.cache
+def _states() -> dict[int, t.JobState]:
+    return {
+        job_pb2.JOB_STATE_QUEUED: t.JobState.QUEUED,
+        job_pb2.JOB_STATE_RUNNING: t.JobState.RUNNING,
+        job_pb2.JOB_STATE_SUCCEEDED: t.JobState.SUCCEEDED,
+        job_pb2.JOB_STATE_FAILED: t.JobState.FAILED,
+        job_pb2.JOB_STATE_CANCELLED: t.JobState.CANCELLED,
+        job_pb2.JOB_STATE_CANCELLING: t.JobState.CANCELLING,
+        job_pb2.JOB_STATE_RECOVERING: t.JobState.RECOVERING,
+    }
 
 
 def config_issue(issue: common_pb2.Issue) -> t.ConfigIssue:
@@ -111,9 +120,12 @@ def job(msg: job_pb2.Job) -> t.Job:
     return t.Job(
         job_id=msg.job_id,
         pipeline_id=msg.pipeline_id,
-        state=_STATE_NAMES.get(msg.state, "unknown"),
+        state=_states().get(msg.state, t.JobState.UNKNOWN),
         stage=msg.stage,
-        stages=[t.StageStatus(name=s.name, state=s.state, seconds=s.seconds) for s in msg.stages],
+        stages=[
+            t.StageStatus(name=s.name, state=t.StageState.parse(s.state), seconds=s.seconds)
+            for s in msg.stages
+        ],
         progress=t.Progress(
             step=p.step,
             total_steps=p.total_steps,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ START_TIMEOUT_S = 90.0
 
 def daemon_command(state_dir: Path, address: str) -> list[str]:
     """The command line that starts a user daemon on ``address``."""
+    import shutil  # not at the top: every CLI command imports this module, few start a daemon
+
     executable = shutil.which("cryptotuned")
     sibling = Path(sys.executable).with_name("cryptotuned")
     if sibling.exists():

@@ -2,41 +2,57 @@
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from cryptotune import _convert
 from cryptotune import types as t
+from cryptotune._lazy import LazyModule
 from cryptotune.errors import CryptotuneError, DaemonUnavailable, InvalidArgument, from_rpc_error
 from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir
-from cryptotune.proto.v1 import (
-    config_pb2,
-    config_pb2_grpc,
-    data_pb2,
-    data_pb2_grpc,
-    gpu_pb2,
-    gpu_pb2_grpc,
-    job_pb2,
-    job_pb2_grpc,
-)
+
+if TYPE_CHECKING:
+    from cryptotune.proto.v1 import (
+        config_pb2,
+        config_pb2_grpc,
+        data_pb2,
+        data_pb2_grpc,
+        gpu_pb2,
+        gpu_pb2_grpc,
+        job_pb2,
+        job_pb2_grpc,
+    )
+else:  # the generated code of one service is imported when that service is first called
+    config_pb2 = LazyModule("cryptotune.proto.v1.config_pb2")
+    config_pb2_grpc = LazyModule("cryptotune.proto.v1.config_pb2_grpc")
+    data_pb2 = LazyModule("cryptotune.proto.v1.data_pb2")
+    data_pb2_grpc = LazyModule("cryptotune.proto.v1.data_pb2_grpc")
+    gpu_pb2 = LazyModule("cryptotune.proto.v1.gpu_pb2")
+    gpu_pb2_grpc = LazyModule("cryptotune.proto.v1.gpu_pb2_grpc")
+    job_pb2 = LazyModule("cryptotune.proto.v1.job_pb2")
+    job_pb2_grpc = LazyModule("cryptotune.proto.v1.job_pb2_grpc")
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 # Generous but bounded: inspection of a 100k-record file tokenises everything.
 DEFAULT_TIMEOUT_S = 600.0
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 ProgressCallback = Callable[[int, int], None]
 
 
+# hashlib, ipaddress and uuid are imported where used: a CLI command that needs none of them
+# (list-gpus, status) should not pay for them.
+
+
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host in ("localhost", ""):
         return True
     try:
@@ -63,6 +79,8 @@ def _local_token(address: str) -> str | None:
 
 
 def _sha256_of(path: Path) -> tuple[str, int]:
+    import hashlib
+
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as handle:
@@ -107,12 +125,31 @@ class Client:
         self._connect()
 
     def _connect(self) -> None:
-        """Opens the channel and the service stubs on it."""
+        """Opens the channel; each service's stub is made on that service's first call."""
         self._channel = self._open_channel(*self._tls)
-        self._config = config_pb2_grpc.ConfigServiceStub(self._channel)
-        self._data = data_pb2_grpc.DataServiceStub(self._channel)
-        self._gpus = gpu_pb2_grpc.GpuServiceStub(self._channel)
-        self._jobs = job_pb2_grpc.JobServiceStub(self._channel)
+        self._stubs: dict[object, Any] = {}
+
+    def _stub(self, stub_class: Callable[[grpc.Channel], _S]) -> _S:
+        stub: _S | None = self._stubs.get(stub_class)
+        if stub is None:
+            stub = self._stubs[stub_class] = stub_class(self._channel)
+        return stub
+
+    @property
+    def _config(self) -> config_pb2_grpc.ConfigServiceStub:
+        return self._stub(config_pb2_grpc.ConfigServiceStub)
+
+    @property
+    def _data(self) -> data_pb2_grpc.DataServiceStub:
+        return self._stub(data_pb2_grpc.DataServiceStub)
+
+    @property
+    def _gpus(self) -> gpu_pb2_grpc.GpuServiceStub:
+        return self._stub(gpu_pb2_grpc.GpuServiceStub)
+
+    @property
+    def _jobs(self) -> job_pb2_grpc.JobServiceStub:
+        return self._stub(job_pb2_grpc.JobServiceStub)
 
     def _open_channel(
         self, tls_ca: str | Path | None, tls_cert: str | Path | None, tls_key: str | Path | None
@@ -304,24 +341,27 @@ class Client:
         Args:
             data: training data file.
             config: config file path or YAML text, told apart as in :meth:`validate_config`.
-            output_dir: where the daemon writes the adapter and report; default
-                ``./training_output`` resolved on this machine.
+            output_dir: where the daemon writes the adapter and report (resolved on this machine);
+                without it, the config's ``system.output_dir`` (relative to this process's working
+                directory, which is sent along), else ``./training_output``.
             pipeline_id: a unique name for the job (``[A-Za-z0-9._-]{1,64}``).
             resume: ``PIPELINE_ID`` or ``PIPELINE_ID@STEP`` to continue.
             dry_run: plan only (init, data_prep, config_gen); train nothing.
             request_id: idempotency key; a retried submit with the same key returns the same job.
             progress: upload progress callback ``(sent_bytes, total_bytes)``.
         """
+        import uuid
+
         text, config_name = _read_config(config)
         digest = self.upload(data, progress)
-        out = Path(output_dir) if output_dir is not None else Path("training_output")
         request = job_pb2.SubmitJobRequest(
             request_id=request_id or uuid.uuid4().hex,
             data_digest=digest,
             data_name=Path(data).name,
             config_yaml=text,
             config_name=config_name,
-            output_dir=str(out.expanduser().resolve()),
+            output_dir=str(Path(output_dir).expanduser().resolve()) if output_dir is not None else "",
+            client_cwd=os.getcwd(),
             pipeline_id=pipeline_id or "",
             resume=resume or "",
             dry_run=dry_run,

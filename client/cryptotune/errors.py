@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # gRPC is imported by the code that makes calls; the CLI's --help never does
+    import grpc
 
 ERROR_CODE_METADATA_KEY = "cryptotune-error-code"
 
@@ -61,22 +64,26 @@ class InternalError(CryptotuneError):
     """The daemon failed unexpectedly; details are in its log."""
 
 
-_BY_STATUS: dict[grpc.StatusCode, type[CryptotuneError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+# Keyed by ``grpc.StatusCode`` name, so this module (and every CLI command's error handling) loads
+# without gRPC.
+_BY_STATUS: dict[str, type[CryptotuneError]] = {
+    "INVALID_ARGUMENT": InvalidArgument,
+    "OUT_OF_RANGE": InvalidArgument,
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "PERMISSION_DENIED": PermissionDenied,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+    "UNAUTHENTICATED": Unauthenticated,
+    "UNAVAILABLE": DaemonUnavailable,
+    "UNIMPLEMENTED": Unimplemented,
 }
 
 
 def from_rpc_error(error: grpc.RpcError, address: str) -> CryptotuneError:
     """Turns a gRPC error into the matching typed exception."""
+    import grpc
+
     status = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
     code = ""
@@ -94,4 +101,4 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> CryptotuneError:
         )
     if status == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DaemonUnavailable(f"the daemon at {address} did not answer in time ({details})", code)
-    return _BY_STATUS.get(status, InternalError)(details, code)
+    return _BY_STATUS.get(status.name, InternalError)(details, code)

@@ -3,10 +3,80 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+class JobState(enum.StrEnum):
+    """A job's lifecycle state; the value is the lower-case name the CLI prints (and equals as a str)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CANCELLING = "cancelling"
+    RECOVERING = "recovering"
+    UNKNOWN = "unknown"
+    """A state this client does not know (sent by a newer daemon)."""
+
+    def is_terminal(self) -> bool:
+        """Whether the job has ended for good (succeeded, failed or cancelled)."""
+        return self in TERMINAL_STATES
+
+    @classmethod
+    def parse(cls, name: str) -> JobState:
+        """The state named ``name`` (as event data carries it); UNKNOWN for a name this client lacks."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class StageState(enum.StrEnum):
+    """The state of one pipeline stage of a job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+    """A stage state this client does not know (sent by a newer daemon)."""
+
+    @classmethod
+    def parse(cls, name: str) -> StageState:
+        """The stage state named ``name``; UNKNOWN for a name this client lacks."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class EventType(enum.StrEnum):
+    """The event types a job emits. ``JobEvent.type`` keeps the daemon's text (a newer daemon may
+    add types); it compares equal to these members."""
+
+    STATE = "state"
+    STAGE_STARTED = "stage_started"
+    STAGE_COMPLETED = "stage_completed"
+    STAGE_SKIPPED = "stage_skipped"
+    PROGRESS = "progress"
+    EVAL = "eval"
+    GENERATION_EVAL = "generation_eval"
+    GPU_SAMPLE = "gpu_sample"
+    PLAN = "plan"
+    RESULT = "result"
+    FAILED = "failed"
+    CHECKPOINT = "checkpoint"
+    WARNING = "warning"
+    LOG = "log"
+    OOM_RECOVERY = "oom_recovery"
 
 
 class _Serializable:
@@ -129,10 +199,10 @@ class DataInspection(_Serializable):
 
 @dataclass(frozen=True)
 class StageStatus(_Serializable):
-    """A pipeline stage and its state (pending, running, done, failed, cancelled, skipped)."""
+    """A pipeline stage and its state."""
 
     name: str
-    state: str
+    state: StageState
     seconds: float = 0.0
 
 
@@ -155,7 +225,7 @@ class Job(_Serializable):
 
     job_id: str
     pipeline_id: str
-    state: str
+    state: JobState
     stage: str
     stages: list[StageStatus]
     progress: Progress
@@ -171,16 +241,16 @@ class Job(_Serializable):
     @property
     def terminal(self) -> bool:
         """Whether the job has finished (succeeded, failed or cancelled)."""
-        return self.state in TERMINAL_STATES
+        return self.state.is_terminal()
 
     def status_dict(self) -> dict[str, Any]:
         """The documented ``status --json`` shape."""
         return {
             "job_id": self.job_id,
             "pipeline_id": self.pipeline_id,
-            "state": self.state,
+            "state": self.state.value,
             "stage": self.stage,
-            "stages": [{"name": s.name, "state": s.state} for s in self.stages],
+            "stages": [{"name": s.name, "state": s.state.value} for s in self.stages],
             "progress": {
                 "step": self.progress.step,
                 "total_steps": self.progress.total_steps,

@@ -15,11 +15,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cryptotune import Client
 from cryptotune.errors import DaemonUnavailable
+
+if TYPE_CHECKING:
+    from tests.helpers.harness import Harness
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
@@ -144,3 +148,17 @@ def run_cli(
         cwd=cwd,
     )
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """A daemon on a fresh short state dir that the test kills and restarts; every process cleaned up."""
+    from tests.helpers.harness import Harness  # it builds on this module's helpers
+
+    root = short_tmp_dir()
+    running = Harness(root)
+    try:
+        yield running
+    finally:
+        running.close()
+        shutil.rmtree(root, ignore_errors=True)

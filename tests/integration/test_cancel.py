@@ -7,13 +7,9 @@ import signal
 import time
 
 from cryptotune_daemon.jobs import worker_process as wp
+from tests.helpers.harness import WAIT_S, Harness, alive, progress_max
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import run_cli
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
-from tests.integration.test_recovery import WAIT_S, Harness, alive, harness, progress_max
-
-__all__ = ["harness"]  # the fixture, shared with test_recovery
-
-CANCEL_BOUND_S = 15.0
 
 
 def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harness) -> None:
@@ -36,7 +32,7 @@ def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harn
         # torchrun cannot either, and only the daemon's SIGKILL to every rank's session can.
         os.kill(ranks[1], signal.SIGSTOP)
 
-        cancelled_at = time.monotonic()
+        gives_up_at = time.monotonic() + WAIT_S  # a guard against a hang, not a speed requirement
         result = run_cli("cancel", "ddp-cancel", address=harness.address)
         assert result.exit_code == 0, result.stdout + result.stderr
         while True:
@@ -46,7 +42,7 @@ def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harn
                 # CANCELLED is only declared once no process of the job remains.
                 assert remaining == [], f"cancelled while {remaining} still run"
                 break
-            assert time.monotonic() - cancelled_at < CANCEL_BOUND_S, f"still {state}; alive: {remaining}"
+            assert time.monotonic() < gives_up_at, f"never cancelled: still {state}; alive: {remaining}"
             time.sleep(0.1)
         assert harness.processes(first.job_id) == []
         assert not wp.lock_held(job_dir)

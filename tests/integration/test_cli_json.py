@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cryptotune import Client
 from cryptotune.errors import NotFound
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import BIN, RunningDaemon, run_cli
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
 
 
 def test_json_is_accepted_after_every_subcommand(daemon: RunningDaemon, tmp_path: Path) -> None:

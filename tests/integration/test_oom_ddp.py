@@ -13,10 +13,8 @@ import re
 
 import pytest
 
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
-from tests.integration.test_recovery import WAIT_S, Harness, check_runs, harness, states
-
-__all__ = ["harness"]  # the fixture, shared with test_recovery
+from tests.helpers.harness import WAIT_S, Harness, check_runs, states
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,24 +35,30 @@ def test_help_loads_no_heavy_module() -> None:
     assert completed.returncode == 0, completed.stderr
     loaded = completed.stdout.strip().splitlines()[-1]
     assert loaded == "LOADED:", f"thin client loaded heavy modules: {loaded}"
-    assert "Usage:" in completed.stdout
+    assert completed.stdout.startswith("Usage: cryptotune [OPTIONS] COMMAND [ARGS]...\n")
+    listed = {line.split()[0] for line in completed.stdout.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed >= set(COMMAND_HELP), listed
+
+
+# Each command's usage line and the options the README documents for it (every one takes --json).
+COMMAND_HELP = {
+    "init-config": ("[OPTIONS]", ("--output", "--force")),
+    "validate-config": ("[OPTIONS] CONFIG_FILE", ()),
+    "list-gpus": ("[OPTIONS]", ()),
+    "inspect-data": ("[OPTIONS] DATA_FILE", ("--sample", "--format", "--max-seq-length")),
+    "train": ("[OPTIONS] DATA_FILE CONFIG_FILE", ("--output-dir", "--pipeline-id", "--resume", "--dry-run")),
+    "status": ("[OPTIONS] [JOB]", ()),
+    "watch": ("[OPTIONS] JOB", ("--since",)),
+    "jobs": ("[OPTIONS]", ("--limit",)),
+    "cancel": ("[OPTIONS] JOB", ()),
+    "logs": ("[OPTIONS] JOB", ("--follow",)),
+    "export": ("[OPTIONS] JOB DESTINATION", ()),
+    "demo": ("[OPTIONS]", ("--output-dir",)),
+}
 
 
 def test_every_command_has_help() -> None:
-    for command in (
-        "init-config",
-        "validate-config",
-        "list-gpus",
-        "inspect-data",
-        "train",
-        "status",
-        "watch",
-        "jobs",
-        "cancel",
-        "logs",
-        "export",
-        "demo",
-    ):
+    for command, (arguments, options) in COMMAND_HELP.items():
         completed = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
             [sys.executable, "-m", "cryptotune.cli.main", command, "--help"],
             capture_output=True,
@@ -59,7 +66,10 @@ def test_every_command_has_help() -> None:
             timeout=60,
         )
         assert completed.returncode == 0, (command, completed.stderr)
-        assert "Usage:" in completed.stdout
+        assert completed.stdout.startswith(f"Usage: cryptotune {command} {arguments}\n"), completed.stdout
+        for option in (*options, "--json", "--help"):
+            listed = re.search(rf"^  (-\w, )?{option}\b", completed.stdout, re.MULTILINE)
+            assert listed, (command, option, completed.stdout)
 
 
 def test_config_str_is_a_path_when_it_names_a_file(daemon: RunningDaemon, tmp_path: Path) -> None:

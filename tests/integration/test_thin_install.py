@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import RunningDaemon, run_cli
-from tests.integration.test_jobs import wait_terminal, write_config, write_data
 
 REPO = Path(__file__).resolve().parents[2]
 

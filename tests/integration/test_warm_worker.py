@@ -10,22 +10,10 @@ import time
 import psutil
 
 from cryptotune_daemon.jobs import worker_process as wp
+from tests.helpers.harness import WAIT_S, Event, Harness, alive, check_runs, progress_max, states
+from tests.helpers.jobs import wait_terminal
 from tests.integration.conftest import run_cli
-from tests.integration.test_jobs import wait_terminal
-from tests.integration.test_recovery import (
-    WAIT_S,
-    Event,
-    Harness,
-    alive,
-    check_runs,
-    harness,
-    job_files,
-    progress_max,
-    same_process,
-    states,
-)
-
-__all__ = ["harness"]  # the fixture, shared with test_recovery
+from tests.integration.test_recovery import job_files, same_process
 
 WARM = ("--warm-workers", "1")
 _STARTED = re.compile(r"warm worker (\d+) started")

@@ -9,7 +9,7 @@ import pytest
 
 from cryptotune_daemon.training.checkpoints import Hashes, newest_verified, write_checkpoint
 from cryptotune_daemon.worker.failures import describe_failure
-from tests.checkpoint_helpers import list_checkpoints
+from tests.helpers.checkpoints import list_checkpoints
 
 HASHES = Hashes(data="d" * 64, config="c" * 64, tokenizer="t" * 64)
 

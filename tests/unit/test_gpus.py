@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cryptotune_daemon.gpus import GpuInfo, NvmlInventory, StaticInventory, recommend
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from cryptotune_daemon.gpus import GpuInfo, NvmlInventory, Recommendation, StaticInventory, recommend
 
 
 def _gpu(index: int, total_mb: int, used_mb: int = 0, cc: tuple[int, int] = (9, 0)) -> GpuInfo:
@@ -36,7 +42,14 @@ def test_small_gpu_needs_checkpointing_and_old_cards_use_fp16() -> None:
 def test_busy_memory_counts_and_smallest_gpu_decides() -> None:
     roomy = recommend([_gpu(0, 81_559)])
     crowded = recommend([_gpu(0, 81_559), _gpu(1, 81_559, used_mb=70_000)])
-    assert crowded.per_device_batch_size < roomy.per_device_batch_size or crowded.gradient_checkpointing
+    # The busy card has 11,559 MiB free: the pair is sized exactly as one card with that much memory.
+    alone = recommend([_gpu(0, 11_559)])
+
+    def sizing(rec: Recommendation) -> tuple[int, bool]:
+        return rec.per_device_batch_size, rec.gradient_checkpointing
+
+    assert sizing(crowded) == sizing(alone) != sizing(roomy)
+    assert crowded.world_size == 2 and "11559 MiB free per GPU" in crowded.reason
 
 
 def test_too_little_memory_says_so() -> None:
@@ -51,10 +64,62 @@ def test_static_inventory_is_a_constructor_argument() -> None:
     assert StaticInventory().note().endswith("CPU.")
 
 
-def test_nvml_without_driver_is_empty_with_a_note() -> None:
+class _FakeNvml(types.ModuleType):
+    """The ``pynvml`` module as NVML answers with ``gpus`` attached, or with no driver loaded."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, gpus: list[GpuInfo] | None) -> None:
+        super().__init__("pynvml")
+        self._gpus = gpus
+
+    def nvmlInit(self) -> None:
+        if self._gpus is None:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self._gpus or [])
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> GpuInfo:
+        return (self._gpus or [])[index]
+
+    def nvmlDeviceGetMemoryInfo(self, gpu: GpuInfo) -> SimpleNamespace:
+        return SimpleNamespace(total=gpu.memory_total_mb * 2**20, used=gpu.memory_used_mb * 2**20)
+
+    def nvmlDeviceGetUUID(self, gpu: GpuInfo) -> bytes:
+        return gpu.uuid.encode()
+
+    def nvmlDeviceGetName(self, gpu: GpuInfo) -> str:
+        return gpu.name
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: GpuInfo) -> SimpleNamespace:
+        if gpu.utilization_percent < 0:
+            raise self.NVMLError("Not Supported")
+        return SimpleNamespace(gpu=gpu.utilization_percent)
+
+    def nvmlDeviceGetTemperature(self, gpu: GpuInfo, sensor: int) -> int:
+        return gpu.temperature_c
+
+    def nvmlDeviceGetCudaComputeCapability(self, gpu: GpuInfo) -> tuple[int, int]:
+        return gpu.compute_capability
+
+
+def test_nvml_without_driver_is_empty_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(None))
     inventory = NvmlInventory()
-    gpus = inventory.list_gpus()
-    if gpus:  # a machine with a driver: the inventory must be complete
-        assert all(g.uuid and g.memory_total_mb > 0 for g in gpus)
-    else:
-        assert "CPU" in inventory.note()
+    assert inventory.list_gpus() == []
+    assert inventory.note() == "No NVIDIA GPU available (Driver Not Loaded): jobs run on the CPU."
+
+
+def test_nvml_lists_every_gpu_the_driver_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    attached = [
+        GpuInfo(0, "GPU-aaaa", "NVIDIA H100 80GB HBM3", 81_559, 1_024, 35, 41, (9, 0)),
+        GpuInfo(1, "GPU-bbbb", "Tesla T4", 15_360, 0, -1, 30, (7, 5)),  # no utilisation reading
+    ]
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(attached))
+    inventory = NvmlInventory()
+    assert inventory.list_gpus() == attached
+    assert inventory.note() == ""

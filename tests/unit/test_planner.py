@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,6 @@ from cryptotune_daemon.training.planner import (
     lora_parameter_count,
     plan_training,
 )
-
-from .test_worker_pipeline import config_text, make_spec, of, run_inprocess, write_records
 
 QWEN3_4B = ModelFacts(
     num_parameters=4_022_468_096,
@@ -167,17 +164,3 @@ def test_cpu_plans_fp32() -> None:
     cpu = DeviceInfo(kind="cpu", name="cpu", memory_total_mb=16000, memory_budget_mb=12000)
     plan = plan_training(request(), QWEN3_4B, cpu, [200] * 32)
     assert plan.precision == "fp32" and "CPUs train in fp32" in plan.choice
-
-
-def test_dry_run_plan_event_shows_the_estimate_and_the_choice(tmp_path: Path) -> None:
-    config = config_text().replace("per_device_train_batch_size: 2", "per_device_train_batch_size: auto")
-    config = config.replace("gradient_accumulation_steps: 1", "gradient_accumulation_steps: auto")
-    spec = make_spec(tmp_path, data=write_records(tmp_path / "records.jsonl"), config=config, dry_run=True)
-    code, events = run_inprocess(spec)
-    assert code == 0
-    plan = of(events, "plan")[0]
-    assert plan["effective_batch_size"] == 16 and plan["packing"] is True
-    assert plan["memory_estimate_mb"] <= plan["memory_budget_mb"]
-    assert plan["memory_breakdown"].endswith(f"= {plan['memory_estimate_mb']:,} MB")
-    assert f"micro-batch {plan['micro_batch_size']}" in plan["choice"] and "fp32" in plan["choice"]
-    assert 0 < plan["longest_row_tokens"] <= 512 and plan["packed_rows"] >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,17 @@ from cryptotune_daemon.storage.blobs import BlobStore
 CONFIG = "model:\n  model_name: builtin:tiny-qwen3\n"
 
 
+# gRPC's grpc-message encoding, per its HTTP/2 protocol spec: every byte outside printable ASCII,
+# and '%', becomes %XX. The standard library's percent-encoder is the independent reference.
+_GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
 def _wire_size(text: str) -> int:
-    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode())
+    return len(urllib.parse.quote(text, safe=_GRPC_MESSAGE_SAFE))
+
+
+def test_the_wire_size_reference_encodes_as_grpc_does() -> None:
+    assert urllib.parse.quote("a b%密\n", safe=_GRPC_MESSAGE_SAFE) == "a b%25%E5%AF%86%0A"
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,7 +19,7 @@ from cryptotune_daemon.training.checkpoints import (
     write_checkpoint,
 )
 from cryptotune_daemon.training.hashing import config_differences, config_hash, sha256_file
-from tests.checkpoint_helpers import list_checkpoints
+from tests.helpers.checkpoints import list_checkpoints
 
 HASHES = Hashes(data="a" * 64, config="b" * 64, tokenizer="c" * 64)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,24 +17,9 @@ from cryptotune_daemon.training.batching import (
     packed_shape,
     split_micro_batches,
 )
-from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.loss import IGNORE_INDEX, per_example_loss_sums
 from cryptotune_daemon.training.models import build_tiny_qwen3
-
-from .test_training_trainer import PAD, Recorder, make_examples, make_trainer, settings
-
-
-def _full_logits_loss(model: torch.nn.Module, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain reference: a padded batch, full logits, cross-entropy over every position."""
-    batch = collate(examples, PAD)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits
-    targets = batch["labels"][:, 1:]
-    losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
-    return losses.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+from tests.helpers.trainer import PAD, full_logits_loss, make_examples
 
 
 def test_first_fit_decreasing_is_deterministic_and_never_overfills_or_cuts() -> None:
@@ -108,14 +91,14 @@ def test_logits_of_packed_samples_equal_each_sample_run_alone() -> None:
 
 
 @torch.no_grad()
-def test_packed_chunked_loss_equals_the_padded_full_logits_loss() -> None:
+def test_packed_chunked_loss_equals_the_paddedfull_logits_loss() -> None:
     model = build_tiny_qwen3()
     examples = make_examples(7, seed=5)
     packed = collate_packed(examples, PAD, row_tokens=50)
     assert 1 < packed["input_ids"].shape[0] < len(examples)
     sums, counts = per_example_loss_sums(model, **packed, chunk_tokens=7)
     padded_sums, padded_counts = per_example_loss_sums(model, **collate(examples, PAD), chunk_tokens=7)
-    reference, reference_counts = _full_logits_loss(model, examples)
+    reference, reference_counts = full_logits_loss(model, examples)
     assert counts.tolist() == padded_counts.tolist() == reference_counts.tolist()
     assert counts.tolist() == [e.label_tokens for e in examples]
     torch.testing.assert_close(sums, reference, rtol=1e-5, atol=1e-4)
@@ -142,7 +125,7 @@ def test_fused_loss_gradients_equal_autograd_through_full_logits() -> None:
     sums, _ = per_example_loss_sums(fused, **collate_packed(examples, PAD, row_tokens=40), chunk_tokens=6)
     sums.sum().backward()
     reference = lora_model()
-    reference_sums, _ = _full_logits_loss(reference, examples)
+    reference_sums, _ = full_logits_loss(reference, examples)
     reference_sums.sum().backward()
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
     got = {n: p.grad for n, p in fused.named_parameters() if p.grad is not None}
@@ -168,52 +151,11 @@ def test_step_samples_do_not_depend_on_the_micro_batch_split() -> None:
         for micro in (1, 2, 3, 8):
             parts = split_micro_batches(step, micro)
             assert [i for part in parts for i in part] == step and max(map(len, parts)) <= micro
-    # DDP: every rank gets as many steps, and together they cover every sample.
+    # Data parallel: every rank gets as many steps, and together the ranks' shares of a step are
+    # exactly the single process's step (same samples, no repeats).
     shards = [epoch_steps(lengths, samples_per_step=4, seed=3, epoch=0, rank=r, world_size=2) for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 5
+    assert len(shards[0]) == len(shards[1]) == len(steps) == 5
+    for step, first, second in zip(steps, *shards, strict=True):
+        assert sorted(first + second) == sorted(step)
     seen = Counter(i for shard in shards for step in shard for i in step)
-    assert set(seen) == set(range(37)) and sum(seen.values()) == 38  # one sample repeats to even out
-
-
-def test_packed_and_padded_training_give_the_same_batches_and_losses(tmp_path: Path) -> None:
-    examples = make_examples(16, seed=9)
-    config = settings(
-        total_steps=4,
-        micro_batch_size=3,
-        gradient_accumulation_steps=2,
-        lora_dropout=0.0,
-        save_strategy="no",
-        eval_strategy="no",
-        max_seq_length=48,
-    )
-    trainers = {}
-    for packing in (True, False):
-        trainer = make_trainer(
-            tmp_path / str(packing), examples, dataclasses.replace(config, packing=packing), Recorder()
-        )
-        trainer.setup()
-        trainers[packing] = trainer
-    packed, padded = trainers[True], trainers[False]
-    steps = packed._steps(0)
-    assert steps == padded._steps(0)
-    with torch.no_grad():
-        rows_saved = False
-        for step in steps:
-            for micro in split_micro_batches(step, config.micro_batch_size):
-                chosen = [packed.train_examples[i] for i in micro]
-                packed_batch, padded_batch = packed.collate_batch(chosen), padded.collate_batch(chosen)
-                rows_saved |= packed_batch["input_ids"].shape[0] < len(chosen)
-                assert "position_ids" in packed_batch and "attention_mask" in padded_batch
-                sums, counts = per_example_loss_sums(packed.model, **packed_batch)
-                padded_sums, padded_counts = per_example_loss_sums(padded.model, **padded_batch)
-                reference, reference_counts = _full_logits_loss(padded.model, chosen)
-                assert counts.tolist() == padded_counts.tolist() == reference_counts.tolist()
-                torch.testing.assert_close(sums.sum(), padded_sums.sum(), rtol=1e-5, atol=1e-4)
-                torch.testing.assert_close(sums.sum(), reference.sum(), rtol=1e-5, atol=1e-4)
-        assert rows_saved  # the packed path really packed several samples per row
-    results = {packing: trainer.train() for packing, trainer in trainers.items()}
-    assert results[True].trained_tokens == results[False].trained_tokens > 0
-    for (step, loss), (other_step, other_loss) in zip(
-        results[True].loss_history, results[False].loss_history, strict=True
-    ):
-        assert step == other_step and loss == pytest.approx(other_loss, abs=1e-5)
+    assert set(seen) == set(range(37)) and sum(seen.values()) == 37

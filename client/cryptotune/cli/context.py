@@ -1,20 +1,25 @@
-"""Global CLI options, the SDK client they configure, and uniform error handling."""
+"""Global CLI options, the SDK client they configure, and uniform error handling.
+
+Importing this module costs only click: the SDK (and with it gRPC) loads when a command asks for
+the client, rich when something is printed through ``out``/``err``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
-from rich.text import Text
 
-from cryptotune.autostart import ensure_daemon
-from cryptotune.client import Client
 from cryptotune.errors import CryptotuneError, DaemonUnavailable
 from cryptotune.paths import default_address
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cryptotune.client import Client
 
 EXIT_FAILURE = 1
 EXIT_UNAVAILABLE = 3
@@ -29,13 +34,34 @@ class CliContext:
     json_output: bool
     autostart: bool
     tls_ca: str | None = None
-    out: Console = field(default_factory=lambda: Console(soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
     _client: Client | None = None
+    _out: Console | None = None
+    _err: Console | None = None
+
+    @property
+    def out(self) -> Console:
+        """The rich console on stdout (made on first use)."""
+        if self._out is None:
+            from rich.console import Console
+
+            self._out = Console(soft_wrap=True)
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        """The rich console on stderr (made on first use)."""
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True, soft_wrap=True)
+        return self._err
 
     def client(self) -> Client:
         """The SDK client, connected to a daemon (auto-started if allowed)."""
         if self._client is None:
+            from cryptotune.autostart import ensure_daemon
+            from cryptotune.client import Client
+
             client = Client(self.address, self.token, tls_ca=self.tls_ca)
 
             def ping() -> bool:
@@ -45,12 +71,12 @@ class CliContext:
                     return False
                 return True
 
-            ensure_daemon(
-                client.address,
-                ping,
-                autostart=self.autostart,
-                announce=lambda line: self.err.print(Text(line, style="dim"), highlight=False),
-            )
+            def announce(line: str) -> None:
+                from rich.text import Text
+
+                self.err.print(Text(line, style="dim"), highlight=False)
+
+            ensure_daemon(client.address, ping, autostart=self.autostart, announce=announce)
             self._client = client
         return self._client
 
@@ -63,6 +89,8 @@ class CliContext:
         if self.json_output:
             self.emit_json({"error": {"code": code, "message": message}})
         else:
+            from rich.text import Text
+
             self.err.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
         sys.exit(exit_code)
 

@@ -1,4 +1,8 @@
-"""Job commands: train, status, watch, jobs, cancel, logs, export, demo."""
+"""Job commands: train, status, watch, jobs, cancel, logs, export, demo.
+
+rich and the live display are imported inside the functions that draw, so that listing these
+commands (``cryptotune --help``) costs only click.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,37 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
-from rich.text import Text
 
+from cryptotune._lazy import LazyModule
 from cryptotune.cli.context import CliContext, pass_cli
-from cryptotune.cli.live import JobView, LiveDisplay
-from cryptotune.errors import DaemonUnavailable
-from cryptotune.types import Job, JobEvent
+from cryptotune.types import JobState
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from cryptotune.cli import render
+    from cryptotune.cli.live import JobView
+    from cryptotune.errors import DaemonUnavailable
+    from cryptotune.types import Job, JobEvent
+else:
+    render = LazyModule("cryptotune.cli.render")  # rich: imported when a command draws
 
 LARGE_UPLOAD_BYTES = 8 * 1024 * 1024
 EXIT_JOB_FAILED = 1
+# Where a job writes when neither --output-dir nor system.output_dir says (the daemon applies it).
+DEFAULT_OUTPUT_DIR = "training_output"
 
 
 def _upload_progress(cli_ctx: CliContext, data: Path) -> tuple[Progress | None, object]:
     size = data.stat().st_size if data.is_file() else 0
     if cli_ctx.json_output or size < LARGE_UPLOAD_BYTES:
         return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     bar = Progress(
         TextColumn(f"uploading {data.name}"),
         BarColumn(),
@@ -56,6 +69,10 @@ def _detached_dict(job: Job, last_seq: int) -> dict[str, object]:
 
 def _follow(cli_ctx: CliContext, job: Job, after_seq: int = 0) -> JobView:
     """Shows the live display until the job ends; Ctrl-C detaches without cancelling."""
+    from rich.text import Text
+
+    from cryptotune.cli.live import JobView, LiveDisplay
+
     view = JobView(job_id=job.job_id, state=job.state, last_seq=after_seq)
     display = LiveDisplay(cli_ctx.out, f"{job.pipeline_id} ({job.job_id})")
     try:
@@ -90,6 +107,8 @@ def _disconnected_note(cli_ctx: CliContext) -> Callable[[DaemonUnavailable], Non
     """What to tell the user when a followed stream loses the daemon (the stream then waits)."""
 
     def disconnected(error: DaemonUnavailable) -> None:
+        from rich.text import Text
+
         cli_ctx.err.print(
             Text.assemble(
                 ("The daemon went away ", "yellow"),
@@ -111,45 +130,8 @@ def _follow_to_end(cli_ctx: CliContext, job: Job) -> NoReturn:
     if cli_ctx.json_output:
         cli_ctx.emit_json(final.status_dict())
     else:
-        _print_outcome(cli_ctx, final)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
-
-
-def _print_outcome(cli_ctx: CliContext, job: Job) -> None:
-    out = cli_ctx.out
-    if job.state == "succeeded" and job.dry_run:
-        _print_plan(cli_ctx, job)
-    elif job.state == "succeeded":
-        out.print(Text.assemble(("✓ ", "bold green"), f"pipeline {job.pipeline_id} succeeded"))
-        out.print(f"  adapter: {Path(job.output_dir) / 'adapter'}")
-        out.print(f"  report:  {Path(job.output_dir) / 'report.md'}")
-    else:
-        out.print(
-            Text.assemble(
-                ("✗ ", "bold red"),
-                f"pipeline {job.pipeline_id} {job.state}: ",
-                job.failure_reason or "no reason recorded",
-            )
-        )
-        out.print(Text(f"  logs: cryptotune logs {job.job_id}", style="dim"))
-
-
-def _print_plan(cli_ctx: CliContext, job: Job) -> None:
-    plan = job.plan or {}
-    table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key, value in plan.items():
-        table.add_row(key.replace("_", " "), _plan_value(value))
-    cli_ctx.out.print(table)
-
-
-def _plan_value(value: object) -> str:
-    if isinstance(value, bool):  # before int: bool is an int
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+        render.outcome(cli_ctx.out, final)
+    sys.exit(0 if final.state is JobState.SUCCEEDED else EXIT_JOB_FAILED)
 
 
 @click.command("train")
@@ -159,9 +141,9 @@ def _plan_value(value: object) -> str:
     "--output-dir",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("training_output"),
-    show_default=True,
-    help="Where the daemon writes adapter, checkpoints and report (resolved here).",
+    default=None,
+    help="Where the daemon writes adapter, checkpoints and report (resolved here). "
+    "[default: the config's system.output_dir, else ./training_output]",
 )
 @click.option(
     "--pipeline-id", default=None, help="Name for the job: [A-Za-z0-9._-]{1,64}; generated if absent."
@@ -179,7 +161,7 @@ def train(
     cli_ctx: CliContext,
     data_file: Path,
     config_file: Path,
-    output_dir: Path,
+    output_dir: Path | None,
     pipeline_id: str | None,
     resume: str | None,
     dry_run: bool,
@@ -207,26 +189,43 @@ def train(
         if bar is not None:
             bar.stop()
     if resume is not None:
-        source = click.get_current_context().get_parameter_source("output_dir")
-        _warn_output_dir_on_resume(cli_ctx, job, output_dir, source)
+        if output_dir is not None:
+            _warn_output_dir_on_resume(cli_ctx, job, output_dir)
+    elif not cli_ctx.json_output:
+        cli_ctx.err.print(
+            f"output dir: {job.output_dir} ({output_dir_source(job.output_dir, output_dir)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if detach:
         if cli_ctx.json_output:
-            cli_ctx.emit_json({"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state})
+            cli_ctx.emit_json(
+                {"job_id": job.job_id, "pipeline_id": job.pipeline_id, "state": job.state.value}
+            )
         else:
-            cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state}")
+            from rich.text import Text
+
+            cli_ctx.out.print(f"submitted {job.pipeline_id} (job {job.job_id}), {job.state.value}")
             cli_ctx.out.print(Text(f"follow it with: cryptotune watch {job.pipeline_id}", style="dim"))
         return
     _follow_to_end(cli_ctx, job)
 
 
-def _warn_output_dir_on_resume(
-    cli_ctx: CliContext, job: Job, requested: Path, source: click.ParameterSource | None
-) -> None:
+def output_dir_source(used: str, option: Path | None) -> str:
+    """Which setting chose a new job's output dir: --output-dir, system.output_dir or the default."""
+    if option is not None:
+        return "from --output-dir"
+    if Path(used) == (Path.cwd() / DEFAULT_OUTPUT_DIR).resolve():
+        return f"the default ./{DEFAULT_OUTPUT_DIR}"
+    return "from the config's system.output_dir"
+
+
+def _warn_output_dir_on_resume(cli_ctx: CliContext, job: Job, requested: Path) -> None:
     """A resumed pipeline keeps writing where it started; says so when --output-dir asked otherwise."""
-    if source in (None, click.ParameterSource.DEFAULT):
-        return
     if requested.expanduser().resolve() == Path(job.output_dir):
         return
+    from rich.text import Text
+
     cli_ctx.err.print(
         Text.assemble(
             ("warning: ", "bold yellow"),
@@ -236,50 +235,6 @@ def _warn_output_dir_on_resume(
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _jobs_table(jobs: list[Job]) -> Table:
-    table = Table(title="Jobs")
-    for column in ("pipeline", "job", "state", "stage", "step", "loss", "output dir"):
-        table.add_column(column)
-    for job in jobs:
-        p = job.progress
-        table.add_row(
-            job.pipeline_id,
-            job.job_id,
-            Text(job.state, style=_state_style(job.state)),
-            job.stage or "—",
-            f"{p.step}/{p.total_steps}" if p.total_steps else "—",
-            f"{p.loss:.4f}" if p.loss is not None else "—",
-            job.output_dir,
-        )
-    return table
-
-
-def _state_style(state: str) -> str:
-    return {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(state, "")
-
-
-def _job_detail(cli_ctx: CliContext, job: Job) -> None:
-    table = Table(title=f"{job.pipeline_id} ({job.job_id})", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("state", Text(job.state, style=_state_style(job.state)))
-    table.add_row("stage", job.stage or "—")
-    table.add_row("stages", "  ".join(f"{s.name}:{s.state}" for s in job.stages))
-    p = job.progress
-    if p.total_steps:
-        table.add_row(
-            "progress",
-            f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
-            f"{p.loss if p.loss is not None else '—'}",
-        )
-    table.add_row("output dir", job.output_dir)
-    if job.resumed_from:
-        table.add_row("resumed from", job.resumed_from)
-    if job.failure_reason:
-        table.add_row("reason", Text(job.failure_reason, style="red"))
-    cli_ctx.out.print(table)
 
 
 @click.command("status")
@@ -293,14 +248,14 @@ def status(cli_ctx: CliContext, job: str | None) -> None:
         if cli_ctx.json_output:
             cli_ctx.emit_json({"jobs": [j.status_dict() for j in jobs]})
         else:
-            cli_ctx.out.print(_jobs_table(jobs) if jobs else "no jobs yet")
+            cli_ctx.out.print(render.jobs_table(jobs) if jobs else "no jobs yet")
         return
     ref = str(Path(job).resolve()) if Path(job).is_dir() else job
     found = client.get_job(ref)
     if cli_ctx.json_output:
         cli_ctx.emit_json(found.status_dict())
     else:
-        _job_detail(cli_ctx, found)
+        render.job_detail(cli_ctx.out, found)
 
 
 @click.command("jobs")
@@ -312,7 +267,7 @@ def jobs(cli_ctx: CliContext, limit: int) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"jobs": [j.status_dict() for j in found]})
     else:
-        cli_ctx.out.print(_jobs_table(found) if found else "no jobs yet")
+        cli_ctx.out.print(render.jobs_table(found) if found else "no jobs yet")
 
 
 @click.command("watch")
@@ -333,9 +288,9 @@ def watch(cli_ctx: CliContext, job: str, since: int) -> None:
         _print_json_events(found, _events(cli_ctx, found.job_id, since), since)
     else:
         _follow(cli_ctx, found, after_seq=since)
-        _print_outcome(cli_ctx, client.get_job(found.job_id))
+        render.outcome(cli_ctx.out, client.get_job(found.job_id))
     final = client.get_job(found.job_id)
-    sys.exit(0 if final.state == "succeeded" else EXIT_JOB_FAILED)
+    sys.exit(0 if final.state is JobState.SUCCEEDED else EXIT_JOB_FAILED)
 
 
 def _print_json_events(job: Job, events: Iterator[JobEvent], after_seq: int) -> None:
@@ -370,10 +325,10 @@ def cancel(cli_ctx: CliContext, job: str) -> None:
     found = cli_ctx.client().cancel(job)
     if cli_ctx.json_output:
         cli_ctx.emit_json(found.status_dict())
-    elif found.terminal and found.state != "cancelled":
-        cli_ctx.out.print(f"{found.pipeline_id} had already ended: {found.state}")
+    elif found.terminal and found.state is not JobState.CANCELLED:
+        cli_ctx.out.print(f"{found.pipeline_id} had already ended: {found.state.value}")
     else:
-        cli_ctx.out.print(f"{found.pipeline_id} ({found.job_id}): {found.state}")
+        cli_ctx.out.print(f"{found.pipeline_id} ({found.job_id}): {found.state.value}")
 
 
 @click.command("logs")
@@ -410,6 +365,8 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"files": [str(p) for p in written]})
     else:
+        from rich.text import Text
+
         cli_ctx.out.print(
             Text.assemble(("✓ ", "bold green"), f"exported {len(written)} files to {destination}")
         )
@@ -427,6 +384,10 @@ def export(cli_ctx: CliContext, job: str, destination: Path) -> None:
 @pass_cli
 def demo(cli_ctx: CliContext, output_dir: Path) -> None:
     """Train builtin:tiny-qwen3 on the bundled Chinese cryptography sample, live."""
+    from importlib import resources
+
+    from rich.text import Text
+
     examples = resources.files("cryptotune") / "examples"
     with (
         resources.as_file(examples / "crypto_qa_zh.jsonl") as data,

@@ -14,17 +14,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cryptotune.types import JobEvent
+from cryptotune.types import EventType, JobEvent, JobState, StageState
 
 STAGES = ("init", "data_prep", "config_gen", "env_setup", "training", "evaluation", "complete")
 _MARKS = {
-    "pending": ("·", "dim"),
-    "running": ("▶", "bold cyan"),
-    "done": ("✓", "green"),
-    "failed": ("✗", "bold red"),
-    "cancelled": ("⊘", "yellow"),
-    "skipped": ("↷", "dim"),
+    StageState.PENDING: ("·", "dim"),
+    StageState.RUNNING: ("▶", "bold cyan"),
+    StageState.DONE: ("✓", "green"),
+    StageState.FAILED: ("✗", "bold red"),
+    StageState.CANCELLED: ("⊘", "yellow"),
+    StageState.SKIPPED: ("↷", "dim"),
 }
+# A job that ends while a stage runs ends that stage the same way (the store records the same).
+_ENDED_STAGE = {JobState.FAILED: StageState.FAILED, JobState.CANCELLED: StageState.CANCELLED}
 
 
 def _fmt_seconds(value: float | None) -> str:
@@ -40,8 +42,8 @@ class JobView:
     """What the display knows about a job, folded from its events."""
 
     job_id: str
-    state: str = "queued"
-    stages: dict[str, str] = field(default_factory=lambda: dict.fromkeys(STAGES, "pending"))
+    state: JobState = JobState.QUEUED
+    stages: dict[str, StageState] = field(default_factory=lambda: dict.fromkeys(STAGES, StageState.PENDING))
     stage_seconds: dict[str, float] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     gpus: list[dict[str, Any]] = field(default_factory=list)
@@ -57,47 +59,53 @@ class JobView:
         self.last_seq = event.seq
         data = event.data
         kind = event.type
-        if kind == "state":
-            self.state = str(data.get("state", self.state))
-            if data.get("reason") and self.state in ("failed", "cancelled", "recovering"):
+        if kind == EventType.STATE:
+            if "state" in data:
+                self.state = JobState.parse(str(data["state"]))
+            if data.get("reason") and self.state in (
+                JobState.FAILED,
+                JobState.CANCELLED,
+                JobState.RECOVERING,
+            ):
                 self.failure = str(data["reason"])
-            if self.state in ("failed", "cancelled"):
+            ended = _ENDED_STAGE.get(self.state)
+            if ended is not None:
                 # The stage that was running when the job ended (the store records the same).
                 for name, status in self.stages.items():
-                    if status == "running":
-                        self.stages[name] = self.state
-        elif kind == "stage_started":
-            self.stages[str(data.get("stage"))] = "running"
-        elif kind == "stage_completed":
-            self.stages[str(data.get("stage"))] = "done"
+                    if status is StageState.RUNNING:
+                        self.stages[name] = ended
+        elif kind == EventType.STAGE_STARTED:
+            self.stages[str(data.get("stage"))] = StageState.RUNNING
+        elif kind == EventType.STAGE_COMPLETED:
+            self.stages[str(data.get("stage"))] = StageState.DONE
             self.stage_seconds[str(data.get("stage"))] = float(data.get("seconds") or 0.0)
-        elif kind == "stage_skipped":
-            self.stages[str(data.get("stage"))] = "skipped"
-        elif kind == "progress":
+        elif kind == EventType.STAGE_SKIPPED:
+            self.stages[str(data.get("stage"))] = StageState.SKIPPED
+        elif kind == EventType.PROGRESS:
             self.progress = dict(data)
-        elif kind in ("eval", "generation_eval"):
+        elif kind in (EventType.EVAL, EventType.GENERATION_EVAL):
             self.eval.update(data)
-        elif kind == "gpu_sample":
+        elif kind == EventType.GPU_SAMPLE:
             self.gpus = list(data.get("gpus") or [])
-        elif kind == "plan":
+        elif kind == EventType.PLAN:
             self.plan = dict(data)
-        elif kind == "result":
+        elif kind == EventType.RESULT:
             self.result = dict(data)
-        elif kind == "failed":
+        elif kind == EventType.FAILED:
             self.failure = str(data.get("reason", ""))
             stage = data.get("stage")
             if stage:
-                self.stages[str(stage)] = "failed"
-        elif kind == "checkpoint":
+                self.stages[str(stage)] = StageState.FAILED
+        elif kind == EventType.CHECKPOINT:
             self.messages.append(("green", f"checkpoint saved at step {data.get('step')}"))
-        elif kind == "warning":
+        elif kind == EventType.WARNING:
             self.messages.append(("yellow", f"warning: {data.get('message', '')}"))
-        elif kind == "log":
+        elif kind == EventType.LOG:
             self.messages.append(("dim", str(data.get("message", ""))))
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
+        return self.state.is_terminal()
 
 
 class LiveDisplay:
@@ -125,7 +133,7 @@ class LiveDisplay:
         table.add_column()
         table.add_column(style="dim")
         for name in STAGES:
-            mark, style = _MARKS.get(view.stages.get(name, "pending"), ("?", ""))
+            mark, style = _MARKS.get(view.stages.get(name, StageState.PENDING), ("?", ""))
             seconds = view.stage_seconds.get(name)
             table.add_row(
                 Text(mark, style=style), Text(name, style=style), f"{seconds:.1f}s" if seconds else ""
@@ -142,7 +150,7 @@ class LiveDisplay:
             metrics=_metrics(p),
         )
         parts: list[RenderableType] = [
-            Text.assemble((self._title, "bold"), "  ", (view.state, _state_style(view.state))),
+            Text.assemble((self._title, "bold"), "  ", (view.state.value, _state_style(view.state))),
             self._stage_table(view),
         ]
         if p:
@@ -231,34 +239,40 @@ def _eval_text(e: dict[str, Any]) -> str:
     return "eval: " + " · ".join(bits) if bits else ""
 
 
-def _state_style(state: str) -> str:
-    return {"succeeded": "bold green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}.get(
-        state, ""
-    )
+_STATE_STYLES = {
+    JobState.SUCCEEDED: "bold green",
+    JobState.FAILED: "bold red",
+    JobState.CANCELLED: "yellow",
+    JobState.RUNNING: "cyan",
+}
+
+
+def _state_style(state: JobState) -> str:
+    return _STATE_STYLES.get(state, "")
 
 
 def _plain_line(event: JobEvent) -> str:
     d = event.data
     kind = event.type
-    if kind == "state":
+    if kind == EventType.STATE:
         reason = f" ({d['reason']})" if d.get("reason") else ""
         return f"[{event.seq}] state: {d.get('state')}{reason}"
-    if kind in ("stage_started", "stage_completed", "stage_skipped"):
+    if kind in (EventType.STAGE_STARTED, EventType.STAGE_COMPLETED, EventType.STAGE_SKIPPED):
         verb = kind.removeprefix("stage_")
-        extra = f" in {float(d.get('seconds') or 0):.1f}s" if kind == "stage_completed" else ""
+        extra = f" in {float(d.get('seconds') or 0):.1f}s" if kind == EventType.STAGE_COMPLETED else ""
         return f"[{event.seq}] stage {d.get('stage')} {verb}{extra}"
-    if kind == "progress":
+    if kind == EventType.PROGRESS:
         return f"[{event.seq}] step {d.get('step')}/{d.get('total_steps')}  {_metrics(d)}"
-    if kind in ("eval", "generation_eval"):
+    if kind in (EventType.EVAL, EventType.GENERATION_EVAL):
         return f"[{event.seq}] {_eval_text(d)}"
-    if kind == "checkpoint":
+    if kind == EventType.CHECKPOINT:
         return f"[{event.seq}] checkpoint at step {d.get('step')}: {d.get('path')}"
-    if kind in ("warning", "log"):
+    if kind in (EventType.WARNING, EventType.LOG):
         return f"[{event.seq}] {kind}: {d.get('message')}"
-    if kind == "failed":
+    if kind == EventType.FAILED:
         return f"[{event.seq}] failed in {d.get('stage')}: {d.get('reason')}"
-    if kind == "result":
+    if kind == EventType.RESULT:
         return f"[{event.seq}] report: {d.get('report_path')}"
-    if kind == "plan":
+    if kind == EventType.PLAN:
         return f"[{event.seq}] plan: {plan_summary(d)}"
     return ""

@@ -1,18 +1,27 @@
-"""``cryptotune``: the command line. Every command calls the SDK and renders its result."""
+"""``cryptotune``: the command line. Every command calls the SDK and renders its result.
+
+Commands import the SDK (gRPC) and rich (``render``) when they run, so ``--help`` and
+``--version`` load only click.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.text import Text
 
 from cryptotune import __version__
-from cryptotune.cli import render
+from cryptotune._lazy import LazyModule
 from cryptotune.cli.context import CliContext, CryptotuneGroup, pass_cli
 from cryptotune.cli.job_commands import COMMANDS
 from cryptotune.paths import ADDRESS_ENV, TOKEN_ENV
+
+if TYPE_CHECKING:
+    from cryptotune.cli import render
+else:
+    render = LazyModule("cryptotune.cli.render")  # rich: imported when a command draws
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -83,6 +92,8 @@ def init_config(cli_ctx: CliContext, output: Path, force: bool) -> None:
     if cli_ctx.json_output:
         cli_ctx.emit_json({"path": str(output.resolve()), "bytes": len(text.encode())})
     else:
+        from rich.text import Text
+
         cli_ctx.out.print(Text.assemble(("✓ ", "bold green"), f"wrote {output}"))
         cli_ctx.out.print(Text(f"next: cryptotune validate-config {output}", style="dim"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -136,3 +138,110 @@ def _record_issues(console: Console, title: str, issues: list[t.RecordIssue], st
             Text(issue.message),
         )
     console.print(table)
+
+
+_STATE_STYLES = {
+    t.JobState.SUCCEEDED: "green",
+    t.JobState.FAILED: "red",
+    t.JobState.CANCELLED: "yellow",
+    t.JobState.RUNNING: "cyan",
+}
+
+
+def _state_text(state: t.JobState) -> Text:
+    return Text(state.value, style=_STATE_STYLES.get(state, ""))
+
+
+def jobs_table(jobs: list[t.Job]) -> Table:
+    """The ``jobs`` / ``status`` table: one row per job."""
+    table = Table(title="Jobs")
+    for column in ("pipeline", "job", "state", "stage", "step", "loss", "output dir"):
+        table.add_column(column)
+    for job in jobs:
+        p = job.progress
+        table.add_row(
+            job.pipeline_id,
+            job.job_id,
+            _state_text(job.state),
+            job.stage or "—",
+            f"{p.step}/{p.total_steps}" if p.total_steps else "—",
+            f"{p.loss:.4f}" if p.loss is not None else "—",
+            job.output_dir,
+        )
+    return table
+
+
+def job_detail(console: Console, job: t.Job) -> None:
+    """Prints one job: state, stages, progress, output dir and failure reason."""
+    table = Table(title=f"{job.pipeline_id} ({job.job_id})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("state", _state_text(job.state))
+    table.add_row("stage", job.stage or "—")
+    table.add_row("stages", "  ".join(f"{s.name}:{s.state.value}" for s in job.stages))
+    p = job.progress
+    if p.total_steps:
+        table.add_row(
+            "progress",
+            f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
+            f"{p.loss if p.loss is not None else '—'}",
+        )
+    table.add_row("output dir", job.output_dir)
+    if job.resumed_from:
+        table.add_row("resumed from", job.resumed_from)
+    if job.failure_reason:
+        table.add_row("reason", Text(job.failure_reason, style="red"))
+    console.print(table)
+
+
+def outcome(console: Console, job: t.Job) -> None:
+    """Prints how a followed job ended: its plan (dry run), where its outputs are, or why it failed."""
+    if job.state is t.JobState.SUCCEEDED and job.dry_run:
+        plan(console, job)
+    elif job.state is t.JobState.SUCCEEDED:
+        console.print(Text.assemble(("✓ ", "bold green"), f"pipeline {job.pipeline_id} succeeded"))
+        console.print(f"  adapter: {Path(job.output_dir) / 'adapter'}")
+        console.print(f"  report:  {Path(job.output_dir) / 'report.md'}")
+    else:
+        console.print(
+            Text.assemble(
+                ("✗ ", "bold red"),
+                f"pipeline {job.pipeline_id} {job.state.value}: ",
+                job.failure_reason or "no reason recorded",
+            )
+        )
+        console.print(Text(f"  logs: cryptotune logs {job.job_id}", style="dim"))
+
+
+def plan(console: Console, job: t.Job) -> None:
+    """Prints a dry run's plan as a table."""
+    table = Table(title=f"Dry run of {job.pipeline_id}: nothing was trained", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    plan_ = job.plan or {}
+    for key, value in plan_.items():
+        if key != "strategies":
+            table.add_row(key.replace("_", " "), _plan_value(value))
+    console.print(table)
+    rows = plan_.get("strategies")
+    if isinstance(rows, list) and rows:
+        strategies = Table(title=f"Parallel strategies (chosen: {plan_.get('strategy', '?')})")
+        for column in ("strategy", "fits", "memory per GPU", "why"):
+            strategies.add_column(column)
+        for row in rows:
+            if isinstance(row, dict):
+                strategies.add_row(
+                    str(row.get("strategy")),
+                    "yes" if row.get("fits") else "no",
+                    f"{float(row.get('memory_per_gpu_mb') or 0):,.0f} MB",
+                    str(row.get("reason", "")),
+                )
+        console.print(strategies)
+
+
+def _plan_value(value: object) -> str:
+    if isinstance(value, bool):  # before int: bool is an int
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

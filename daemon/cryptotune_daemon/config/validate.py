@@ -13,11 +13,14 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from cryptotune_daemon.config.lora_targets import qwen3_target_problems
 from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
     describe_value,
+    generation_record_count,
 )
+from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # A location in the document: section, key, then list indexes.
@@ -523,6 +526,9 @@ def _validate_sections(raw: dict[str, dict[str, Any]], out: _Collector) -> Crypt
 def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | None) -> None:
     """Rules that span keys; each runs only when every key it reads is valid."""
     training, data, parallel = config.training, config.data, config.parallel
+    if out.usable("lora.target_modules", "model.model_name"):
+        for position, message in qwen3_target_problems(config.model.model_name, config.lora.target_modules):
+            out.error(("lora", "target_modules", position), message)
     if out.usable("data.train_split_ratio", "data.eval_split_ratio"):
         total = data.train_split_ratio + data.eval_split_ratio
         if abs(total - 1.0) > _SPLIT_TOLERANCE:
@@ -566,6 +572,17 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
         )
     if not out.usable("parallel.world_size", "parallel.enable_distributed"):
         return
+    if out.usable("parallel.strategy", "parallel.tensor_parallel_size", "parallel.pipeline_micro_batches"):
+        fields = type(parallel).model_fields
+        changed = {key for key, info in fields.items() if getattr(parallel, key) != info.default}
+        for key, message, is_error in strategy_key_issues(
+            parallel.strategy,
+            parallel.world_size,
+            parallel.tensor_parallel_size,
+            parallel.pipeline_micro_batches,
+            changed,
+        ):
+            (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
@@ -622,17 +639,36 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             f"(here {2 * lora.rank}) is a common choice",
             ("lora", "rank"),
         )
+    if out.usable("lora.optimization_strategy") and lora.optimization_strategy in ("balanced", "quality"):
+        out.warn(
+            ("lora", "optimization_strategy"),
+            f"'{lora.optimization_strategy}' plans exactly like 'auto' (the largest micro-batch that fits, "
+            "gradient checkpointing only when needed); only 'memory' changes the plan. Set it to auto, or "
+            "to memory to trade speed for memory",
+        )
     strategy = config.parallel.strategy
-    if out.usable("parallel.strategy") and strategy in (
-        "model_parallel",
-        "pipeline_parallel",
-        "hybrid_parallel",
-    ):
+    if out.usable("parallel.strategy") and strategy in NOT_YET_TRAINABLE:
         out.warn(
             ("parallel", "strategy"),
-            f"'{strategy}': cryptotune trains LoRA with data parallelism; this strategy will be "
-            "refused when a job is submitted; use data_parallel or auto",
+            f"'{strategy}': this strategy will be refused when a job is submitted; use data_parallel, "
+            "sharded_data_parallel or auto",
         )
+    generation_keys = (
+        "training.eval_sample_size",
+        "training.max_new_tokens",
+        "training.max_generated_tokens",
+    )
+    if out.usable(*generation_keys):
+        wanted, each = training.eval_sample_size, training.max_new_tokens
+        checked = generation_record_count(wanted, each, training.max_generated_tokens)
+        if checked < wanted:
+            out.warn(
+                out.written(("training", "max_generated_tokens"), ("training", "eval_sample_size")),
+                f"{training.max_generated_tokens} tokens cover only {checked} of the {wanted} records of "
+                f"eval_sample_size at max_new_tokens {each} each; raise max_generated_tokens to "
+                f"{wanted * each} to check them all",
+                ("training", "eval_sample_size"),
+            )
     if out.usable("data.shuffle_data") and not config.data.shuffle_data:
         out.warn(
             ("data", "shuffle_data"),

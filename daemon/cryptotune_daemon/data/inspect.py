@@ -18,13 +18,13 @@ from cryptotune_daemon.data.readers import (
 )
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.data.template import RenderedSample, render_record
-from cryptotune_daemon.data.tokenizer import tokenize_samples
+from cryptotune_daemon.data.tokenizer import count_tokens
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-TOKENIZE_BATCH: Final = 256
+TOKENIZE_BATCH: Final = 1024  # records per batched encode: enough for the tokenizer's threads
 TOP_TERMS: Final = 20
 MAX_OVER_LENGTH_INDICES: Final = 100
 MAX_ERRORS: Final = 1000
@@ -165,9 +165,7 @@ class _Collector:
     def flush(self) -> None:
         if not self.batch:
             return
-        tokenized = tokenize_samples(
-            self.tokenizer, [(rendered, record) for rendered, record, _ in self.batch]
-        )
+        tokenized = count_tokens(self.tokenizer, [(rendered, record) for rendered, record, _ in self.batch])
         for (rendered, record, raw_value), tokens in zip(self.batch, tokenized, strict=True):
             self.lengths["prompt"].append(tokens.prompt_tokens)
             self.lengths["reasoning"].append(tokens.reasoning_tokens)

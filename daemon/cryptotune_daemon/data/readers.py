@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Final, TypeVar
 
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.data.template import THINK_CLOSE, THINK_OPEN, extract_reasoning
+from cryptotune_daemon.data.text_checks import scan_text
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 FILE_FORMATS: Final = ("json", "jsonl")
@@ -1063,7 +1064,8 @@ def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | lis
     _check_data_format(data_format)
     if raw.error:
         return [RecordProblem(line=raw.line, index=raw.index, field="", message=raw.error)]
-    obj = raw.value
+    obj, bad_text = scan_text(raw.value)
+    text_problems = [RecordProblem(raw.line, raw.index, found.field, found.message) for found in bad_text]
     try:
         if not isinstance(obj, dict):
             raise _Invalid("", f"the record is {_json_type(obj)}; expected an object: {_SHAPE_HINT}")
@@ -1082,9 +1084,10 @@ def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | lis
                 "instruction",
                 f"missing required field 'instruction' (the record's keys: {keys}); expected {_SHAPE_HINT}",
             )
-        return _CONVERTERS[shape](obj, raw.index, raw.line)
+        record = _CONVERTERS[shape](obj, raw.index, raw.line)
+        return text_problems or record
     except _Invalid as exc:
-        return [
+        return text_problems + [
             RecordProblem(line=raw.line, index=raw.index, field=field, message=message)
             for field, message in exc.problems
         ]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptotune_daemon.config import load_config
-from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
+from cryptotune_daemon.config.strategies import refuse_unsupported
+from cryptotune_daemon.config.system_paths import check_job_dirs, choose_output_dir
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs.model import Job, JobState, generate_pipeline_id, validate_pipeline_id
 from cryptotune_daemon.jobs.store import JobStore
@@ -34,6 +35,8 @@ class SubmitRequest:
     pipeline_id: str
     resume: str
     dry_run: bool
+    client_cwd: str = ""  # where relative config paths start (the client's working directory)
+    remote: bool = False  # came over TCP: the client's directory is on another machine
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,7 @@ def prepare(
             "model.trust_remote_code is true, but this daemon was not started with --allow-remote-code; "
             "Qwen3 needs no remote code: set it to false",
         )
-    if config.parallel.strategy not in SUPPORTED_STRATEGIES:
-        raise CryptotuneError(
-            ErrorCode.CONFIG_INVALID,
-            f"parallel.strategy '{config.parallel.strategy}' is not supported: cryptotune trains LoRA "
-            "adapters with data parallelism; set parallel.strategy to data_parallel or auto",
-        )
+    refuse_unsupported(config.parallel.strategy)
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
     if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
         world_size = gpu_count
@@ -177,7 +175,10 @@ def prepare(
         pipeline_id = (
             validate_pipeline_id(request.pipeline_id) if request.pipeline_id else generate_pipeline_id()
         )
-        output_dir = _check_output_dir(request.output_dir, settings)
+        choice = choose_output_dir(
+            request.output_dir, config.system.output_dir, request.client_cwd, remote=request.remote
+        )
+        output_dir = _check_output_dir(choice.path, settings)
         owner = _pipeline_in_dir(output_dir)
         if owner and owner != pipeline_id:
             raise CryptotuneError(
@@ -185,6 +186,7 @@ def prepare(
                 f"output dir {output_dir} already holds pipeline {owner}; choose another --output-dir, "
                 f"or continue that pipeline with --resume {owner}",
             )
+    check_job_dirs(output_dir, config.system.logging_dir, config.system.cache_dir, settings.output_roots())
     for job in store.list_nonterminal():
         if Path(job.output_dir) == output_dir and job.request_id != request.request_id:
             raise CryptotuneError(

@@ -51,7 +51,8 @@ def _wire_size(text: str) -> int:
 
 
 def bounded_message(message: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
-    """``message``, cut so that its encoded form fits in ``limit`` bytes."""
+    """``message``, cut so that its encoded form fits in ``limit`` bytes (a lone surrogate shown escaped)."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     if _wire_size(message) <= limit:
         return message
     budget = limit - _wire_size(_TRUNCATED)

@@ -44,7 +44,9 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     ) -> job_pb2.SubmitJobResponse:
         config_size(request.config_yaml)
         # Validation parses YAML and may read the output dir: off the event loop.
-        job, existing = await asyncio.to_thread(self._jobs.submit, serde.submit_request(request))
+        remote = not context.peer().startswith("unix:")  # TCP: the client's directory is elsewhere
+        submission = serde.submit_request(request, remote=remote)
+        job, existing = await asyncio.to_thread(self._jobs.submit, submission)
         return job_pb2.SubmitJobResponse(job=serde.job(job), existing=existing)
 
     @unary

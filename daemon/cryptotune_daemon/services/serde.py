@@ -195,8 +195,8 @@ def _sanitize(data: Any) -> Any:
     return data
 
 
-def submit_request(request: job_pb2.SubmitJobRequest) -> SubmitRequest:
-    """SubmitJobRequest → domain SubmitRequest."""
+def submit_request(request: job_pb2.SubmitJobRequest, *, remote: bool = False) -> SubmitRequest:
+    """SubmitJobRequest → domain SubmitRequest (``remote``: the client came over TCP)."""
     return SubmitRequest(
         request_id=request.request_id,
         data_digest=request.data_digest,
@@ -207,4 +207,6 @@ def submit_request(request: job_pb2.SubmitJobRequest) -> SubmitRequest:
         pipeline_id=request.pipeline_id,
         resume=request.resume,
         dry_run=request.dry_run,
+        client_cwd=request.client_cwd,
+        remote=remote,
     )

@@ -10,30 +10,13 @@ import torch
 from cryptotune_daemon.constants import IGNORE_INDEX
 from cryptotune_daemon.training.dataset import Example, seeded_permutation
 
-# Like transformers' LengthGroupedSampler: sort by length inside windows of 50 micro-batches.
-
-
-def shard_for_rank(order: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """DistributedSampler's split: pad by wrapping to a multiple of ``world_size``, take every n-th.
-
-    Every rank gets the same number of samples, so ranks run the same number of steps.
-    """
-    if world_size <= 1:
-        return list(order)
-    total = math.ceil(len(order) / world_size) * world_size
-    padded = list(order) + [order[i % len(order)] for i in range(total - len(order))]
-    return padded[rank:total:world_size]
-
-
-def batches_per_epoch(num_samples: int, micro_batch_size: int, world_size: int) -> int:
-    """Micro-batches each rank runs per epoch."""
-    per_rank = math.ceil(num_samples / max(world_size, 1))
-    return math.ceil(per_rank / micro_batch_size)
-
 
 def steps_per_epoch(num_samples: int, micro_batch_size: int, accumulation: int, world_size: int) -> int:
-    """Optimiser steps per epoch (a last, shorter accumulation still makes a step)."""
-    return math.ceil(batches_per_epoch(num_samples, micro_batch_size, world_size) / accumulation)
+    """Optimiser steps per epoch (a last, shorter step still makes a step).
+
+    ``world_size`` is the data-parallel degree: the number of rank groups that see different samples.
+    """
+    return math.ceil(num_samples / max(micro_batch_size * accumulation * max(world_size, 1), 1))
 
 
 def epoch_steps(
@@ -46,32 +29,41 @@ def epoch_steps(
     world_size: int = 1,
     shuffle: bool = True,
 ) -> list[list[int]]:
-    """The samples of each optimiser step one rank trains on in one epoch (longest first in each step).
+    """The samples of each optimiser step one data-parallel rank trains on in one epoch.
 
     A pure function of its arguments, so a resumed run recomputes the exact same order. The order
-    is fixed per optimiser step (``samples_per_step`` = micro-batch × accumulation), not per
-    micro-batch: how a step's samples are then cut into micro-batches changes neither the step's
-    gradient nor the order of steps. That is what lets a resume (or an out-of-memory recovery) use
-    another micro-batch/accumulation split of the same effective batch and still continue with
-    exactly the samples an uninterrupted run would have used.
+    is fixed per *global* optimiser step (``samples_per_step`` × ``world_size`` samples, the
+    effective batch), not per rank or micro-batch: the whole job's step holds the same samples
+    whether one process trains on all of them or several ranks split them, and however a rank cuts
+    its share into micro-batches. That is what makes a data-parallel job the same training as one
+    process, and what lets a resume (or an out-of-memory recovery) change the world size or the
+    micro-batch/accumulation split of the same effective batch and continue with exactly the samples
+    an uninterrupted run would have used.
 
     Steps are drawn at random (seeded), not grouped by length: packed batches carry no padding, so
     there is nothing to gain from making every step's samples alike. The step with the most tokens
-    goes first, so an out-of-memory shows at once, not hours in.
+    goes first, so an out-of-memory shows at once, not hours in. Inside a step, samples are dealt
+    to the ranks longest first, round robin (so ranks get similar token counts), and each rank's share
+    is longest first. A rank's share of the last, shorter step may be empty (the trainer then
+    takes part in the step's collectives without contributing).
+
+    Args:
+        rank: the data-parallel rank (0 ≤ rank < world_size).
+        world_size: the data-parallel degree.
     """
     count = len(lengths)
     order = seeded_permutation(count, seed * 1_000_003 + epoch) if shuffle else list(range(count))
-    mine = shard_for_rank(order, rank, world_size)
-    steps = [
-        # Longest first inside a step, so its first micro-batch is its largest and padded
-        # micro-batches hold samples of similar lengths.
-        sorted(mine[i : i + samples_per_step], key=lambda j: (-lengths[j], j))
-        for i in range(0, len(mine), samples_per_step)
-    ]
+    world = max(world_size, 1)
+    width = samples_per_step * world
+    steps = [order[i : i + width] for i in range(0, count, width)]
     if steps:
         heaviest = max(range(len(steps)), key=lambda s: sum(lengths[i] for i in steps[s]))
         steps[0], steps[heaviest] = steps[heaviest], steps[0]
-    return steps
+    mine = []
+    for step in steps:
+        ranked = sorted(step, key=lambda j: (-lengths[j], j))
+        mine.append(ranked[rank::world])
+    return mine
 
 
 def split_micro_batches(step: Sequence[int], micro_batch_size: int) -> list[list[int]]:

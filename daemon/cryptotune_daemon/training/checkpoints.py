@@ -35,6 +35,8 @@ class Hashes:
     data: str
     config: str
     tokenizer: str
+    # This run's config under the hash of older checkpoints (never recorded; compared only).
+    config_legacy: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,8 @@ def hash_mismatches(recorded: Hashes, current: Hashes) -> list[str]:
     changed = []
     for name, label in (("data", "the data file"), ("config", "the config"), ("tokenizer", "the tokenizer")):
         old, new = getattr(recorded, name), getattr(current, name)
+        if name == "config" and old and old == current.config_legacy:
+            continue  # recorded before resumes could change the parallel section
         if old and new and old != new:
             changed.append(label)
     return changed

@@ -69,6 +69,12 @@ def env_rank() -> tuple[int, int, int]:
     )
 
 
+def cpu_threads_per_rank() -> int:
+    """Torch threads of one CPU rank: ``OMP_NUM_THREADS`` when set (a positive integer), else 1."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(configured) if configured.isdigit() and int(configured) > 0 else 1
+
+
 def init_distributed(device_kind: str) -> DistContext:
     """Joins the process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA) and picks the device."""
     rank, world_size, local_rank = env_rank()
@@ -77,6 +83,9 @@ def init_distributed(device_kind: str) -> DistContext:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+        if world_size > 1:
+            # Ranks share the machine's cores: one thread each unless OMP_NUM_THREADS says otherwise.
+            torch.set_num_threads(cpu_threads_per_rank())
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": device} if device_kind == "cuda" else {}

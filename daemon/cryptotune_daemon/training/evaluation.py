@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from cryptotune_daemon.config.schema import generation_record_count
 from cryptotune_daemon.data.template import THINK_CLOSE
 from cryptotune_daemon.training.batching import collate, collate_packed
 from cryptotune_daemon.training.dataset import Example
@@ -159,12 +160,32 @@ class GenerationResult:
         crypto_term_recall: mean share of each record's crypto terms found in its answer part.
         samples: a few generations for the report (truncated).
         evaluated: how many records were generated for.
+        generated_tokens: new tokens generated for them in all (each up to and including its
+            end-of-turn token; the padding of rows that ended early in a batch is not counted).
     """
 
     thinking_format_rate: float | None
     crypto_term_recall: float | None
     samples: list[dict[str, Any]]
     evaluated: int
+    generated_tokens: int = 0
+
+
+def generated_part(row: Sequence[int], stop_ids: set[int]) -> list[int]:
+    """The tokens a batch row generated: up to and including its first stop token (the rest, if any,
+    is padding added after the row ended while others in the batch went on)."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return list(row[: position + 1])
+    return list(row)
+
+
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Input ids and attention mask of prompts padded on the left to one width (for ``generate``)."""
+    width = max((len(p) for p in prompts), default=0)
+    ids = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
+    mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+    return ids, mask
 
 
 @torch.no_grad()
@@ -176,8 +197,16 @@ def generation_eval(
     max_new_tokens: int,
     dist: DistContext,
     autocast: AutocastFactory = contextlib.nullcontext,
+    batch_size: int = 1,
+    max_generated_tokens: int | None = None,
 ) -> GenerationResult:
     """Greedy generation from each example's prompt (which ends with ``<think>\\n``), sharded over ranks.
+
+    Prompts of similar length are generated together, ``batch_size`` at a time (left-padded); a
+    batch ends when each of its rows has produced an end-of-turn token or ``max_new_tokens``. With
+    ``max_generated_tokens`` only the first :func:`~cryptotune_daemon.config.schema.generation_record_count`
+    examples are generated,
+    so the checks never generate more tokens than that in all.
 
     Every rank must call it; the results are gathered so every rank returns the same.
     """
@@ -185,6 +214,8 @@ def generation_eval(
 
     generation_config_cls: Any = _GenerationConfig  # its __init__ is untyped
 
+    if max_generated_tokens is not None:
+        examples = examples[: generation_record_count(len(examples), max_new_tokens, max_generated_tokens)]
     eos_ids = [
         i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if i is not None
     ]
@@ -196,33 +227,43 @@ def generation_eval(
         eos_token_id=sorted(set(eos_ids)),
         pad_token_id=pad_id,
     )
+    stop_ids = set(eos_ids)
     was_training = model.training
     model.eval()
     local: list[dict[str, Any]] = []
+    mine = sorted(range(dist.rank, len(examples), dist.world_size), key=lambda p: examples[p].prompt_tokens)
     try:
-        for position in range(dist.rank, len(examples), dist.world_size):
-            example = examples[position]
-            prompt = torch.tensor([example.input_ids[: example.prompt_tokens]], device=dist.device)
+        for start in range(0, len(mine), max(batch_size, 1)):
+            positions = mine[start : start + max(batch_size, 1)]
+            prompts = [list(examples[p].input_ids[: examples[p].prompt_tokens]) for p in positions]
+            ids, mask = left_padded(prompts, pad_id)
+            input_ids = torch.tensor(ids, device=dist.device)
             with autocast():
                 output = model.generate(
-                    input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config
+                    input_ids=input_ids,
+                    attention_mask=torch.tensor(mask, device=dist.device),
+                    generation_config=config,
                 )
-            text = tokenizer.decode(output[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
-            answer = answer_part(text)
-            local.append(
-                {
-                    "position": position,
-                    "index": example.index,
-                    "difficulty": example.difficulty,
-                    "thinking_ok": thinking_format_ok(text),
-                    "recall": term_recall(answer, example.crypto_terms),
-                    "prompt": tokenizer.decode(list(example.input_ids[: example.prompt_tokens]))[
-                        -SAMPLE_TEXT_LIMIT:
-                    ],
-                    "generated": text[:SAMPLE_TEXT_LIMIT],
-                    "crypto_terms": list(example.crypto_terms),
-                }
-            )
+            for position, prompt, row in zip(
+                positions, prompts, output[:, input_ids.shape[1] :].tolist(), strict=True
+            ):
+                example = examples[position]
+                generated = generated_part(row, stop_ids)
+                text = tokenizer.decode(generated, skip_special_tokens=True)
+                answer = answer_part(text)
+                local.append(
+                    {
+                        "position": position,
+                        "tokens": len(generated),
+                        "index": example.index,
+                        "difficulty": example.difficulty,
+                        "thinking_ok": thinking_format_ok(text),
+                        "recall": term_recall(answer, example.crypto_terms),
+                        "prompt": tokenizer.decode(prompt)[-SAMPLE_TEXT_LIMIT:],
+                        "generated": text[:SAMPLE_TEXT_LIMIT],
+                        "crypto_terms": list(example.crypto_terms),
+                    }
+                )
     finally:
         model.train(was_training)
     results = sorted((r for part in dist.all_gather_object(local) for r in part), key=lambda r: r["position"])
@@ -232,6 +273,9 @@ def generation_eval(
     return GenerationResult(
         thinking_format_rate=sum(1 for r in results if r["thinking_ok"]) / len(results),
         crypto_term_recall=sum(recalls) / len(recalls) if recalls else None,
-        samples=[{k: v for k, v in r.items() if k != "position"} for r in results[:LISTED_SAMPLES]],
+        samples=[
+            {k: v for k, v in r.items() if k not in ("position", "tokens")} for r in results[:LISTED_SAMPLES]
+        ],
         evaluated=len(results),
+        generated_tokens=sum(int(r["tokens"]) for r in results),
     )

@@ -51,9 +51,44 @@ def config_fingerprint(config: Any) -> dict[str, Any]:
     return result
 
 
+# What a resume may change: the parallel layout (strategy, world size, ...) and the split of the
+# effective batch into micro-batch × accumulation (the trainer checks the effective batch itself).
+RESUME_FREE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("parallel",),
+    ("training", "per_device_train_batch_size"),
+    ("training", "gradient_accumulation_steps"),
+)
+# The parallel keys of cryptotune before strategies could change on resume (see legacy_config_hash).
+_LEGACY_PARALLEL_KEYS = ("strategy", "world_size", "enable_distributed")
+
+
+def _without(fingerprint: dict[str, Any], path: tuple[str, ...]) -> None:
+    section = fingerprint
+    for key in path[:-1]:
+        inner = section.get(key)
+        if not isinstance(inner, dict):
+            return
+        section = inner
+    section.pop(path[-1], None)
+
+
 def config_hash(config: Any) -> str:
-    """Hash of the parsed config (not the YAML text: comments and formatting do not count)."""
-    return sha256_text(canonical_json(config_fingerprint(config)))
+    """Hash of the parsed config that a resume must match (not the YAML text: comments and formatting
+    do not count; nor do the keys of :data:`RESUME_FREE_KEYS`)."""
+    fingerprint = config_fingerprint(config)
+    for path in RESUME_FREE_KEYS:
+        _without(fingerprint, path)
+    return sha256_text(canonical_json(fingerprint))
+
+
+def legacy_config_hash(config: Any) -> str:
+    """The config hash as checkpoints written before :data:`RESUME_FREE_KEYS` recorded it (the whole
+    config, with the parallel keys of that time), so that they still resume."""
+    fingerprint = config_fingerprint(config)
+    parallel = fingerprint.get("parallel")
+    if isinstance(parallel, dict):
+        fingerprint["parallel"] = {k: v for k, v in parallel.items() if k in _LEGACY_PARALLEL_KEYS}
+    return sha256_text(canonical_json(fingerprint))
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -10,6 +10,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.batching import packed_shape, steps_per_epoch
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS
 from cryptotune_daemon.training.models import ModelFacts
+from cryptotune_daemon.training.strategy_planner import StrategyInputs, choose_strategy, strategy_table
 
 MB = 1024 * 1024
 DEFAULT_EFFECTIVE_BATCH = 16
@@ -94,6 +95,8 @@ class PlanRequest:
     max_seq_length: int = 0
     packing: bool = True
     varlen_attention: bool = False
+    strategy: str = "data_parallel"
+    tensor_parallel_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -140,17 +143,21 @@ class Plan:
     packed_rows: int = 0
     longest_row_tokens: int = 0
     choice: str = ""
+    strategy: str = "data_parallel"
+    strategies: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (persisted in ``pipeline_state.json`` for resumes)."""
         data = asdict(self)
         data["notes"] = list(self.notes)
+        data["strategies"] = [dict(row) for row in self.strategies]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
         """Inverse of :meth:`to_json`."""
-        return cls(**{**data, "notes": tuple(data.get("notes", ()))})
+        strategies = tuple(dict(row) for row in data.get("strategies", ()))
+        return cls(**{**data, "notes": tuple(data.get("notes", ())), "strategies": strategies})
 
 
 def lora_parameter_count(facts: ModelFacts, rank: int, targets: tuple[str, ...]) -> int:
@@ -376,6 +383,27 @@ def plan_training(
         f"({'the GPU' if device.kind == 'cuda' else 'CPUs train in fp32'}); "
         f"estimated {memory.total:,} of {budget:,} MB on {device.name}"
     )
+    table = strategy_table(
+        facts,
+        StrategyInputs(
+            device=device.kind,
+            gpus=world,
+            memory_budget_mb=budget,
+            rows=rows,
+            width=width,
+            label_tokens=sum(longest_first[:micro]),
+            precision=precision,
+            gradient_checkpointing=checkpointing,
+            lora_parameters=lora,
+            tensor_parallel_size=request.tensor_parallel_size,
+            varlen_attention=request.varlen_attention,
+        ),
+    )
+    if request.strategy == "auto":
+        strategy, why_strategy = choose_strategy(table)
+    else:
+        strategy, why_strategy = request.strategy, f"{request.strategy}: as configured"
+    choice += f"; strategy {why_strategy}"
     per_epoch = steps_per_epoch(len(train_lengths), micro, accumulation, world)
     if request.max_steps and request.max_steps > 0:
         total = request.max_steps
@@ -401,4 +429,6 @@ def plan_training(
         packed_rows=rows,
         longest_row_tokens=width,
         choice=choice,
+        strategy=strategy,
+        strategies=tuple(row.to_json() for row in table),
     )

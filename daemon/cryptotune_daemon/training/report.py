@@ -41,6 +41,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "precision",
     "device",
     "world_size",
+    "strategy",
+    "mesh",
 )
 
 
@@ -121,6 +123,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Pipeline", report.get("pipeline_id")),
         ("Model", report.get("model")),
         ("Device", f"{report.get('device')} × {report.get('world_size')} ({report.get('precision')})"),
+        ("Strategy", f"{report.get('strategy', 'data_parallel')}, mesh {report.get('mesh') or {}}"),
         ("Train / eval samples", f"{report.get('train_samples')} / {report.get('eval_samples')}"),
         ("Steps", report.get("steps")),
         ("Resumed from step", report.get("resumed_from_step")),
@@ -134,6 +137,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("Perplexity by difficulty", report.get("perplexity_by_difficulty")),
         ("Thinking-format rate", report.get("thinking_format_rate")),
         ("Crypto-term recall", report.get("crypto_term_recall")),
+        (
+            "Generation checks",
+            f"{report.get('generation_evaluated', 0)} samples, "
+            f"{report.get('generation_tokens', 0)} tokens generated",
+        ),
         ("Tokens / s (trained)", report.get("tokens_per_second")),
         ("Peak memory (MB)", report.get("peak_memory_mb")),
         (
@@ -185,6 +193,7 @@ def build_report(
     plan: Plan,
     device: str,
     world_size: int,
+    mesh: Mapping[str, int],
     oom_recoveries: list[Any],
     hashes: Hashes,
 ) -> dict[str, Any]:
@@ -206,6 +215,7 @@ def build_report(
         "thinking_format_rate": metrics.get("thinking_format_rate"),
         "crypto_term_recall": metrics.get("crypto_term_recall"),
         "generation_evaluated": metrics.get("generation_evaluated", 0),
+        "generation_tokens": metrics.get("generation_tokens", 0),
         "tokens_per_second": tokens_per_second,
         "trained_tokens": trainer_state.trained_tokens,
         "peak_memory_mb": peak_memory_mb,
@@ -216,6 +226,8 @@ def build_report(
         "precision": plan.precision,
         "device": device,
         "world_size": world_size,
+        "strategy": trainer_state.strategy,
+        "mesh": dict(mesh),
         "micro_batch_size": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
         "effective_batch_size": plan.effective_batch_size,

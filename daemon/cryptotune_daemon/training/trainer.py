@@ -29,14 +29,17 @@ from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.evaluation import EvalLoss, compute_eval_loss
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, LossModule
 from cryptotune_daemon.training.models import uses_varlen_attention
+from cryptotune_daemon.training.strategies import make_strategy
 
 Emit = Callable[[str, Mapping[str, Any]], None]
 
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Version of the data order (:func:`~cryptotune_daemon.training.batching.epoch_steps`, per optimiser
-# step). Checkpoints without it (1) were trained with length-grouped micro-batches and cannot be
-# continued exactly.
-DATA_ORDER = 2
+# Version of the data order (:func:`~cryptotune_daemon.training.batching.epoch_steps`). Checkpoints
+# without it (1) were trained with length-grouped micro-batches and cannot be continued exactly;
+# 2 fixed the order per rank's optimiser step, 3 per global step (the same samples whatever the
+# world size). For one process 2 and 3 are the same order.
+DATA_ORDER = 3
+_SAME_ORDER_ONE_PROCESS = 2
 
 
 def precision_dtype(precision: str) -> torch.dtype:
@@ -102,6 +105,7 @@ class TrainerSettings:
     packing: bool = True
     max_seq_length: int = 0
     loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    strategy: str = "data_parallel"
 
     @property
     def samples_per_step(self) -> int:
@@ -123,7 +127,10 @@ class TrainerState:
         loss_history: ``[step, loss]`` for every step.
         eval_history: ``[step, eval_loss]`` for every mid-training eval.
         world_size, micro_batch_size, gradient_accumulation_steps, seed, data_order: the data-order
-            inputs a resume must share (micro-batch and accumulation only through their product).
+            inputs; a resume must share the seed and the effective batch (micro-batch ×
+            accumulation × ``data_parallel_size``), not the world size or the split.
+        strategy, data_parallel_size: the parallel strategy that wrote the state and its number of
+            data-parallel groups (0 in older checkpoints: DDP, so the world size).
     """
 
     step: int = 0
@@ -138,6 +145,14 @@ class TrainerState:
     seed: int = 0
     step_in_epoch: int = 0
     data_order: int = 1
+    strategy: str = "data_parallel"
+    data_parallel_size: int = 0
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Samples per optimiser step over the whole job."""
+        groups = self.data_parallel_size or self.world_size
+        return self.micro_batch_size * self.gradient_accumulation_steps * groups
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -215,12 +230,17 @@ class LoraTrainer:
         self.dist = dist
         self.pad_token_id = pad_token_id
         self.emit = emit
+        self.strategy = make_strategy(
+            settings.strategy, dist, compute_dtype=_PRECISION_DTYPES.get(settings.precision)
+        )
         self.state = TrainerState(
             world_size=dist.world_size,
             micro_batch_size=settings.micro_batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             seed=settings.seed,
             data_order=DATA_ORDER,
+            strategy=self.strategy.name,
+            data_parallel_size=self.strategy.data_parallel_size,
         )
         self.oom_test_hook = oom_test_hook
         self.crash_in_checkpoint = crash_in_checkpoint
@@ -233,7 +253,7 @@ class LoraTrainer:
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
         self._scaler: torch.amp.GradScaler | None = None
-        self._epoch_cache: tuple[int, list[list[int]]] | None = None
+        self._epoch_cache: tuple[int, list[list[int]], list[int]] | None = None
         self._lengths = [e.length for e in self.train_examples]
         longest = max(self._lengths, default=1)
         self._row_tokens = max(settings.max_seq_length, longest)
@@ -242,7 +262,7 @@ class LoraTrainer:
     # -- setup ---------------------------------------------------------------------------------------
 
     def setup(self, resume: CheckpointInfo | None = None) -> None:
-        """Wraps the model with LoRA (and DDP), builds optimiser/scheduler/scaler, loads ``resume``.
+        """Wraps the model with LoRA and the strategy, builds optimiser/scheduler/scaler, loads ``resume``.
 
         Raises:
             CryptotuneError: RESUME_REFUSED when the checkpoint was trained with another data order.
@@ -282,19 +302,11 @@ class LoraTrainer:
         self.model.train()
         # FlashAttention's varlen kernel reads sample boundaries only from a batch of one row.
         self._single_row = uses_varlen_attention(self.base_model)
-        loss_module: nn.Module = LossModule(self.model, chunk_tokens=settings.loss_chunk_tokens)
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            # Every rank builds identical base weights and buffers (rotary tables): only the LoRA
-            # parameters need syncing, so the rest stays out of DDP's broadcasts.
-            frozen = [f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad]
-            frozen += [f"model.{n}" for n, _ in self.model.named_buffers()]
-            ddp: Any = DistributedDataParallel  # the classmethod is untyped
-            ddp._set_params_and_buffers_to_ignore_for_model(loss_module, frozen)
-            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids)
-        self._loss_module = loss_module
+        # Checkpoints hold whole tensors by name: load them before the strategy shards anything.
+        resumed = self._load_adapter(resume) if resume is not None else None
+        self._loss_module = self.strategy.wrap(
+            LossModule(self.model, chunk_tokens=settings.loss_chunk_tokens)
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizer = torch.optim.AdamW(
             params, lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -307,41 +319,44 @@ class LoraTrainer:
         )
         if settings.precision == "fp16" and self.dist.device.type == "cuda":
             self._scaler = torch.amp.GradScaler("cuda")
-        if resume is not None:
-            self._load(resume)
+        if resume is not None and resumed is not None:
+            self._load_training_state(resume, resumed)
 
-    def _load(self, checkpoint: CheckpointInfo) -> None:
+    def _load_adapter(self, checkpoint: CheckpointInfo) -> TrainerState:
+        """Checks that ``checkpoint`` continues this run's data order and loads its adapter (unwrapped)."""
         import peft
         from safetensors.torch import load_file
 
         path = checkpoint.path
         raw = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         state = TrainerState(**raw)
-        if state.data_order != DATA_ORDER:
+        # Data order 2 was per rank; with one process it is exactly order 3.
+        legacy_same = state.data_order == _SAME_ORDER_ONE_PROCESS and state.world_size == 1
+        if state.data_order != DATA_ORDER and not legacy_same:
             raise CryptotuneError(
                 ErrorCode.RESUME_REFUSED,
                 f"cannot resume from {path.name}: it was written by an earlier cryptotune whose data order "
                 "differs, so the run could not continue exactly; start a new pipeline",
             )
         settings = self.settings
-        expected = {"world_size": self.dist.world_size, "seed": settings.seed}
-        differing = [
-            f"{k}: {getattr(state, k)} -> {v}" for k, v in expected.items() if getattr(state, k) != v
-        ]
-        # The data order is fixed per optimiser step, so only the samples per step matter: another
-        # micro-batch × accumulation split of the same effective batch (an out-of-memory recovery
-        # halves the micro-batch and doubles accumulation) continues with exactly the same samples.
-        if state.micro_batch_size * state.gradient_accumulation_steps != settings.samples_per_step:
-            differing.append(f"micro_batch_size: {state.micro_batch_size} -> {settings.micro_batch_size}")
+        differing = [f"seed: {state.seed} -> {settings.seed}"] if state.seed != settings.seed else []
+        # The data order is fixed per global optimiser step, so only the effective batch matters:
+        # another strategy, world size or micro-batch × accumulation split of the same effective
+        # batch (an out-of-memory recovery halves the micro-batch and doubles accumulation)
+        # continues with exactly the same samples.
+        effective = settings.samples_per_step * self.strategy.data_parallel_size
+        if state.effective_batch_size != effective:
             differing.append(
-                "gradient_accumulation_steps: "
-                f"{state.gradient_accumulation_steps} -> {settings.gradient_accumulation_steps}"
+                f"effective batch: {state.effective_batch_size} -> {effective} "
+                f"(per_device_train_batch_size {settings.micro_batch_size} × gradient_accumulation_steps "
+                f"{settings.gradient_accumulation_steps} × {self.strategy.data_parallel_size} data-parallel "
+                "group(s))"
             )
         if differing:
             raise CryptotuneError(
                 ErrorCode.RESUME_REFUSED,
                 f"cannot resume from {path.name}: the data order would change ({'; '.join(differing)}); "
-                "resume with the same world size and batch settings, or start a new pipeline",
+                "resume with the same seed and effective batch, or start a new pipeline",
             )
         weights = load_file(
             str(path / ADAPTER_DIR / "adapter_model.safetensors"), device=str(self.dist.device)
@@ -358,10 +373,14 @@ class LoraTrainer:
                 f"checkpoint {path.name} does not match the LoRA settings ({mismatched[0]}); "
                 "start a new pipeline",
             )
+        return state
+
+    def _load_training_state(self, checkpoint: CheckpointInfo, state: TrainerState) -> None:
+        """Loads optimiser, scheduler, scaler and RNG states (after the strategy wrapped the model)."""
+        path, settings = checkpoint.path, self.settings
         assert self._optimizer is not None
-        self._optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=self.dist.device, weights_only=True)
-        )
+        saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        self.strategy.load_optimizer_state(self.model, self._optimizer, saved)
         self._scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self._scaler is not None and (path / "scaler.pt").exists():
             self._scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
@@ -370,6 +389,10 @@ class LoraTrainer:
             set_rng_state(torch.load(rng_file, weights_only=True), self.dist.device)
         state.micro_batch_size = settings.micro_batch_size
         state.gradient_accumulation_steps = settings.gradient_accumulation_steps
+        state.world_size = self.dist.world_size
+        state.strategy = self.strategy.name
+        state.data_parallel_size = self.strategy.data_parallel_size
+        state.data_order = DATA_ORDER
         self.state = state
         self.resumed_from_step = state.step
 
@@ -382,18 +405,31 @@ class LoraTrainer:
         return contextlib.nullcontext()
 
     def _steps(self, epoch: int) -> list[list[int]]:
+        """This rank's share of every optimiser step of ``epoch``."""
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            steps = epoch_steps(
-                self._lengths,
-                samples_per_step=self.settings.samples_per_step,
-                seed=self.settings.seed,
-                epoch=epoch,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                shuffle=self.settings.shuffle,
+
+            def share(rank: int) -> list[list[int]]:
+                return epoch_steps(
+                    self._lengths,
+                    samples_per_step=self.settings.samples_per_step,
+                    seed=self.settings.seed,
+                    epoch=epoch,
+                    rank=rank,
+                    world_size=self.strategy.data_parallel_size,
+                    shuffle=self.settings.shuffle,
+                )
+
+            mine = share(self.strategy.data_parallel_rank)
+            # Rank 0's share is the largest: every rank runs as many micro-batches as it needs.
+            largest = (
+                [len(s) for s in share(0)] if self.strategy.data_parallel_rank else [len(s) for s in mine]
             )
-            self._epoch_cache = (epoch, steps)
+            self._epoch_cache = (epoch, mine, largest)
         return self._epoch_cache[1]
+
+    def _micro_batches_in_step(self, step_in_epoch: int) -> int:
+        assert self._epoch_cache is not None
+        return max(math.ceil(self._epoch_cache[2][step_in_epoch] / self.settings.micro_batch_size), 1)
 
     def collate_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """One micro-batch as model inputs: packed (the default) or padded (``settings.packing``)."""
@@ -426,8 +462,11 @@ class LoraTrainer:
                 state.batch_in_epoch = 0
                 continue
             group = split_micro_batches(steps[state.step_in_epoch], settings.micro_batch_size)
+            # A rank with a smaller share of the step (the last, shorter one) still takes part in
+            # every collective: it runs padding micro-batches that contribute nothing.
+            padding = self._micro_batches_in_step(state.step_in_epoch) - len(group)
             try:
-                loss, grad_norm, lr, tokens = self._step(group)
+                loss, grad_norm, lr, tokens = self._step(group, padding)
             except torch.OutOfMemoryError as error:
                 # Partial gradients of this step are dropped; the optimiser has not stepped.
                 self._optimizer.zero_grad(set_to_none=True)
@@ -486,25 +525,32 @@ class LoraTrainer:
                 self.save_checkpoint()
         return state
 
-    def _step(self, group: list[list[int]]) -> tuple[float, float, float, int]:
-        """One optimiser step over a group of micro-batches; returns loss, grad norm, lr, label tokens."""
+    def _step(self, group: list[list[int]], padding: int = 0) -> tuple[float, float, float, int]:
+        """One optimiser step over a group of micro-batches; returns loss, grad norm, lr, label tokens.
+
+        The loss is normalised by the label tokens of the whole step (every rank, every micro-batch),
+        so the gradient and the logged loss are those of one process training on the whole
+        effective batch. ``padding`` extra micro-batches (of a sample with weight 0) keep this rank
+        in step with ranks that have more micro-batches.
+        """
         assert self._loss_module is not None and self._optimizer is not None
         device = self.dist.device
         micro_batches = [self.collate_batch([self.train_examples[i] for i in batch]) for batch in group]
         local_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
+        weights = [1.0] * len(micro_batches) + [0.0] * padding
+        micro_batches += [self.collate_batch(self.train_examples[:1])] * padding
         global_tokens = int(
             self.dist.all_reduce_sum(torch.tensor([local_tokens], device=device, dtype=torch.int64)).item()
         )
-        # Sum over tokens / (global tokens / world): after DDP averages gradients over ranks this is
-        # exactly the mean over every label token of the global batch, however they are spread.
-        scale = self.dist.world_size / max(global_tokens, 1)
+        # Sum over tokens / (global tokens / data-parallel groups): after the strategy averages
+        # gradients over those groups this is exactly the mean over every label token of the step.
+        scale = self.strategy.data_parallel_size / max(global_tokens, 1)
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
         lr = float(self._optimizer.param_groups[0]["lr"])
-        for position, batch in enumerate(micro_batches):
+        for position, (batch, weight) in enumerate(zip(micro_batches, weights, strict=True)):
             inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             sync = position == len(micro_batches) - 1 or not self.dist.distributed
-            no_sync = getattr(self._loss_module, "no_sync", None)
-            context = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+            context = contextlib.nullcontext() if sync else self.strategy.no_sync(self._loss_module)
             with context:
                 hook = self.oom_test_hook
                 micro = self.settings.micro_batch_size
@@ -520,6 +566,7 @@ class LoraTrainer:
                     )
                 with self.autocast():
                     sums, _ = self._loss_module(**inputs)
+                    sums = sums * weight
                     loss = sums.sum() * scale
                 if self._scaler is not None:
                     self._scaler.scale(loss).backward()
@@ -530,7 +577,7 @@ class LoraTrainer:
         if self._scaler is not None:
             self._scaler.unscale_(self._optimizer)
         max_norm = self.settings.max_grad_norm if self.settings.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = self.strategy.clip_grad_norm(params, max_norm)
         if self._scaler is not None:
             self._scaler.step(self._optimizer)
             self._scaler.update()
@@ -544,17 +591,19 @@ class LoraTrainer:
     def evaluate(self, examples: Sequence[Example]) -> EvalLoss:
         """Eval loss on ``examples`` (every rank must call it)."""
         batch = self.settings.eval_batch_size or self.settings.micro_batch_size
-        return compute_eval_loss(
-            self.model,
-            examples,
-            batch_size=batch,
-            pad_token_id=self.pad_token_id,
-            dist=self.dist,
-            autocast=self.autocast,
-            packing=self.settings.packing,
-            row_tokens=self._row_tokens,
-            single_row=self._single_row,
-        )
+        assert self._loss_module is not None
+        with self.strategy.evaluating(self._loss_module) as dist:
+            return compute_eval_loss(
+                self.model,
+                examples,
+                batch_size=batch,
+                pad_token_id=self.pad_token_id,
+                dist=dist or self.dist,
+                autocast=self.autocast,
+                packing=self.settings.packing,
+                row_tokens=self._row_tokens,
+                single_row=self._single_row,
+            )
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
@@ -566,16 +615,17 @@ class LoraTrainer:
         """
         assert self._optimizer is not None
         rng_states = self.dist.all_gather_object(rng_state(self.dist.device))
+        # Gathered whole and keyed by name (collectives: every rank), whatever the strategy.
+        adapter = self.strategy.adapter_state(self.model)
+        optimizer_state = self.strategy.optimizer_state(self.model, self._optimizer)
         target = self.output_dir / CHECKPOINTS_DIR
         path = target / f"step-{self.state.step:06d}"
         if self.dist.is_main:
             state_json = json.dumps(asdict(self.state), indent=1)
 
             def write(directory: Path) -> None:
-                self.model.save_pretrained(str(directory / ADAPTER_DIR))
-                torch.save(
-                    self._optimizer.state_dict() if self._optimizer else {}, directory / "optimizer.pt"
-                )
+                self.model.save_pretrained(str(directory / ADAPTER_DIR), state_dict=adapter)
+                torch.save(optimizer_state, directory / "optimizer.pt")
                 torch.save(self._scheduler.state_dict(), directory / "scheduler.pt")
                 if self._scaler is not None:
                     torch.save(self._scaler.state_dict(), directory / "scaler.pt")
@@ -588,7 +638,12 @@ class LoraTrainer:
                 self.state.step,
                 write,
                 self.hashes,
-                extra={"epoch": self.state.epoch, "world_size": self.dist.world_size},
+                extra={
+                    "epoch": self.state.epoch,
+                    "world_size": self.dist.world_size,
+                    "strategy": self.strategy.name,
+                    "mesh": self.strategy.mesh(),
+                },
                 crash_at_step=self.crash_in_checkpoint,
             )
             self.emit("checkpoint", {"step": self.state.step, "path": str(path)})

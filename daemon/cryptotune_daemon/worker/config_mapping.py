@@ -63,6 +63,20 @@ def plan_request(config: CryptotuneConfig, world_size: int, *, varlen_attention:
         max_seq_length=int(training.max_seq_length),
         packing=True,
         varlen_attention=varlen_attention,
+        strategy=str(config.parallel.strategy),
+        tensor_parallel_size=int(config.parallel.tensor_parallel_size),
+    )
+
+
+def plan_outdated(plan: Plan, config: CryptotuneConfig) -> bool:
+    """Whether the config sets a strategy, micro-batch or accumulation other than ``plan``'s."""
+    strategy = str(config.parallel.strategy)
+    micro = _auto(config.training.per_device_train_batch_size)
+    accumulation = _auto(config.training.gradient_accumulation_steps)
+    return (
+        strategy not in ("auto", plan.strategy)
+        or (micro is not None and int(micro) != plan.micro_batch_size)
+        or (accumulation is not None and int(accumulation) != plan.gradient_accumulation_steps)
     )
 
 
@@ -94,6 +108,7 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         eval_steps=int(training.eval_steps or 0),
         shuffle=bool(data.shuffle_data),
         max_seq_length=int(training.max_seq_length),
+        strategy=plan.strategy,
     )
 
 

@@ -21,6 +21,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.layout import ADAPTER_DIR, REPORT_JSON, RESOLVED_CONFIG
 from cryptotune_daemon.worker.events import EventWriter
 from cryptotune_daemon.worker.failures import describe_failure
+from cryptotune_daemon.worker.log_setup import close_system_logging
 from cryptotune_daemon.worker.spec import JobSpec
 from cryptotune_daemon.worker.stages.base import WorkerContext
 from cryptotune_daemon.worker.stages.complete import CompleteStage
@@ -196,6 +197,7 @@ class Pipeline(
             # block, and process exit releases it anyway.
             shutdown_distributed()
         self.events.close()
+        close_system_logging()
 
 
 def _events_path_of(spec_path: Path) -> Path | None:

@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/job.proto\x12\x13\x63ryptotune.proto.v1\"\xc2\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t\x12\x11\n\tdata_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x05 \x01(\t\x12\x12\n\noutput_dir\x18\x06 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x07 \x01(\t\x12\x0e\n\x06resume\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\"L\n\x11SubmitJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.cryptotune.proto.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Job\"\x1f\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\";\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xa4\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12\x11\n\tgrad_norm\x18\x08 \x01(\x01\"\xe8\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cryptotune.proto.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x30\n\x06stages\x18\x05 \x03(\x0b\x32 .cryptotune.proto.v1.StageStatus\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x1d.cryptotune.proto.v1.Progress\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x0b \x01(\x08\x12\x14\n\x0cresumed_from\x18\x0c \x01(\t\x12\x11\n\tplan_json\x18\r \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\"1\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"T\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\x11\n\tdata_json\x18\x05 \x01(\t\"D\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\nskip_lines\x18\x03 \x01(\x04\"\x17\n\x07LogLine\x12\x0c\n\x04line\x18\x01 \x01(\t\"\x1f\n\x10\x45xportJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"E\n\x0b\x45xportChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x03*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x07\x32\xd8\x04\n\nJobService\x12Z\n\tSubmitJob\x12%.cryptotune.proto.v1.SubmitJobRequest\x1a&.cryptotune.proto.v1.SubmitJobResponse\x12\x46\n\x06GetJob\x12\".cryptotune.proto.v1.GetJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12W\n\x08ListJobs\x12$.cryptotune.proto.v1.ListJobsRequest\x1a%.cryptotune.proto.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.cryptotune.proto.v1.CancelJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12Q\n\x08WatchJob\x12$.cryptotune.proto.v1.WatchJobRequest\x1a\x1d.cryptotune.proto.v1.JobEvent0\x01\x12T\n\nStreamLogs\x12&.cryptotune.proto.v1.StreamLogsRequest\x1a\x1c.cryptotune.proto.v1.LogLine0\x01\x12V\n\tExportJob\x12%.cryptotune.proto.v1.ExportJobRequest\x1a .cryptotune.proto.v1.ExportChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/job.proto\x12\x13\x63ryptotune.proto.v1\"\xd6\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t\x12\x11\n\tdata_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x05 \x01(\t\x12\x12\n\noutput_dir\x18\x06 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x07 \x01(\t\x12\x0e\n\x06resume\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x12\x12\n\nclient_cwd\x18\n \x01(\t\"L\n\x11SubmitJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.cryptotune.proto.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Job\"\x1f\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\";\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xa4\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12\x11\n\tgrad_norm\x18\x08 \x01(\x01\"\xe8\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cryptotune.proto.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x30\n\x06stages\x18\x05 \x03(\x0b\x32 .cryptotune.proto.v1.StageStatus\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x1d.cryptotune.proto.v1.Progress\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x0b \x01(\x08\x12\x14\n\x0cresumed_from\x18\x0c \x01(\t\x12\x11\n\tplan_json\x18\r \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\"1\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"T\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\x11\n\tdata_json\x18\x05 \x01(\t\"D\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\nskip_lines\x18\x03 \x01(\x04\"\x17\n\x07LogLine\x12\x0c\n\x04line\x18\x01 \x01(\t\"\x1f\n\x10\x45xportJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"E\n\x0b\x45xportChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x03*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x07\x32\xd8\x04\n\nJobService\x12Z\n\tSubmitJob\x12%.cryptotune.proto.v1.SubmitJobRequest\x1a&.cryptotune.proto.v1.SubmitJobResponse\x12\x46\n\x06GetJob\x12\".cryptotune.proto.v1.GetJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12W\n\x08ListJobs\x12$.cryptotune.proto.v1.ListJobsRequest\x1a%.cryptotune.proto.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.cryptotune.proto.v1.CancelJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12Q\n\x08WatchJob\x12$.cryptotune.proto.v1.WatchJobRequest\x1a\x1d.cryptotune.proto.v1.JobEvent0\x01\x12T\n\nStreamLogs\x12&.cryptotune.proto.v1.StreamLogsRequest\x1a\x1c.cryptotune.proto.v1.LogLine0\x01\x12V\n\tExportJob\x12%.cryptotune.proto.v1.ExportJobRequest\x1a .cryptotune.proto.v1.ExportChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cryptotune.proto.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1414
-  _globals['_JOBSTATE']._serialized_end=1620
+  _globals['_JOBSTATE']._serialized_start=1434
+  _globals['_JOBSTATE']._serialized_end=1640
   _globals['_SUBMITJOBREQUEST']._serialized_start=55
-  _globals['_SUBMITJOBREQUEST']._serialized_end=249
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=251
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=327
-  _globals['_GETJOBREQUEST']._serialized_start=329
-  _globals['_GETJOBREQUEST']._serialized_end=357
-  _globals['_LISTJOBSREQUEST']._serialized_start=359
-  _globals['_LISTJOBSREQUEST']._serialized_end=391
-  _globals['_LISTJOBSRESPONSE']._serialized_start=393
-  _globals['_LISTJOBSRESPONSE']._serialized_end=451
-  _globals['_CANCELJOBREQUEST']._serialized_start=453
-  _globals['_CANCELJOBREQUEST']._serialized_end=484
-  _globals['_STAGESTATUS']._serialized_start=486
-  _globals['_STAGESTATUS']._serialized_end=545
-  _globals['_PROGRESS']._serialized_start=548
-  _globals['_PROGRESS']._serialized_end=712
-  _globals['_JOB']._serialized_start=715
-  _globals['_JOB']._serialized_end=1075
-  _globals['_WATCHJOBREQUEST']._serialized_start=1077
-  _globals['_WATCHJOBREQUEST']._serialized_end=1126
-  _globals['_JOBEVENT']._serialized_start=1128
-  _globals['_JOBEVENT']._serialized_end=1212
-  _globals['_STREAMLOGSREQUEST']._serialized_start=1214
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1282
-  _globals['_LOGLINE']._serialized_start=1284
-  _globals['_LOGLINE']._serialized_end=1307
-  _globals['_EXPORTJOBREQUEST']._serialized_start=1309
-  _globals['_EXPORTJOBREQUEST']._serialized_end=1340
-  _globals['_EXPORTCHUNK']._serialized_start=1342
-  _globals['_EXPORTCHUNK']._serialized_end=1411
-  _globals['_JOBSERVICE']._serialized_start=1623
-  _globals['_JOBSERVICE']._serialized_end=2223
+  _globals['_SUBMITJOBREQUEST']._serialized_end=269
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=271
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=347
+  _globals['_GETJOBREQUEST']._serialized_start=349
+  _globals['_GETJOBREQUEST']._serialized_end=377
+  _globals['_LISTJOBSREQUEST']._serialized_start=379
+  _globals['_LISTJOBSREQUEST']._serialized_end=411
+  _globals['_LISTJOBSRESPONSE']._serialized_start=413
+  _globals['_LISTJOBSRESPONSE']._serialized_end=471
+  _globals['_CANCELJOBREQUEST']._serialized_start=473
+  _globals['_CANCELJOBREQUEST']._serialized_end=504
+  _globals['_STAGESTATUS']._serialized_start=506
+  _globals['_STAGESTATUS']._serialized_end=565
+  _globals['_PROGRESS']._serialized_start=568
+  _globals['_PROGRESS']._serialized_end=732
+  _globals['_JOB']._serialized_start=735
+  _globals['_JOB']._serialized_end=1095
+  _globals['_WATCHJOBREQUEST']._serialized_start=1097
+  _globals['_WATCHJOBREQUEST']._serialized_end=1146
+  _globals['_JOBEVENT']._serialized_start=1148
+  _globals['_JOBEVENT']._serialized_end=1232
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1234
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1302
+  _globals['_LOGLINE']._serialized_start=1304
+  _globals['_LOGLINE']._serialized_end=1327
+  _globals['_EXPORTJOBREQUEST']._serialized_start=1329
+  _globals['_EXPORTJOBREQUEST']._serialized_end=1360
+  _globals['_EXPORTCHUNK']._serialized_start=1362
+  _globals['_EXPORTCHUNK']._serialized_end=1431
+  _globals['_JOBSERVICE']._serialized_start=1643
+  _globals['_JOBSERVICE']._serialized_end=2243
 # @@protoc_insertion_point(module_scope)

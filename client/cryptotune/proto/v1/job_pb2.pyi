@@ -59,6 +59,7 @@ class SubmitJobRequest(_message.Message):
     PIPELINE_ID_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    CLIENT_CWD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """idempotency key chosen by the client"""
     data_digest: _builtins.str
@@ -67,12 +68,14 @@ class SubmitJobRequest(_message.Message):
     config_yaml: _builtins.str
     config_name: _builtins.str
     output_dir: _builtins.str
-    """absolute path on the daemon's machine"""
+    """--output-dir, absolute; empty = system.output_dir, else ./training_output"""
     pipeline_id: _builtins.str
     """empty = generated"""
     resume: _builtins.str
     """PIPELINE_ID or PIPELINE_ID@STEP"""
     dry_run: _builtins.bool
+    client_cwd: _builtins.str
+    """the client's working directory: relative config paths start here"""
     def __init__(
         self,
         *,
@@ -85,10 +88,11 @@ class SubmitJobRequest(_message.Message):
         pipeline_id: _builtins.str = ...,
         resume: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        client_cwd: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_name", b"config_name", "config_yaml", b"config_yaml", "data_digest", b"data_digest", "data_name", b"data_name", "dry_run", b"dry_run", "output_dir", b"output_dir", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "resume", b"resume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_cwd", b"client_cwd", "config_name", b"config_name", "config_yaml", b"config_yaml", "data_digest", b"data_digest", "data_name", b"data_name", "dry_run", b"dry_run", "output_dir", b"output_dir", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "resume", b"resume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

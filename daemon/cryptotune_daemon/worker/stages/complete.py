@@ -56,6 +56,7 @@ class CompleteStage(StageBase):
                 plan=self.ctx.plan,
                 device=dist.device.type,
                 world_size=dist.world_size,
+                mesh=self.state.results.get("mesh") or {"dp": dist.world_size},
                 oom_recoveries=list(self.state.results.get("oom_recoveries", [])),
                 hashes=self.ctx.hashes,
             )

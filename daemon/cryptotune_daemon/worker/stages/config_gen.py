@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cryptotune_daemon.worker.config_mapping import _flash_attention, plan_request
+from cryptotune_daemon.worker.config_mapping import _flash_attention, plan_outdated, plan_request
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
@@ -51,6 +51,8 @@ class ConfigGenStage(StageBase):
                 "packed_rows": plan.packed_rows,
                 "longest_row_tokens": plan.longest_row_tokens,
                 "choice": plan.choice,
+                "strategy": plan.strategy,
+                "strategies": [dict(row) for row in plan.strategies],
                 "model": self.ctx.source.name,
             },
         )
@@ -59,6 +61,10 @@ class ConfigGenStage(StageBase):
         from cryptotune_daemon.training.planner import Plan
 
         plan = Plan.from_json(dict(self.state.results["plan"]))
+        if plan_outdated(plan, self.ctx.config):
+            # A resume may change the parallel section and the batch split (same effective batch).
+            self._log("planning again: the parallel or batch settings changed since the recorded plan")
+            return False
         if plan.world_size != self.world_size or plan.device != self.spec.device:
             # The earlier plan was made for other hardware (e.g. a dry run): plan again.
             self._log(

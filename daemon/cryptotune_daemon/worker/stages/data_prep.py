@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cryptotune_daemon.config.system_paths import data_cache_dir
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
@@ -20,7 +21,7 @@ class DataPrepStage(StageBase):
             "display_name": self.spec.data_name,
             "data_format": str(config.data.data_format),
             "tokenizer": self.ctx.tokenizer,
-            "cache_dir": self.spec.cache_dir,
+            "cache_dir": data_cache_dir(self.output_dir, config.system.cache_dir, self.spec.cache_dir),
             "data_hash": self.ctx.hashes.data,
             "tokenizer_hash": self.ctx.hashes.tokenizer,
             "max_seq_length": int(config.training.max_seq_length),

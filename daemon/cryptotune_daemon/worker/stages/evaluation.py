@@ -61,6 +61,8 @@ class EvaluationStage(StageBase):
             max_new_tokens=int(config.training.max_new_tokens),
             dist=dist,
             autocast=self._autocast,
+            batch_size=self.ctx.plan.micro_batch_size,
+            max_generated_tokens=int(config.training.max_generated_tokens),
         )
         self.events.emit(
             "generation_eval",
@@ -69,6 +71,7 @@ class EvaluationStage(StageBase):
                 "crypto_term_recall": generation.crypto_term_recall,
                 "samples": generation.samples,
                 "evaluated": generation.evaluated,
+                "generated_tokens": generation.generated_tokens,
             },
         )
         self.state.results["metrics"] = {
@@ -81,6 +84,7 @@ class EvaluationStage(StageBase):
             "crypto_term_recall": generation.crypto_term_recall,
             "generation_samples": generation.samples,
             "generation_evaluated": generation.evaluated,
+            "generation_tokens": generation.generated_tokens,
         }
 
     def _restore_evaluation(self) -> bool:

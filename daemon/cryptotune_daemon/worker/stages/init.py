@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 
-from cryptotune_daemon.config.schema import SUPPORTED_STRATEGIES
+from cryptotune_daemon.config.strategies import refuse_unsupported
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.checkpoints import (
     Hashes,
     refuse_if_changed,
 )
-from cryptotune_daemon.training.hashing import config_differences, config_fingerprint, config_hash, data_hash
+from cryptotune_daemon.training.hashing import (
+    config_differences,
+    config_fingerprint,
+    config_hash,
+    data_hash,
+    legacy_config_hash,
+)
+from cryptotune_daemon.worker.log_setup import apply_system_logging
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
@@ -36,21 +43,19 @@ class InitStage(StageBase):
         )
         from cryptotune_daemon.training.hashing import remembered_tokenizer_hash, tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
+        from cryptotune_daemon.training.module_names import check_target_modules
 
         config = load_config(self.spec.config_yaml, self.spec.config_name)
-        strategy = str(config.parallel.strategy)
-        if strategy not in SUPPORTED_STRATEGIES:
-            raise CryptotuneError(
-                ErrorCode.CONFIG_INVALID,
-                f"parallel.strategy '{strategy}' is not supported: cryptotune trains LoRA adapters with data "
-                "parallelism; set parallel.strategy to data_parallel or auto",
-            )
+        apply_system_logging(config.system, self.output_dir, rank=self.rank)
+        refuse_unsupported(str(config.parallel.strategy))
         source = resolve_model(
             str(config.model.model_name),
             trust_remote_code=bool(config.model.trust_remote_code),
             allow_remote_code=self.spec.allow_remote_code,
             revision=str(config.model.model_revision),
         )
+        log.debug("model %s resolved: %s %s", source.name, source.kind, source.path or "")
+        check_target_modules(source, tuple(config.lora.target_modules))
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
@@ -69,6 +74,7 @@ class InitStage(StageBase):
         hashes = Hashes(
             data=data_hash(self.spec.data_path),
             config=config_hash(config),
+            config_legacy=legacy_config_hash(config),
             tokenizer=tokenizer_digest,
         )
         if self.spec.resume is not None and self.state.hashes.data:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.layout import ADAPTER_DIR, TRAINER_STATE_FILE
 from cryptotune_daemon.training.checkpoints import (
     CheckpointInfo,
@@ -89,9 +90,14 @@ class TrainingStage(StageBase):
         state = trainer.state
         trainer.cleanup()
         self.ctx.model = trainer.model
+        if not trainer.strategy.keeps_whole_model:
+            # Sharded weights: evaluation and export use the gathered final checkpoint instead.
+            trainer.release()
+            self.ctx.model = self._load_trained_model(newest_verified(self.output_dir, self._warn))
         self.ctx.trainer_state = state
         self.ctx.resumed_from_step = trainer.resumed_from_step
         self.ctx.tokens_per_second = trainer.run_tokens / max(trainer.run_seconds, 1e-9)
+        self.state.results["mesh"] = trainer.strategy.mesh()
         self.state.results["training"] = {
             "final_step": state.step,
             "trained_tokens": state.trained_tokens,
@@ -158,13 +164,27 @@ class TrainingStage(StageBase):
         self._write_resolved_config()
         self._save_state()
 
-    def _restore_training(self) -> bool:
-        import json
-
+    def _load_trained_model(self, checkpoint: CheckpointInfo | None) -> Any:
+        """The base model with ``checkpoint``'s adapter, whole on every rank (for eval and export)."""
         import peft
 
         from cryptotune_daemon.training.models import load_base_model
-        from cryptotune_daemon.training.trainer import TrainerState, precision_dtype
+        from cryptotune_daemon.training.trainer import precision_dtype
+
+        if checkpoint is None:
+            raise CryptotuneError(ErrorCode.INTERNAL, "training ended without a verified final checkpoint")
+        dist = self.ctx.dist
+        dtype = precision_dtype(self.ctx.plan.precision if dist.device.type == "cuda" else "fp32")
+        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
+        with warnings.catch_warnings():
+            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_DIR))
+
+    def _restore_training(self) -> bool:
+        import json
+
+        from cryptotune_daemon.training.trainer import TrainerState
 
         recorded = dict(self.state.results.get("training") or {})
         checkpoint = newest_verified(self.output_dir, self._warn)
@@ -172,13 +192,7 @@ class TrainingStage(StageBase):
             self._warn("training completed earlier but its final checkpoint is gone: training again")
             return False
         refuse_if_changed(checkpoint.hashes, self.ctx.hashes, f"checkpoint {checkpoint.path.name}")
-        dist = self.ctx.dist
-        dtype = precision_dtype(self.ctx.plan.precision if dist.device.type == "cuda" else "fp32")
-        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
-        with warnings.catch_warnings():
-            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.ctx.model = peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_DIR))
+        self.ctx.model = self._load_trained_model(checkpoint)
         raw = json.loads((checkpoint.path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         self.ctx.trainer_state = TrainerState(**raw)
         self.ctx.resumed_from_step = recorded.get("resumed_from_step")

@@ -20,118 +20,17 @@ from cryptotune_daemon.training.report import REQUIRED_KEYS
 from cryptotune_daemon.worker.pipeline import EXIT_CANCELLED, Pipeline
 from cryptotune_daemon.worker.spec import parse_spec
 from cryptotune_daemon.worker.state import STAGES, read_state
-from tests.checkpoint_helpers import list_checkpoints
-
-REPO = Path(__file__).resolve().parents[2]
-TERMS = [
-    ("AES", "对称加密", "分组密码"),
-    ("RSA", "公钥加密", "大整数分解"),
-    ("SM2", "数字签名", "椭圆曲线"),
-    ("SM3", "杂凑函数", "消息摘要"),
-    ("SM4", "分组密码", "轮函数"),
-    ("HMAC", "消息认证", "密钥"),
-    ("ECDH", "密钥交换", "椭圆曲线"),
-    ("GCM", "认证加密", "计数器模式"),
-]
-
-BASE_CONFIG = """\
-model:
-  model_name: builtin:tiny-qwen3
-training:
-  max_steps: {steps}
-  per_device_train_batch_size: 2
-  gradient_accumulation_steps: 1
-  learning_rate: {lr}
-  lr_scheduler_type: linear
-  warmup_ratio: 0.1
-  logging_steps: 1
-  save_steps: {save_steps}
-  eval_steps: 3
-  max_seq_length: {max_seq_length}
-  eval_sample_size: 2
-  max_new_tokens: 6
-  seed: 11
-lora:
-  rank: 4
-  alpha: 8
-  dropout: 0.1
-data:
-  train_split_ratio: 0.75
-  eval_split_ratio: 0.25
-"""
-
-
-def write_records(path: Path, count: int = 16, *, extra: list[str] | None = None) -> Path:
-    """Small Chinese cryptography Q&A records with reasoning, terms and difficulty."""
-    lines = []
-    for i in range(count):
-        term, topic, detail = TERMS[i % len(TERMS)]
-        record = {
-            "instruction": f"{term} 在{topic}中起什么作用？（第 {i} 题）",
-            "input": "",
-            "output": f"{term} 用于{topic}，其安全性依赖于{detail}。",
-            "thinking": f"<thinking>先回忆 {term} 的定义，再说明它与{detail}的关系。</thinking>",
-            "crypto_terms": [term, detail],
-            "difficulty": i % 4 + 1,
-        }
-        lines.append(json.dumps(record, ensure_ascii=False))
-    lines.extend(extra or [])
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def make_spec(
-    root: Path,
-    *,
-    data: Path,
-    config: str,
-    output: Path | None = None,
-    dry_run: bool = False,
-    resume: dict[str, Any] | None = None,
-    events: str = "events.jsonl",
-) -> dict[str, Any]:
-    return {
-        "job_id": f"job-{events}",
-        "pipeline_id": "pipe-1",
-        "data_path": str(data),
-        "data_name": "records.jsonl",
-        "config_yaml": config,
-        "config_name": "config.yaml",
-        "output_dir": str(output or root / "out"),
-        "state_dir": str(root.parent / "state"),
-        "dry_run": dry_run,
-        "resume": resume,
-        "device": "cpu",
-        "allow_remote_code": False,
-        "events_path": str(root / events),
-    }
-
-
-def config_text(
-    *, steps: int = 8, lr: float = 0.01, save_steps: int = 2, max_seq_length: int = 512, **_: Any
-) -> str:
-    return BASE_CONFIG.format(steps=steps, lr=lr, save_steps=save_steps, max_seq_length=max_seq_length)
-
-
-def run_inprocess(spec: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    code = Pipeline(parse_spec(spec)).run()
-    return code, read_events(Path(spec["events_path"]))
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def of(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
-    return [e["data"] for e in events if e["type"] == event_type]
-
-
-def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(directory / "adapter_model.safetensors"))
+from tests.helpers.checkpoints import list_checkpoints
+from tests.helpers.pipeline import (
+    REPO,
+    adapter_weights,
+    config_text,
+    make_spec,
+    of,
+    read_events,
+    run_inprocess,
+    write_records,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -147,10 +46,8 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("full")
     data = write_records(root / "records.jsonl")
     spec = make_spec(root, data=data, config=config_text())
-    started = time.monotonic()
     pipeline = Pipeline(parse_spec(spec))
     code = pipeline.run()
-    seconds = time.monotonic() - started
     events = read_events(Path(spec["events_path"]))
     # The trained model as the pipeline held it when it wrote the adapter: the reference for reloads.
     probe_ids = trained_logits = None
@@ -166,7 +63,6 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "spec": spec,
         "out": Path(spec["output_dir"]),
         "data": data,
-        "seconds": seconds,
         "probe_ids": probe_ids,
         "trained_logits": trained_logits,
     }
@@ -328,7 +224,8 @@ def test_remote_code_and_unsupported_strategies_are_refused(tmp_path: Path) -> N
     strategy = config_text() + "parallel:\n  strategy: model_parallel\n"
     code, events = run_inprocess(make_spec(tmp_path, data=data, config=strategy, events="b.jsonl"))
     assert code == 1
-    assert "set parallel.strategy to data_parallel or auto" in of(events, "failed")[0]["reason"]
+    reason = of(events, "failed")[0]["reason"]
+    assert "set parallel.strategy to data_parallel, sharded_data_parallel or auto" in reason
 
 
 def test_uncached_hub_model_fails_with_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,12 +289,11 @@ def test_sigterm_then_resume_continues_at_the_next_step(tmp_path: Path, full_run
             time.sleep(0.05)
         assert process.poll() is None, "the worker ended before its first checkpoint"
         process.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = process.wait(timeout=30)
+        code = process.wait(timeout=240)  # a guard against a hang, not a speed requirement
     finally:
         if process.poll() is None:
             process.kill()
-    assert code == EXIT_CANCELLED and time.monotonic() - sent < 15
+    assert code == EXIT_CANCELLED
     first_events = read_events(events_path)
     assert not of(first_events, "result")
     done_steps = [p["step"] for p in of(first_events, "progress")]
@@ -533,53 +429,11 @@ def test_worker_module_reports_an_unreadable_spec(tmp_path: Path) -> None:
     assert failed and "job spec is missing" in failed[0]["reason"]
 
 
-def test_event_writer_lines_are_json_and_only_rank_zero_writes(tmp_path: Path) -> None:
-    from cryptotune_daemon.worker.events import EventWriter
-
-    path = tmp_path / "events.jsonl"
-    writer = EventWriter(path)
-    writer.emit("progress", {"loss": float("nan"), "step": 1, "nested": {"x": float("inf")}})
-    writer.warning("加密")
-    writer.close()
-    EventWriter(path, enabled=False).emit("progress", {"step": 2})
-    events = read_events(path)
-    assert [e["type"] for e in events] == ["progress", "warning"]
-    assert events[0]["data"] == {"loss": None, "step": 1, "nested": {"x": None}}
-    assert events[1]["data"]["message"] == "加密"
-
-
-def test_gpu_samples_cover_each_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
-    from cryptotune_daemon.worker.gpu_sampler import _visible_handles, read_gpus
-
-    class FakeNvml:
-        NVMLError = RuntimeError
-
-        def nvmlDeviceGetCount(self) -> int:
-            return 3
-
-        def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-            return index
-
-        def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
-            return {"GPU-a": 0, "GPU-c": 2}[uuid]
-
-        def nvmlDeviceGetIndex(self, handle: int) -> int:
-            return handle
-
-        def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
-            return SimpleNamespace(used=(handle + 1) * 2**30, total=80 * 2**30)
-
-        def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
-            return SimpleNamespace(gpu=10 * handle)
-
-    nvml = FakeNvml()
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-c")
-    gpus = read_gpus(nvml, _visible_handles(nvml))
-    assert gpus == [
-        {"index": 0, "utilization_percent": 0, "memory_used_mb": 1024, "memory_total_mb": 81920},
-        {"index": 2, "utilization_percent": 20, "memory_used_mb": 3072, "memory_total_mb": 81920},
-    ]
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert len(_visible_handles(nvml)) == 3
+def test_report_counts_the_generated_samples_and_tokens(full_run: dict[str, Any]) -> None:
+    out: Path = full_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    # eval_sample_size 2 at max_new_tokens 6, generated as one batch: 2 samples, at most 12 tokens.
+    assert report["generation_evaluated"] == 2
+    assert 2 <= report["generation_tokens"] <= 12
+    summary = f"{report['generation_evaluated']} samples, {report['generation_tokens']} tokens generated"
+    assert summary in (out / "report.md").read_text()

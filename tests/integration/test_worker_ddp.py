@@ -12,8 +12,7 @@ import pytest
 
 from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.worker.state import STAGES
-
-from .test_worker_pipeline import REPO, config_text, make_spec, of, read_events, write_records
+from tests.helpers.pipeline import REPO, config_text, make_spec, of, read_events, write_records
 
 
 @pytest.mark.slow

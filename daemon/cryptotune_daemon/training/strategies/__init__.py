@@ -1,0 +1,29 @@
+"""Parallel strategies: one small object per way of spreading a job over ranks (see ``base``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptotune_daemon.training.distributed import DistContext
+    from cryptotune_daemon.training.strategies.base import Strategy
+
+
+def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) -> Strategy:
+    """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
+
+    Raises:
+        CryptotuneError: CONFIG_INVALID for a strategy that cannot train yet.
+    """
+    from cryptotune_daemon.config.strategies import refuse_unsupported
+
+    refuse_unsupported(name)
+    if name == "sharded_data_parallel":
+        import torch
+
+        from cryptotune_daemon.training.strategies.sharded import ShardedDataParallel
+
+        return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32)
+    from cryptotune_daemon.training.strategies.data_parallel import DataParallel
+
+    return DataParallel(dist)

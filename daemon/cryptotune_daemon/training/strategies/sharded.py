@@ -1,0 +1,107 @@
+"""``sharded_data_parallel``: FSDP2, parameters, gradients and optimiser state sharded over the ranks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from cryptotune_daemon.training.distributed import DistContext
+from cryptotune_daemon.training.strategies.base import Strategy
+
+
+def decoder_layers(module: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a (peft-wrapped) causal LM: its decoder's ``layers``."""
+    found = [
+        m for name, m in module.named_modules() if name.endswith(".layers") and isinstance(m, nn.ModuleList)
+    ]
+    return list(found[0]) if found else []
+
+
+class ShardedDataParallel(Strategy):
+    """FSDP2 (``fully_shard``) on every decoder layer and on the root (embeddings, final norm, head).
+
+    Data parallel like DDP (each rank trains its slice of every step's samples), but each rank
+    keeps only its shard of every parameter, gradient and optimiser state; a layer's weights are
+    all-gathered for its forward and backward and freed after. LoRA parameters stay fp32; on GPUs
+    the compute runs in bf16 (``MixedPrecisionPolicy``) with gradients reduced in fp32. On CPUs
+    everything is fp32.
+
+    Args:
+        dist: this process's place in the job.
+        compute_dtype: the forward/backward dtype on GPUs (the training precision).
+    """
+
+    name = "sharded_data_parallel"
+
+    def __init__(self, dist: Any, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dist)
+        self.compute_dtype = compute_dtype
+        self._mesh: Any = None
+
+    @property
+    def keeps_whole_model(self) -> bool:
+        return not self.dist.distributed
+
+    def mesh(self) -> dict[str, int]:
+        return {"dp_shard": self.dist.world_size}
+
+    def wrap(self, loss_module: nn.Module) -> nn.Module:
+        if not self.dist.distributed:
+            return loss_module
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        self._mesh = init_device_mesh(
+            self.dist.device.type, (self.dist.world_size,), mesh_dim_names=("dp_shard",)
+        )
+        kwargs: dict[str, Any] = {"mesh": self._mesh}
+        if self.dist.device.type == "cuda" and self.compute_dtype != torch.float32:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=self.compute_dtype, reduce_dtype=torch.float32
+            )
+        for layer in decoder_layers(loss_module):
+            fully_shard(layer, **kwargs)
+        fully_shard(loss_module, **kwargs)
+        return loss_module
+
+    def no_sync(self, module: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return _gradient_sync_off(module)
+
+    @contextlib.contextmanager
+    def evaluating(self, module: nn.Module) -> Iterator[DistContext | None]:
+        """Gathers the root's weights (embeddings, norm, head) for the evaluation; each layer gathers
+        its own as it runs. Every rank evaluates every example: their forwards must pair up."""
+        unshard = getattr(module, "unshard", None)
+        if unshard is None:
+            yield None
+            return
+        unshard()
+        try:
+            yield DistContext(rank=0, world_size=1, local_rank=self.dist.local_rank, device=self.dist.device)
+        finally:
+            module.reshard()  # type: ignore[operator]
+
+    def _like(self, param: torch.Tensor, value: Any) -> Any:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.dim() > 0:
+            return distribute_tensor(value.to(self.dist.device), param.device_mesh, param.placements)
+        return super()._like(param, value)
+
+
+@contextlib.contextmanager
+def _gradient_sync_off(module: nn.Module) -> Any:
+    """Keeps a micro-batch's gradients local; the step's last micro-batch reduce-scatters the sum."""
+    setter = getattr(module, "set_requires_gradient_sync", None)
+    if setter is None:
+        yield
+        return
+    setter(False)
+    try:
+        yield
+    finally:
+        setter(True)

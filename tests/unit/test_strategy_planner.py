@@ -1,0 +1,77 @@
+"""``auto`` picks the fastest parallel strategy that fits, from made-up GPU inventories."""
+
+from __future__ import annotations
+
+from cryptotune_daemon.training.planner import DeviceInfo, plan_training
+
+from .test_planner import A100_80GB, QWEN3_4B, V100_16GB, request
+
+STRATEGIES = {
+    "data_parallel",
+    "sharded_data_parallel",
+    "model_parallel",
+    "pipeline_parallel",
+    "hybrid_parallel",
+}
+
+
+def test_one_80gb_gpu_with_4k_sequences_trains_with_ddp() -> None:
+    plan = plan_training(
+        request(strategy="auto", max_seq_length=4096, micro_batch_size=1, world_size=1),
+        QWEN3_4B,
+        A100_80GB,
+        [4096] * 64,
+    )
+    assert plan.strategy == "data_parallel"
+    rows = {row["strategy"]: row for row in plan.strategies}
+    assert set(rows) == STRATEGIES
+    assert rows["data_parallel"]["fits"] is True
+    assert 0 < rows["data_parallel"]["memory_per_gpu_mb"] <= A100_80GB.memory_budget_mb
+    assert "data_parallel" in plan.choice
+
+
+def test_four_16gb_gpus_with_32k_sequences_do_not_use_ddp() -> None:
+    plan = plan_training(
+        request(strategy="auto", max_seq_length=32768, micro_batch_size=1, world_size=4),
+        QWEN3_4B,
+        V100_16GB,
+        [32768] * 64,
+    )
+    rows = {row["strategy"]: row for row in plan.strategies}
+    assert rows["data_parallel"]["fits"] is False
+    assert rows["data_parallel"]["reason"].startswith("does not fit")
+    assert plan.strategy != "data_parallel"
+    # Sharding needs less memory per GPU than holding everything.
+    assert rows["sharded_data_parallel"]["memory_per_gpu_mb"] < rows["data_parallel"]["memory_per_gpu_mb"]
+
+
+def test_sharding_is_chosen_when_only_the_weights_do_not_fit() -> None:
+    small = DeviceInfo(
+        kind="cuda", name="small", memory_total_mb=10240, memory_budget_mb=9216, bf16_supported=True
+    )
+    plan = plan_training(
+        request(
+            strategy="auto",
+            max_seq_length=1024,
+            micro_batch_size=1,
+            world_size=4,
+            gradient_checkpointing=True,
+        ),
+        QWEN3_4B,
+        small,
+        [1024] * 64,
+    )
+    rows = {row["strategy"]: row for row in plan.strategies}
+    assert not rows["data_parallel"]["fits"] and rows["sharded_data_parallel"]["fits"]
+    assert plan.strategy == "sharded_data_parallel"
+
+
+def test_a_configured_strategy_is_kept_and_the_table_still_shown() -> None:
+    plan = plan_training(
+        request(strategy="sharded_data_parallel", max_seq_length=4096, micro_batch_size=1, world_size=2),
+        QWEN3_4B,
+        A100_80GB,
+        [4096] * 64,
+    )
+    assert plan.strategy == "sharded_data_parallel"
+    assert {row["strategy"] for row in plan.strategies} == STRATEGIES
