@@ -48,6 +48,8 @@ class EngineCore:
     _warm: WarmPool
     _event_watch: EventFileWatch
     _shared_reads: dict[tuple[str, int], list[JobEvent]]  # (job id, after seq) → stored events
+    _notified: dict[str, int]  # job id → how many times _notify was called for it
+    _caught_up: dict[str, tuple[int, int, bool, float]]  # job id → (seq, notified, terminal, when)
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""
@@ -69,6 +71,7 @@ class EngineCore:
         return self._job_dir(job_id) / STOP_MARKER
 
     def _notify(self, job_id: str) -> None:
+        self._notified[job_id] = self._notified.get(job_id, 0) + 1
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()

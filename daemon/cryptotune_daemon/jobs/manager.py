@@ -52,6 +52,8 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._reconciled = False
         self._event_watch = EventFileWatch()
         self._shared_reads = {}
+        self._notified = {}
+        self._caught_up = {}
         self._warm = WarmPool(settings.warm_workers, settings.cache_dir, settings.warm_log_path, os.environ)
 
     async def start(self) -> None:
