@@ -17,7 +17,6 @@ from cryptotune_daemon.config import (
     CryptotuneConfig,
     config_json_schema,
     config_template,
-    dump_config,
     load_config,
     validate_config_text,
 )
@@ -509,21 +508,6 @@ def test_json_schema_describes_every_section() -> None:
     assert lora["properties"]["rank"]["maximum"] == 1024
 
 
-def test_dump_config_round_trips() -> None:
-    text = (
-        "model:\n  model_name: '/models/密码学/qwen: 3'\n  model_revision: '1234567'\n"
-        "training:\n  learning_rate: 1.0e-5\n  per_device_train_batch_size: auto\n  eval_strategy: epoch\n"
-        "lora:\n  rank: 16\n  alpha: 32\n  target_modules: [q_proj, v_proj]\n"
-        "data:\n  max_samples: 100\n  data_format: sharegpt\n"
-        "parallel:\n  enable_distributed: true\n  world_size: 2\n"
-    )
-    config = load_config(text)
-    dumped = dump_config(config)
-    assert load_config(dumped) == config
-    assert validate_config_text(dumped).valid
-    assert load_config(dump_config(CryptotuneConfig())) == CryptotuneConfig()
-
-
 def test_load_config_raises_with_file_and_line() -> None:
     with pytest.raises(CryptotuneError) as caught:
         load_config("training:\n  seed: 1\n  lerning_rate: 0.1\nlora:\n  rank: 0\n", "my.yaml")
@@ -612,7 +596,7 @@ def test_fuzz_arbitrary_text_never_raises(text: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_DOCUMENTS)
-def test_fuzz_structured_yaml_never_raises_and_valid_configs_round_trip(document: dict[str, Any]) -> None:
+def test_fuzz_structured_yaml_never_raises_and_valid_configs_load(document: dict[str, Any]) -> None:
     text = yaml.safe_dump(document, allow_unicode=True)
     report = validate_config_text(text, gpu_count=2)
     assert report.valid == (not report.errors)
@@ -620,7 +604,7 @@ def test_fuzz_structured_yaml_never_raises_and_valid_configs_round_trip(document
         assert issue.line is None or issue.line >= 1
         assert "Input should" not in issue.message
     if report.config is not None:
-        assert load_config(dump_config(report.config)) == report.config
+        assert load_config(text, gpu_count=2) == report.config
     else:
         with pytest.raises(CryptotuneError):
             load_config(text, gpu_count=2)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cryptotune_daemon.config import SECTIONS, CryptotuneConfig, load_config
+from cryptotune_daemon.config import SECTIONS, CryptotuneConfig, load_config, validate_config_text
+from cryptotune_daemon.config.schema import generation_record_count
 from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.submission import SubmitRequest, prepare
@@ -169,11 +170,41 @@ def test_trust_remote_code_is_refused_without_the_daemon_flag(submit_env: Callab
 
 
 def test_parallel_keys_change_the_world_size(submit_env: Callable[..., Any]) -> None:
-    assert submit_env({}, gpu_count=4).spec["world_size"] == 1
+    assert submit_env({}, gpu_count=4).spec.world_size == 1
     distributed = {"parallel.enable_distributed": True}
-    assert submit_env(distributed, gpu_count=4).spec["world_size"] == 1
-    assert submit_env({**distributed, "parallel.world_size": 2}, gpu_count=4).spec["world_size"] == 2
-    assert submit_env({**distributed, "parallel.strategy": "auto"}, gpu_count=4).spec["world_size"] == 4
+    assert submit_env(distributed, gpu_count=4).spec.world_size == 1
+    assert submit_env({**distributed, "parallel.world_size": 2}, gpu_count=4).spec.world_size == 2
+    assert submit_env({**distributed, "parallel.strategy": "auto"}, gpu_count=4).spec.world_size == 4
+
+
+def test_the_generation_bound_limits_the_checked_records() -> None:
+    def checked(settings: dict[str, Any]) -> int:
+        training = config_of(settings).training
+        return generation_record_count(
+            int(training.eval_sample_size), int(training.max_new_tokens), int(training.max_generated_tokens)
+        )
+
+    assert checked({}) > checked({"training.max_generated_tokens": 256}) >= 1
+
+
+STRATEGY_KEYS = {
+    "parallel.tensor_parallel_size": 2,
+    "parallel.pipeline_schedule": "gpipe",
+    "parallel.pipeline_micro_batches": 8,
+}
+
+
+@pytest.mark.parametrize("key", sorted(STRATEGY_KEYS))
+def test_strategy_keys_are_used_or_warned_about(key: str) -> None:
+    # Under a strategy that does not use it, a changed strategy key is named in a warning
+    # (never silently ignored); the strategies that use it are covered by the planner's tests.
+    section, name = key.split(".")
+    text = yaml.safe_dump(
+        {"model": {"model_name": "builtin:tiny-qwen3"}, section: {name: STRATEGY_KEYS[key]}}
+    )
+    report = validate_config_text(text)
+    assert report.valid
+    assert [w.path for w in report.warnings if "only used by" in w.message] == [key]
 
 
 def test_system_output_dir_chooses_the_output_dir(submit_env: Callable[..., Any]) -> None:
@@ -195,6 +226,8 @@ OTHER_PROBES = {
     "parallel.world_size": test_parallel_keys_change_the_world_size,
     "parallel.enable_distributed": test_parallel_keys_change_the_world_size,
     "system.output_dir": test_system_output_dir_chooses_the_output_dir,
+    "training.max_generated_tokens": test_the_generation_bound_limits_the_checked_records,
+    **dict.fromkeys(STRATEGY_KEYS, test_strategy_keys_are_used_or_warned_about),
 }
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from cryptotune_daemon.data import readers
 from cryptotune_daemon.data.readers import (
     RawRecord,
     convert_record,
@@ -16,6 +15,7 @@ from cryptotune_daemon.data.readers import (
     iter_raw_records,
     iter_records,
 )
+from cryptotune_daemon.data.readers import decoding as stream_decoding
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
@@ -689,7 +689,7 @@ def test_streaming_across_chunk_boundaries(
         content = "\r\n".join(json.dumps(row, ensure_ascii=False) for row in rows)
     path = write(tmp_path, f"rows.{suffix}", "\ufeff" + content)
     expected = read(path)
-    monkeypatch.setattr(readers, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(stream_decoding, "_CHUNK_BYTES", chunk)
     assert read(path) == expected
     assert [r.instruction for r in records(expected)] == [row["instruction"] for row in rows]
     assert len({item.line for item in expected}) == 40
@@ -705,7 +705,7 @@ def test_literals_and_numbers_split_across_chunks(
     path = write(tmp_path, "literals.json", "\ufeff" + content)
     expected = list(iter_raw_records(path, display_name="literals.json"))
     assert [raw.value for raw in expected][1:] == [12, None]
-    monkeypatch.setattr(readers, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(stream_decoding, "_CHUNK_BYTES", chunk)
     assert list(iter_raw_records(path, display_name="literals.json")) == expected
 
 
@@ -713,7 +713,7 @@ def test_large_array_streams_in_bounded_memory(tmp_path: Path, monkeypatch: pyte
     import tracemalloc
 
     # Memory is bounded by the chunk size, not the file size: shrink the chunk to show it on a small file.
-    monkeypatch.setattr(readers, "_CHUNK_BYTES", 1 << 16)
+    monkeypatch.setattr(stream_decoding, "_CHUNK_BYTES", 1 << 16)
     row = json.dumps(
         {"instruction": "什么是分组密码的工作模式？", "output": "CBC、CTR、GCM等。" * 10}, ensure_ascii=False
     )
@@ -868,6 +868,6 @@ def test_syntax_error_column_on_a_long_line(
     prefix = "[\n" + ",".join([row] * 50) + ","
     path = write(tmp_path, "minified.json", prefix + '{"instruction" "x"}]')
     column = len(prefix) - 2 + len('{"instruction" ') + 1
-    monkeypatch.setattr(readers, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(stream_decoding, "_CHUNK_BYTES", chunk)
     error = whole_file_error(path)
     assert f"not valid JSON at line 2, column {column}: Expecting ':' delimiter" in error.message

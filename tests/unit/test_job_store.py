@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from cryptotune_daemon.jobs.model import (
     TERMINAL_STATES,
     TRANSITIONS,
     Job,
+    JobEvent,
     JobState,
+    Progress,
     generate_job_id,
     generate_pipeline_id,
     validate_pipeline_id,
@@ -68,6 +71,19 @@ def seqs(store: JobStore, job_id: str, after: int = 0) -> list[int]:
     return [e.seq for e in store.events_after(job_id, after)]
 
 
+def append(store: JobStore, job_id: str, type: str, data: dict[str, Any]) -> JobEvent:
+    """Stores one worker event the way the supervisor ingests events.jsonl (the file offset unchanged)."""
+    offset = store.get(job_id).events_offset
+    [event] = store.ingest_worker_events(job_id, [(type, data, time.time())], offset)
+    return event
+
+
+def last_seq(store: JobStore, job_id: str) -> int:
+    """The seq of a job's newest event."""
+    events = store.events_after(job_id, 0, limit=1_000_000)
+    return events[-1].seq if events else 0
+
+
 def code_of(excinfo: pytest.ExceptionInfo[CryptotuneError]) -> ErrorCode:
     return excinfo.value.code
 
@@ -81,7 +97,7 @@ def test_create_job_starts_queued_with_one_state_event(store: JobStore) -> None:
     assert job.stage == ""
     assert [s.name for s in job.stages] == list(STAGES)
     assert {s.state for s in job.stages} == {"pending"}
-    assert not job.progress.has_data
+    assert job.progress == Progress()
     [event] = store.events_after(job.job_id, 0)
     assert (event.seq, event.type, event.data) == (1, "state", {"state": "queued"})
     assert store.get(job.job_id) == job
@@ -98,7 +114,7 @@ def test_submit_is_idempotent_on_request_id(store: JobStore) -> None:
     assert existing
     assert again == first
     assert len(store.list_jobs()) == 1
-    assert store.last_seq(first.job_id) == 1
+    assert last_seq(store, first.job_id) == 1
     assert store.find_by_request("r") == first
     assert store.find_by_request("unseen") is None
 
@@ -185,7 +201,7 @@ def test_transition_respects_expected(store: JobStore) -> None:
     job = new_job(store, "p1")
     assert store.transition(job.job_id, F, expected={R}) is None
     assert store.get(job.job_id).state is Q
-    assert store.last_seq(job.job_id) == 1
+    assert last_seq(store, job.job_id) == 1
 
 
 def test_store_enforces_exactly_the_transition_table(store: JobStore) -> None:
@@ -194,26 +210,26 @@ def test_store_enforces_exactly_the_transition_table(store: JobStore) -> None:
         for target in JobState:
             n += 1
             job = new_job(store, f"j{n}", source)
-            before = store.last_seq(job.job_id)
+            before = last_seq(store, job.job_id)
             moved = store.transition(job.job_id, target)
             if target in TRANSITIONS[source]:
                 assert moved is not None and moved.state is target, (source, target)
-                assert store.last_seq(job.job_id) == before + 1
+                assert last_seq(store, job.job_id) == before + 1
             else:
                 assert moved is None, (source, target)
                 assert store.get(job.job_id).state is source
-                assert store.last_seq(job.job_id) == before
+                assert last_seq(store, job.job_id) == before
 
 
 def test_terminal_states_are_immutable(store: JobStore) -> None:
     for terminal in sorted(TERMINAL_STATES, key=lambda s: s.value):
         job = new_job(store, f"t-{terminal.value}", terminal)
-        before = store.last_seq(job.job_id)
+        before = last_seq(store, job.job_id)
         for target in JobState:
             assert store.transition(job.job_id, target) is None, (terminal, target)
             assert store.transition(job.job_id, target, expected={terminal}) is None
         with pytest.raises(CryptotuneError) as excinfo:
-            store.append_event(job.job_id, "log", {"line": "late"})
+            append(store, job.job_id, "log", {"line": "late"})
         assert code_of(excinfo) is ErrorCode.JOB_STATE_CONFLICT
         with pytest.raises(CryptotuneError) as excinfo:
             store.ingest_worker_events(job.job_id, [("log", {}, 1.0)], 10)
@@ -221,19 +237,19 @@ def test_terminal_states_are_immutable(store: JobStore) -> None:
         after = store.get(job.job_id)
         assert after.state is terminal
         assert after.events_offset == 0
-        assert store.last_seq(job.job_id) == before
+        assert last_seq(store, job.job_id) == before
 
 
 def test_transition_event_and_failure_reason(store: JobStore) -> None:
     job = new_job(store, "p1", R)
-    store.append_event(job.job_id, "stage_started", {"stage": "training"})
+    append(store, job.job_id, "stage_started", {"stage": "training"})
     failed = store.transition(job.job_id, F, reason="CUDA out of memory", data={"exit_code": 1, "state": "x"})
     assert failed is not None
     assert failed.failure_reason == "CUDA out of memory"
     # The interrupted stage must not stay "running" forever.
     status = failed.stage_status("training")
     assert status is not None and status.state == "failed"
-    last = store.events_after(job.job_id, store.last_seq(job.job_id) - 1)[0]
+    last = store.events_after(job.job_id, last_seq(store, job.job_id) - 1)[0]
     assert last.type == "state"
     assert last.data == {"state": "failed", "reason": "CUDA out of memory", "exit_code": 1}
 
@@ -245,7 +261,7 @@ def test_cancel_marks_the_interrupted_stage_cancelled_not_failed(store: JobStore
         ("stage_completed", "init"),
         ("stage_started", "training"),
     ):
-        store.append_event(job.job_id, event, {"stage": stage})
+        append(store, job.job_id, event, {"stage": stage})
     cancelled = store.transition(job.job_id, C, reason="cancelled by user")
     assert cancelled is not None and cancelled.state is C
     states = {s.name: s.state for s in cancelled.stages}
@@ -270,12 +286,12 @@ def test_seq_is_gap_free_across_transitions_and_events_and_replays_from_any_seq(
     job = new_job(store, "p1")
     store.transition(job.job_id, R)
     for i in range(5):
-        store.append_event(job.job_id, "log", {"i": i})
+        append(store, job.job_id, "log", {"i": i})
     store.transition(job.job_id, CING)
-    store.append_event(job.job_id, "log", {"i": 5})
+    append(store, job.job_id, "log", {"i": 5})
     store.transition(job.job_id, C, reason="user")
     n = 10
-    assert store.last_seq(job.job_id) == n
+    assert last_seq(store, job.job_id) == n
     assert seqs(store, job.job_id) == list(range(1, n + 1))
     for after in range(n + 1):
         assert seqs(store, job.job_id, after) == list(range(after + 1, n + 1))
@@ -296,7 +312,7 @@ def test_concurrent_appends_keep_seq_gap_free(tmp_path: Path) -> None:
         def worker(t: int) -> None:
             try:
                 for i in range(per_thread):
-                    stores[t % 2].append_event(job.job_id, "log", {"t": t, "i": i})
+                    append(stores[t % 2], job.job_id, "log", {"t": t, "i": i})
             except BaseException as exc:
                 errors.append(exc)
 
@@ -317,36 +333,36 @@ def test_concurrent_appends_keep_seq_gap_free(tmp_path: Path) -> None:
             s.close()
 
 
-def test_append_event_refuses_reserved_type_and_non_json(store: JobStore) -> None:
+def test_an_event_with_a_reserved_type_or_non_json_data_is_refused(store: JobStore) -> None:
     job = new_job(store, "p1", R)
     with pytest.raises(CryptotuneError) as excinfo:
-        store.append_event(job.job_id, "state", {"state": "succeeded"})
+        append(store, job.job_id, "state", {"state": "succeeded"})
     assert code_of(excinfo) is ErrorCode.REQUEST_INVALID
     with pytest.raises(CryptotuneError) as excinfo:
-        store.append_event(job.job_id, "log", {"x": {1, 2}})
+        append(store, job.job_id, "log", {"x": {1, 2}})
     assert code_of(excinfo) is ErrorCode.REQUEST_INVALID
     with pytest.raises(CryptotuneError) as excinfo:
-        store.append_event("job-missing", "log", {})
+        append(store, "job-missing", "log", {})
     assert code_of(excinfo) is ErrorCode.JOB_NOT_FOUND
     assert store.get(job.job_id).state is R
-    assert store.last_seq(job.job_id) == 2
+    assert last_seq(store, job.job_id) == 2
 
 
 def test_events_fold_into_the_job_summary(store: JobStore) -> None:
     job = new_job(store, "p1", R)
     jid = job.job_id
-    store.append_event(jid, "stage_started", {"stage": "init"})
+    append(store, jid, "stage_started", {"stage": "init"})
     j = store.get(jid)
     assert j.stage == "init"
     assert j.stage_status("init") == j.stages[0]
     assert j.stages[0].state == "running"
-    store.append_event(jid, "stage_completed", {"stage": "init", "seconds": 1.5})
-    store.append_event(jid, "stage_skipped", {"stage": "data_prep"})
-    store.append_event(jid, "stage_started", {"stage": "training"})
-    store.append_event(jid, "stage_started", {"stage": "no-such-stage"})
-    store.append_event(jid, "progress", {"step": 10, "total_steps": 100, "loss": 2.5, "junk": "x"})
-    store.append_event(jid, "progress", {"step": 20, "learning_rate": 1e-4})
-    store.append_event(jid, "plan", {"batch_size": 4, "gpus": []})
+    append(store, jid, "stage_completed", {"stage": "init", "seconds": 1.5})
+    append(store, jid, "stage_skipped", {"stage": "data_prep"})
+    append(store, jid, "stage_started", {"stage": "training"})
+    append(store, jid, "stage_started", {"stage": "no-such-stage"})
+    append(store, jid, "progress", {"step": 10, "total_steps": 100, "loss": 2.5, "junk": "x"})
+    append(store, jid, "progress", {"step": 20, "learning_rate": 1e-4})
+    append(store, jid, "plan", {"batch_size": 4, "gpus": []})
     j = store.get(jid)
     by_name = {s.name: (s.state, s.seconds) for s in j.stages}
     assert by_name["init"] == ("done", 1.5)
@@ -356,10 +372,8 @@ def test_events_fold_into_the_job_summary(store: JobStore) -> None:
     assert j.stage == "training"
     assert (j.progress.step, j.progress.total_steps, j.progress.loss) == (20, 100, 2.5)
     assert j.progress.learning_rate == 1e-4
-    assert j.progress.has_data
-    assert j.progress.fraction == pytest.approx(0.2)
     assert j.plan == {"batch_size": 4, "gpus": []}
-    store.append_event(jid, "failed", {"error": "boom"})
+    append(store, jid, "failed", {"error": "boom"})
     assert store.get(jid).stage_status("training") is not None
     assert {s.name: s.state for s in store.get(jid).stages}["training"] == "failed"
 
@@ -389,15 +403,15 @@ def test_ingest_worker_events_is_atomic_with_offset(store: JobStore) -> None:
         store.ingest_worker_events(jid, bad, 999)
     assert code_of(excinfo) is ErrorCode.REQUEST_INVALID
     j = store.get(jid)
-    assert (j.events_offset, j.progress.step, store.last_seq(jid)) == (321, 3, 5)
+    assert (j.events_offset, j.progress.step, last_seq(store, jid)) == (321, 3, 5)
 
     # A reader with a stale offset must not ingest the same bytes twice.
     with pytest.raises(CryptotuneError) as excinfo:
         store.ingest_worker_events(jid, [("log", {}, 103.0)], 400, expected_offset=0)
     assert code_of(excinfo) is ErrorCode.JOB_STATE_CONFLICT
-    assert store.last_seq(jid) == 5
+    assert last_seq(store, jid) == 5
     store.ingest_worker_events(jid, [("log", {}, 103.0)], 400, expected_offset=321)
-    assert (store.get(jid).events_offset, store.last_seq(jid)) == (400, 6)
+    assert (store.get(jid).events_offset, last_seq(store, jid)) == (400, 6)
 
 
 # -- bookkeeping and persistence --------------------------------------------------------------------------
@@ -420,7 +434,7 @@ def test_jobs_and_events_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     store = JobStore(path)
     job = new_job(store, "p1", R, spec={"config": "a", "nested": {"k": [1, 2]}})
-    store.append_event(job.job_id, "stage_started", {"stage": "training"})
+    append(store, job.job_id, "stage_started", {"stage": "training"})
     store.ingest_worker_events(job.job_id, [("progress", {"step": 7, "loss": 1.25}, 5.0)], 77)
     store.set_worker(job.job_id, 99, 12.5)
     store.set_gpus(job.job_id, ["GPU-1"])
@@ -434,7 +448,7 @@ def test_jobs_and_events_survive_reopen(tmp_path: Path) -> None:
     try:
         assert [reopened.get(job.job_id), reopened.get(done.job_id)] == before
         assert reopened.events_after(job.job_id, 0) == events_before
-        assert reopened.append_event(job.job_id, "log", {}).seq == len(events_before) + 1
+        assert append(reopened, job.job_id, "log", {}).seq == len(events_before) + 1
     finally:
         reopened.close()
     with sqlite3.connect(path) as conn:
@@ -468,14 +482,14 @@ def test_full_disk_is_resource_exhausted_and_leaves_store_consistent(store: JobS
     appended = 0
     with pytest.raises(CryptotuneError) as excinfo:
         for i in range(1000):
-            store.append_event(jid, "progress", {"step": i + 1, "pad": "x" * 2000})
+            append(store, jid, "progress", {"step": i + 1, "pad": "x" * 2000})
             appended += 1
     assert code_of(excinfo) is ErrorCode.RESOURCE_EXHAUSTED
     assert "full" in excinfo.value.message
     assert appended < 1000
 
     # The failed append left no trace: seq, events and summary agree with what succeeded.
-    assert store.last_seq(jid) == 2 + appended
+    assert last_seq(store, jid) == 2 + appended
     assert seqs(store, jid) == list(range(1, 3 + appended))
     assert store.get(jid).progress.step == appended
 
@@ -484,11 +498,11 @@ def test_full_disk_is_resource_exhausted_and_leaves_store_consistent(store: JobS
         store.transition(jid, S, data={"pad": "y" * 20_000})
     assert code_of(excinfo) is ErrorCode.RESOURCE_EXHAUSTED
     assert store.get(jid).state is R
-    assert store.last_seq(jid) == 2 + appended
+    assert last_seq(store, jid) == 2 + appended
 
     # Once space is back the store carries on where it stopped.
     conn.execute("PRAGMA max_page_count = 1073741823")
-    assert store.append_event(jid, "log", {}).seq == 3 + appended
+    assert append(store, jid, "log", {}).seq == 3 + appended
     assert store.transition(jid, S) is not None
 
 

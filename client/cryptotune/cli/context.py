@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from cryptotune.errors import CryptotuneError, DaemonUnavailable
-from cryptotune.paths import default_address
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -93,11 +92,6 @@ class CliContext:
 
             self.err.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
         sys.exit(exit_code)
-
-
-def resolved_address(address: str | None) -> str:
-    """The address the client will use."""
-    return address or default_address()
 
 
 JSON_HELP = "Print JSON instead of tables (same as `cryptotune --json ...`)."

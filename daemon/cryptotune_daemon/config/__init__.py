@@ -1,5 +1,6 @@
 """The cryptotune config: pydantic schema, YAML validation with line numbers, template and JSON schema."""
 
+from cryptotune_daemon.config.issues import ConfigIssue
 from cryptotune_daemon.config.schema import (
     SECTIONS,
     CryptotuneConfig,
@@ -13,9 +14,7 @@ from cryptotune_daemon.config.schema import (
 )
 from cryptotune_daemon.config.template import config_json_schema, config_template
 from cryptotune_daemon.config.validate import (
-    ConfigIssue,
     ConfigReport,
-    dump_config,
     format_issue,
     load_config,
     validate_config_text,
@@ -35,7 +34,6 @@ __all__ = [
     "TrainingConfig",
     "config_json_schema",
     "config_template",
-    "dump_config",
     "format_issue",
     "load_config",
     "validate_config_text",

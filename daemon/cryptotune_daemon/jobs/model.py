@@ -146,18 +146,6 @@ class Progress:
     eta_seconds: float = 0.0
     grad_norm: float = 0.0
 
-    @property
-    def has_data(self) -> bool:
-        """Whether the worker has reported any progress yet (all-zero means none)."""
-        return self != Progress()
-
-    @property
-    def fraction(self) -> float:
-        """Share of training done in [0, 1] (0.0 when the total is unknown)."""
-        if self.total_steps <= 0:
-            return 0.0
-        return min(1.0, max(0.0, self.step / self.total_steps))
-
     def merged(self, update: dict[str, Any]) -> Progress:
         """Return a copy with the known numeric fields of ``update`` applied.
 

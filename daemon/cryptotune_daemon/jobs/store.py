@@ -636,26 +636,6 @@ class JobStore:
 
     # -- events ----------------------------------------------------------------------------------------
 
-    def append_event(self, job_id: str, type: str, data: dict[str, Any], ts: float | None = None) -> JobEvent:
-        """Append one event and fold it into the job's summary (see :func:`fold_event`).
-
-        Args:
-            job_id: the job.
-            type: the event type; ``state`` is reserved for :meth:`transition`.
-            data: the JSON payload.
-            ts: when it happened; defaults to now.
-
-        Returns:
-            The stored event with its seq.
-
-        Raises:
-            CryptotuneError: JOB_NOT_FOUND; JOB_STATE_CONFLICT when the job is terminal;
-                REQUEST_INVALID for a reserved type or non-JSON data; RESOURCE_EXHAUSTED.
-        """
-        stamp = time.time() if ts is None else ts
-        with self._lock, self._write("record a job event") as conn:
-            return self._append_folded(conn, job_id, [(type, data, stamp)])[0]
-
     def ingest_worker_events(
         self,
         job_id: str,
@@ -720,20 +700,6 @@ class JobStore:
             except sqlite3.Error as exc:
                 raise self._translate(exc, "read job events") from exc
         return [_row_to_event(r) for r in rows]
-
-    def last_seq(self, job_id: str) -> int:
-        """Return the seq of a job's newest event.
-
-        Raises:
-            CryptotuneError: JOB_NOT_FOUND for an unknown job.
-        """
-        rows = self._read(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?) FROM jobs WHERE job_id = ?",
-            (job_id, job_id),
-        )
-        if not rows:
-            raise _not_found(job_id)
-        return int(rows[0][0])
 
     # -- bookkeeping -----------------------------------------------------------------------------------
 
