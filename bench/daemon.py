@@ -7,7 +7,10 @@
     (worker's event timestamp → watcher receives it) p50/p99, completeness, and the daemon's CPU
     and RSS meanwhile (psutil);
   * ``inspect-data`` on generated 10k- and 100k-record JSONL files: wall time and the daemon's peak
-    RSS above its level before the call (inspection streams, so this must not grow with the file).
+    RSS above its level before the call (inspection streams, so this must not grow with the file);
+  * job start: submit → first ``progress`` event of a ``builtin:tiny-qwen3`` job on a daemon up for
+    ``--settle`` seconds (default 30), with one warm worker and with none (cold), and the durations
+    of the stages before training.
 
 Usage: ``python bench/daemon.py [--watchers 200] [--json FILE]``.
 """
@@ -84,10 +87,11 @@ class Daemon:
     """A ``cryptotuned`` on a temp state dir, listening on a unix socket only.
 
     ``command`` starts the daemon (default: the ``cryptotuned`` script beside this Python; a source
-    checkout without an installed script passes ``[python, "-m", "cryptotune_daemon.main"]``).
+    checkout without an installed script passes ``[python, "-m", "cryptotune_daemon.main"]``);
+    ``extra`` are more daemon flags (e.g. ``--warm-workers 0``).
     """
 
-    def __init__(self, root: Path, command: list[str] | None = None) -> None:
+    def __init__(self, root: Path, command: list[str] | None = None, extra: tuple[str, ...] = ()) -> None:
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True)
         self.address = f"unix://{self.state_dir}/d.sock"
@@ -95,7 +99,7 @@ class Daemon:
         start = command or [str(BIN / "cryptotuned")]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*start, "--state-dir", str(self.state_dir), "--listen", self.address],
+                [*start, "--state-dir", str(self.state_dir), "--listen", self.address, *extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -335,6 +339,52 @@ def watchers(daemon: Daemon, root: Path, count: int, steps: int, timeout: float)
     }
 
 
+STAGES = ("init", "data_prep", "config_gen", "env_setup")
+
+
+def job_start(warm_workers: int, settle_s: float, steps: int, timeout: float) -> dict[str, Any]:
+    """Submit → first ``progress`` event of a ``builtin:tiny-qwen3`` job on a fresh daemon that has
+    been up ``settle_s`` seconds, with the stages' durations before training (from the events)."""
+    root = Path(tempfile.mkdtemp(prefix="ctj-", dir="/tmp"))
+    daemon = Daemon(root, extra=("--warm-workers", str(warm_workers)))
+    try:
+        # Up for settle_s seconds: the warm worker has finished its imports (what the target assumes).
+        time.sleep(settle_s)
+        with daemon.client() as client:
+            client.upload(DATA)  # stored first: the submit below measures the job, not the upload
+            started = time.time()
+            job = client.submit(DATA, JOB_CONFIG.format(steps=steps), output_dir=root / "out")
+            first_progress = None
+            stage_times: dict[str, list[float]] = {}
+            warm = False
+            for event in client.watch(job.job_id):
+                if event.type == "progress" and first_progress is None:
+                    first_progress = time.time()
+                    break
+                if event.type in ("stage_started", "stage_completed"):
+                    stage_times.setdefault(str(event.data.get("stage")), []).append(event.ts)
+                if event.type == "log" and "warm worker" in str(event.data.get("message", "")):
+                    warm = True
+                if time.time() - started > timeout:
+                    break
+                if event.type == "state" and event.data.get("state") in ("failed", "cancelled"):
+                    break
+            client.cancel(job.job_id)
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    stages = {name: t[1] - t[0] for name, t in stage_times.items() if name in STAGES and len(t) >= 2}
+    first_stage = min((t[0] for t in stage_times.values()), default=None)
+    return {
+        "warm_workers": warm_workers,
+        "ran_warm": warm,
+        "settle_seconds": settle_s,
+        "submit_to_first_progress_seconds": (first_progress - started) if first_progress else None,
+        "submit_to_worker_start_seconds": (first_stage - started) if first_stage else None,
+        "stage_seconds": stages,
+    }
+
+
 def write_records(path: Path, count: int, seed: int = 0) -> Path:
     """Distinct synthetic Q&A records in the bundled file's shape (~350 characters each)."""
     rng = random.Random(seed)
@@ -442,6 +492,17 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| CPU {daemon['cpu_percent_of_one_core']:.0f} % of one core ({daemon['cpu_seconds']:.1f} s), "
         f"RSS {daemon['rss_before_mb']:.0f} → peak {daemon['rss_peak_mb']:.0f} MB |",
     ]
+    for start in summary.get("job_start", []):
+        first = start["submit_to_first_progress_seconds"]
+        stages = ", ".join(f"{name} {secs:.1f} s" for name, secs in start["stage_seconds"].items())
+        how = f"{start['warm_workers']} warm worker(s)" if start["warm_workers"] else "no warm worker (cold)"
+        lines.append(
+            f"| submit → first `progress`, tiny-qwen3, daemon up {start['settle_seconds']:.0f} s, {how} "
+            f"| {first:.1f} s (worker's first stage after {start['submit_to_worker_start_seconds']:.1f} s; "
+            f"{stages}) |"
+            if first is not None
+            else f"| submit → first `progress`, {how} | no progress event |"
+        )
     for size, result in summary["inspect"].items():
         lines.append(
             f"| `inspect-data` {int(size):,} records ({result['file_mb']:.1f} MB) "
@@ -461,11 +522,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--job-steps", type=int, default=6)
     parser.add_argument("--watch-timeout", type=float, default=600.0)
     parser.add_argument("--inspect-sizes", default="10000,100000")
+    parser.add_argument("--settle", type=float, default=30.0, help="daemon uptime before a job-start submit")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset of cli,submit,watchers,inspect (prints JSON instead of the table)",
+        help="comma-separated subset of cli,submit,watchers,inspect,job_start (prints JSON, not the table)",
     )
     return parser.parse_args(argv)
 
@@ -479,6 +541,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("submit", lambda: submit_latency(daemon, root, args.submits)),
             ("watchers", lambda: watchers(daemon, root, args.watchers, args.job_steps, args.watch_timeout)),
             ("inspect", lambda: inspect_data(daemon, root, [int(s) for s in args.inspect_sizes.split(",")])),
+            (
+                "job_start",
+                lambda: [job_start(warm, args.settle, 4, args.watch_timeout) for warm in (1, 0)],
+            ),
         ]
         only = {name for name in args.only.split(",") if name}
         unknown = only - {name for name, _ in steps}

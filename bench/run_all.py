@@ -101,6 +101,33 @@ def targets(train: dict[str, Any], daemon: dict[str, Any] | None) -> list[str]:
             f"| `inspect-data` {int(size):,} records: daemon memory growth < 50 MB | +{growth:.0f} MB "
             f"| {verdict([growth], 50, at_least=False)} |"
         )
+    if daemon is not None:
+        rows += daemon_targets(daemon)
+    return rows
+
+
+def daemon_targets(daemon: dict[str, Any]) -> list[str]:
+    """Issue 10's job-start and event-delivery targets, each beside the cold figure or the floor."""
+    rows = []
+    starts = {start["warm_workers"] > 0: start for start in daemon.get("job_start", [])}
+    warm, cold = starts.get(True), starts.get(False)
+    if warm is not None and warm["submit_to_first_progress_seconds"] is not None:
+        first = warm["submit_to_first_progress_seconds"]
+        beside = cold["submit_to_first_progress_seconds"] if cold is not None else None
+        cold_text = f"; cold (no warm worker) {beside:.1f} s" if beside is not None else ""
+        rows.append(
+            f"| submit → first `progress` ≤ 5 s (tiny-qwen3, warm worker, daemon up "
+            f"{warm['settle_seconds']:.0f} s) | {first:.1f} s{cold_text} "
+            f"| {verdict([first], 5.0, at_least=False)} |"
+        )
+    watch = daemon.get("watchers")
+    if watch is not None and watch.get("latency_p99_ms") is not None:
+        p99 = watch["latency_p99_ms"]
+        rows.append(
+            f"| {watch['watchers']} watchers: event delivery p99 ≤ 100 ms "
+            f"| p50 {watch['latency_p50_ms']:.1f} ms, p99 {p99:.1f} ms "
+            f"| {verdict([p99], 100.0, at_least=False)} |"
+        )
     return rows
 
 

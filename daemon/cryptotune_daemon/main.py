@@ -13,7 +13,7 @@ from cryptotune.paths import default_socket_path, default_state_dir
 from cryptotune_daemon import __version__
 from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.faults import ENABLE_FLAG, INJECT_FLAG, FaultInjection
-from cryptotune_daemon.settings import DaemonSettings
+from cryptotune_daemon.settings import DEFAULT_WARM_WORKERS, DaemonSettings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,6 +92,14 @@ from cryptotune_daemon.settings import DaemonSettings
     help="Serve the read-only web dashboard (sign in with `cryptotune dashboard`; off loopback needs TLS).",
 )
 @click.option(
+    "--warm-workers",
+    type=click.IntRange(0, 64),
+    default=DEFAULT_WARM_WORKERS,
+    show_default=True,
+    help="Worker processes kept ready with torch/transformers/peft imported, so a single-process job "
+    "starts at once (0: start every job cold).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -127,6 +135,7 @@ def main(
     chat_idle_timeout: float,
     metrics_listen: str | None,
     http_listen: str | None,
+    warm_workers: int,
     log_level: str,
     enable_fault_injection: bool,
     inject_fault: tuple[str, ...],
@@ -159,6 +168,7 @@ def main(
         metrics_listen=metrics_listen,
         http_listen=http_listen,
         faults=faults,
+        warm_workers=warm_workers,
     )
     try:
         from cryptotune_daemon.server import Daemon

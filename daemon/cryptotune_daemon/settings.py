@@ -9,6 +9,8 @@ from pathlib import Path
 from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# `cryptotuned --warm-workers`: worker processes kept ready with torch, transformers and peft imported.
+DEFAULT_WARM_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class DaemonSettings:
         metrics_listen: ``HOST:PORT`` serving Prometheus ``/metrics`` (None: off).
         http_listen: ``HOST:PORT`` serving the web dashboard (None: off).
         faults: test-only faults injected into every job (``--inject-fault``; see faults.py).
+        warm_workers: warm worker processes kept ready (``jobs/warm_pool.py``); 0 starts every job
+            cold. ``cryptotuned`` defaults to ``DEFAULT_WARM_WORKERS``; a daemon built in process
+            (unit tests) to none.
     """
 
     state_dir: Path
@@ -50,6 +55,7 @@ class DaemonSettings:
     metrics_listen: str | None = None
     http_listen: str | None = None
     faults: FaultInjection = NO_FAULTS
+    warm_workers: int = 0
 
     @property
     def auth_token_path(self) -> Path:
@@ -67,6 +73,11 @@ class DaemonSettings:
     @property
     def cache_dir(self) -> Path:
         return self.state_dir / "cache"
+
+    @property
+    def warm_log_path(self) -> Path:
+        """What idle warm workers print (a job's worker prints to the job's log once it has one)."""
+        return self.state_dir / "warm_workers.log"
 
     @property
     def jobs_dir(self) -> Path:

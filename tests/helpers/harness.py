@@ -56,10 +56,10 @@ class Harness:
 
     # -- the daemon ------------------------------------------------------------------------------
 
-    def start(self, faults: tuple[str, ...] = ()) -> RunningDaemon:
+    def start(self, faults: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> RunningDaemon:
         """Starts the daemon; ``faults`` are injected into its jobs (``--inject-fault``, faults.py)."""
         assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
-        self.daemon = start_daemon(self.state_dir, *fault_flags(faults))
+        self.daemon = start_daemon(self.state_dir, *fault_flags(faults), *extra)
         return self.daemon
 
     def start_observing_health(self, faults: tuple[str, ...]) -> list[str]:
@@ -74,6 +74,8 @@ class Harness:
                     str(self.state_dir),
                     "--listen",
                     self.address,
+                    "--warm-workers",
+                    "0",
                     *fault_flags(faults),
                 ],
                 stdout=log,

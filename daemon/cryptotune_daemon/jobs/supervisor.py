@@ -29,6 +29,7 @@ from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.engine import EngineCore, _db_handle
 from cryptotune_daemon.jobs.model import Job, JobState
 from cryptotune_daemon.jobs.verdict import WorkerOutcome, decide_verdict
+from cryptotune_daemon.jobs.warm_pool import may_use_warm_worker
 from cryptotune_daemon.layout import EVENTS_FILE, SPEC_FILE, WORKER_LOG
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
@@ -36,9 +37,9 @@ from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often a worker's liveness is checked
-# How often a running worker's event file is checked for growth (one stat call): what a watcher
-# waits at most for an event beyond the worker writing it. Polling rather than inotify: it is
-# portable, survives the file being created late, and costs ~20 stat calls a second per job.
+# Where inotify is unavailable (jobs/event_watch.py), how often a running worker's event file is
+# checked for growth (one stat call): what a watcher then waits at most beyond the worker writing it.
+# With inotify the supervisor wakes on the write itself and checks the size at least every POLL_S.
 EVENT_POLL_S = 0.05
 # Resumes after real worker deaths (killed, crashed) before a job fails; daemon restarts do not count.
 RETRY_BUDGET = 3
@@ -70,7 +71,7 @@ class Supervisor(EngineCore):
             )
             world = spec.world_size
             spec_path.write_text(json.dumps(spec.to_json(), ensure_ascii=False, indent=2))
-            handle = wp.launch(spec_path, world, job_dir / WORKER_LOG, env, job_dir)
+            handle, warm = self._start_worker(spec_path, world, env, job_dir)
         except wp.WorkerStillRunning as error:
             self._recover(job.job_id, str(error), count=False)
             return
@@ -86,7 +87,27 @@ class Supervisor(EngineCore):
             self._store.set_gpus(job.job_id, gpu_uuids)
         except CryptotuneError:
             log.exception("could not record the worker of job %s", job.job_id)
-        log.info("job %s started (pid %s, %s, world size %s)", job.job_id, handle.pid, device, world)
+        how = "in warm worker" if warm else "pid"
+        log.info("job %s started (%s %s, %s, world size %s)", job.job_id, how, handle.pid, device, world)
+
+    def _start_worker(
+        self, spec_path: Path, world: int, env: dict[str, str], job_dir: Path
+    ) -> tuple[wp.WorkerHandle, bool]:
+        """Hands the job to a warm worker when it may use one and one is idle, else launches it cold.
+
+        Returns:
+            The leader and whether it is a warm worker.
+        """
+        log_path = job_dir / WORKER_LOG
+        if may_use_warm_worker(world, self._warm.size):
+            warm = self._warm.take()
+            self._warm.fill()  # the replacement imports while this job runs
+            if warm is not None:
+                try:
+                    return wp.launch_warm(warm.pid, warm.channel, spec_path, log_path, env, job_dir), True
+                except OSError as error:
+                    log.warning("warm worker %s could not take the job (%s): cold start", warm.pid, error)
+        return wp.launch(spec_path, world, log_path, env, job_dir), False
 
     def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
         """Takes the job's resources and follows its worker until no process of it remains."""
@@ -106,15 +127,24 @@ class Supervisor(EngineCore):
             # Without a known leader (the daemon died between launch and recording it) the job
             # lock, held by every process of the worker, says when it is over.
             events_size = -1
+            woken = self._event_watch.follow(job_id, job_dir)  # None: poll the file's size
+            loop = asyncio.get_running_loop()
             while wp.is_alive(handle) if handle is not None else wp.lock_held(job_dir):
-                for _ in range(round(POLL_S / EVENT_POLL_S)):
+                liveness_due = loop.time() + POLL_S
+                while (remaining := liveness_due - loop.time()) > 0:
+                    if woken is not None:
+                        woken.clear()  # before the size is read: a write after it wakes us again
                     size = _file_size(job_dir / EVENTS_FILE)
                     if size != events_size:
                         if not self._ingest_safely(job_id):
                             await asyncio.sleep(POLL_S)  # e.g. a full disk: retry at a calmer pace
                             break
                         events_size = size
-                    await asyncio.sleep(EVENT_POLL_S)
+                    if woken is None:
+                        await asyncio.sleep(min(EVENT_POLL_S, remaining))
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken.wait(), remaining)
             # Stragglers (dataloader children, torchrun ranks in sessions of their own, ranks
             # orphaned by a killed torchrun) hold GPUs too: end them and wait until none remains.
             if wp.job_alive(job_dir, handle):
@@ -135,6 +165,7 @@ class Supervisor(EngineCore):
                     log.exception("could not record the end of job %s (will retry)", job_id)
                     await asyncio.sleep(5 * POLL_S)
         finally:
+            self._event_watch.unfollow(job_id)
             self._release(job_id)
             self._supervisors.pop(job_id, None)
             self._handles.pop(job_id, None)

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from cryptotune_daemon.layout import LOCK_FILE, PIDS_FILE
+from cryptotune_daemon.worker.handover import Handover, send_handover
 from cryptotune_daemon.worker.membership import JOB_DIR_ENV, process_start_time, record_process
 
 TERM_GRACE_S = 10.0
@@ -109,10 +111,52 @@ def launch(
         os.close(lock_fd)
     # The Popen object is dropped on purpose: the daemon follows workers by pid so that it can
     # reattach to them after its own restart. A reaper thread collects the exit status.
-    _EXIT_CODES.pop(process.pid, None)  # a reused pid: that earlier worker's code is not this one's
-    _reap_in_background(process)
+    follow_exit(process)
     handle = WorkerHandle(pid=process.pid, started_at=process_start_time(process.pid) or time.time())
     record_process(job_dir, handle.pid, handle.started_at, "leader")
+    return handle
+
+
+def launch_warm(
+    warm_pid: int,
+    channel: socket.socket,
+    spec_path: Path,
+    log_path: Path,
+    env: Mapping[str, str],
+    job_dir: Path,
+) -> WorkerHandle:
+    """Hands the job to an idle warm worker (``jobs/warm_pool.py``), which becomes its leader.
+
+    The same guarantees as :func:`launch`: the warm worker leads a session of its own (a cancel
+    reaches its whole tree), the job lock is proven free and handed over held (``SCM_RIGHTS``), the
+    leader is recorded in ``worker.pids`` before the job reaches it, its stdout and stderr go to the
+    job's log, and the job's environment (``CRYPTOTUNE_JOB_DIR`` included) is the one its children
+    inherit.
+
+    Raises:
+        WorkerStillRunning: a process of an earlier launch of this job is still alive.
+        OSError: the warm worker is gone; nothing was started (the caller launches cold).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = _claim(job_dir)
+    try:
+        started_at = process_start_time(warm_pid)
+        if started_at is None:
+            raise OSError(f"warm worker {warm_pid} is gone")
+        handle = WorkerHandle(pid=warm_pid, started_at=started_at)
+        record_process(job_dir, handle.pid, handle.started_at, "leader")
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            message = Handover(spec_path=spec_path, job_dir=job_dir, env={**env, JOB_DIR_ENV: str(job_dir)})
+            send_handover(channel, message, lock_fd, log_fd)
+        except OSError:
+            forget_processes(job_dir)  # it never became the leader
+            raise
+        finally:
+            os.close(log_fd)
+    finally:
+        os.close(lock_fd)
+        channel.close()
     return handle
 
 
@@ -154,7 +198,10 @@ def live_processes(job_dir: Path) -> list[WorkerHandle]:
 _EXIT_CODES: dict[int, int] = {}
 
 
-def _reap_in_background(process: subprocess.Popen[bytes]) -> None:
+def follow_exit(process: subprocess.Popen[bytes]) -> None:
+    """Collects the exit code of a process this daemon started, in a thread (see :func:`exit_code`)."""
+    _EXIT_CODES.pop(process.pid, None)  # a reused pid: that earlier worker's code is not this one's
+
     def wait() -> None:
         _EXIT_CODES[process.pid] = process.wait()
 

@@ -11,6 +11,7 @@ import grpc
 
 from cryptotune.proto.v1 import job_pb2, job_pb2_grpc
 from cryptotune_daemon.jobs.manager import JobManager
+from cryptotune_daemon.jobs.model import JobEvent
 from cryptotune_daemon.jobs.model_workers import ExportStep
 from cryptotune_daemon.jobs.streams import chunks_of
 from cryptotune_daemon.services import serde
@@ -18,6 +19,8 @@ from cryptotune_daemon.services.error_catalog import streaming, unary
 from cryptotune_daemon.services.validation import config_size, int_range, job_ref
 
 MAX_LIST_LIMIT = 1000
+# Event messages shared by every WatchJob stream (one conversion per event, not one per watcher).
+SHARED_EVENT_MESSAGES = 4096
 
 
 class JobServicer(job_pb2_grpc.JobServiceServicer):
@@ -25,6 +28,17 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 
     def __init__(self, manager: JobManager) -> None:
         self._jobs = manager
+        self._event_messages: dict[tuple[str, int], job_pb2.JobEvent] = {}
+
+    def _event_message(self, event: JobEvent) -> job_pb2.JobEvent:
+        """The event's message, built once and shared by every stream that sends it (never mutated)."""
+        key = (event.job_id, event.seq)
+        message = self._event_messages.get(key)
+        if message is None:
+            message = self._event_messages[key] = serde.event(event)
+            if len(self._event_messages) > SHARED_EVENT_MESSAGES:
+                del self._event_messages[next(iter(self._event_messages))]
+        return message
 
     @unary
     async def SubmitJob(
@@ -61,7 +75,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[job_pb2.JobEvent]:
         async for event in self._jobs.watch(job_ref(request.job), request.after_seq):
-            yield serde.event(event)
+            yield self._event_message(event)
 
     @streaming
     async def StreamLogs(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,3 +135,39 @@ def tokenizer_hash(tokenizer: Any) -> str:
     parts["added"] = sorted((str(k), int(v)) for k, v in (tokenizer.get_added_vocab() or {}).items())
     parts["chat_template"] = getattr(tokenizer, "chat_template", None)
     return sha256_text(canonical_json(parts))
+
+
+def _file_identity(path: Path) -> list[int] | None:
+    """What changes when a file is rewritten or replaced (inode, size, mtime); None when it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def remembered_tokenizer_hash(tokenizer: Any, source: Path, memo: Path) -> str:
+    """:func:`tokenizer_hash`, remembered in ``memo`` for as long as ``source`` is unchanged.
+
+    Serialising and hashing the Qwen3 tokenizer (151,669 entries) costs seconds; its cached
+    ``tokenizer.json`` changes only when the daemon rebuilds it, so each job need not redo it.
+
+    Args:
+        tokenizer: the tokenizer loaded from ``source``.
+        source: the file the tokenizer was loaded from (its identity keys the memo).
+        memo: where the hash is kept (written atomically; a stale or unreadable memo is recomputed).
+    """
+    identity = _file_identity(source)
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        recorded = json.loads(memo.read_text(encoding="utf-8"))
+        if identity is not None and recorded["source"] == identity:
+            return str(recorded["hash"])
+    value = tokenizer_hash(tokenizer)
+    if identity is not None:
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            fd, scratch = tempfile.mkstemp(prefix=f".{memo.name}-", dir=memo.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"source": identity, "hash": value}, handle)
+            os.replace(scratch, memo)
+    return value

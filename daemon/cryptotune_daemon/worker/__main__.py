@@ -1,4 +1,8 @@
-"""``python -m cryptotune_daemon.worker --spec SPEC.json``: run one job (one rank under torchrun)."""
+"""``python -m cryptotune_daemon.worker --spec SPEC.json``: run one job (one rank under torchrun).
+
+``--warm FD``: be a warm worker (``worker/warm.py``) — import everything, then wait on the socket
+``FD`` for the daemon to hand over a job.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,17 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses ``--spec`` and runs the pipeline; returns the exit code."""
+    """Parses the command line and runs the pipeline (or waits for a job); returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m cryptotune_daemon.worker", description=__doc__)
-    parser.add_argument("--spec", required=True, type=Path, help="the job spec JSON written by the daemon")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--spec", type=Path, help="the job spec JSON written by the daemon")
+    mode.add_argument("--warm", type=int, metavar="FD", help="a warm worker: wait on this socket for a job")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="the daemon's cache dir (with --warm)")
     args = parser.parse_args(argv)
+    if args.warm is not None:
+        from cryptotune_daemon.worker.warm import serve
+
+        return serve(args.warm, args.cache_dir)
     from cryptotune_daemon.worker.membership import join_job
 
     # Before anything slow: the daemon must see every process of the job (torchrun ranks too).

@@ -46,6 +46,11 @@ def join_job(environ: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def adopt_lock(fd: int) -> None:
+    """Keeps a job lock descriptor the daemon handed over (held shared already) until the process ends."""
+    _JOINED.append(fd)
+
+
 def record_process(job_dir: Path, pid: int, started_at: float, role: str) -> None:
     """Appends one process (leader, worker or rank) to the job's process record."""
     line = json.dumps({"pid": pid, "started_at": started_at, "role": role}) + "\n"

@@ -215,8 +215,13 @@ def _events_path_of(spec_path: Path) -> Path | None:
     return Path(value) if isinstance(value, str) and value else None
 
 
-def main(spec_path: Path) -> int:
-    """Runs a job from its spec file; returns the exit code."""
+def main(spec_path: Path, *, warm: bool = False) -> int:
+    """Runs a job from its spec file; returns the exit code.
+
+    Args:
+        spec_path: the job spec.
+        warm: the process is a warm worker the job was handed to (said in the job's events).
+    """
     from cryptotune_daemon.worker.spec import load_spec
 
     logging.basicConfig(
@@ -238,4 +243,6 @@ def main(spec_path: Path) -> int:
             writer.emit("failed", {"reason": error.message, "stage": "init"})
             writer.close()
         return EXIT_FAILED
+    if warm:
+        pipeline._log(f"the job runs in a warm worker (pid {os.getpid()}; torch, transformers, peft loaded)")
     return pipeline.run()

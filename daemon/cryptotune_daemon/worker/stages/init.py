@@ -23,6 +23,9 @@ from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
 
 log = logging.getLogger(PIPELINE_LOGGER)
 
+# Under the daemon's cache dir: the remembered hash of its built Qwen3 tokenizer.
+TOKENIZER_HASH_MEMO = "tokenizers/qwen3.hash.json"
+
 
 class InitStage(StageBase):
     """The ``init`` stage and its restore."""
@@ -52,8 +55,12 @@ class InitStage(StageBase):
     def _init(self) -> None:
         from cryptotune_daemon.config import load_config
         from cryptotune_daemon.config.report_targets import check_report_to
-        from cryptotune_daemon.data.tokenizer import load_tokenizer
-        from cryptotune_daemon.training.hashing import tokenizer_hash
+        from cryptotune_daemon.data.tokenizer import (
+            is_qwen3_tokenizer_model,
+            load_tokenizer,
+            qwen3_tokenizer_file,
+        )
+        from cryptotune_daemon.training.hashing import remembered_tokenizer_hash, tokenizer_hash
         from cryptotune_daemon.training.models import resolve_model
         from cryptotune_daemon.training.module_names import check_target_modules
 
@@ -76,15 +83,22 @@ class InitStage(StageBase):
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
         # the hash matches); local directories by their resolved path.
-        tokenizer = load_tokenizer(
-            str(source.path) if source.kind == "local" else source.name, self.spec.cache_dir
-        )
+        tokenizer_name = str(source.path) if source.kind == "local" else source.name
+        tokenizer = load_tokenizer(tokenizer_name, self.spec.cache_dir)
+        if is_qwen3_tokenizer_model(tokenizer_name):
+            # The daemon's cached Qwen3 tokenizer: its hash is computed once per build, not per job.
+            cache = self.spec.cache_dir
+            tokenizer_digest = remembered_tokenizer_hash(
+                tokenizer, qwen3_tokenizer_file(cache), cache / TOKENIZER_HASH_MEMO
+            )
+        else:
+            tokenizer_digest = tokenizer_hash(tokenizer)
         fingerprint = config_fingerprint(config)
         hashes = Hashes(
             data=data_hash(self.spec.data_path),
             config=config_hash(config),
             config_legacy=legacy_config_hash(config),
-            tokenizer=tokenizer_hash(tokenizer),
+            tokenizer=tokenizer_digest,
         )
         if self.spec.resume is not None and self.state.hashes.data:
             recorded_fp = self.state.results.get("config_fingerprint")
