@@ -152,8 +152,14 @@ def event(msg: job_pb2.JobEvent) -> t.JobEvent:
     )
 
 
-_CHAT_MODELS = {job_pb2.CHAT_MODEL_TUNED: "tuned", job_pb2.CHAT_MODEL_BASE: "base"}
-_CHANNELS = {job_pb2.CHANNEL_REASONING: "reasoning", job_pb2.CHANNEL_ANSWER: "answer"}
+@functools.cache
+def _chat_models() -> dict[int, str]:  # a function: the job stubs load only when a chat is converted
+    return {job_pb2.CHAT_MODEL_TUNED: "tuned", job_pb2.CHAT_MODEL_BASE: "base"}
+
+
+@functools.cache
+def _channels() -> dict[int, str]:
+    return {job_pb2.CHANNEL_REASONING: "reasoning", job_pb2.CHANNEL_ANSWER: "answer"}
 
 
 def chat_event(msg: job_pb2.GenerateChunk) -> t.ChatEvent | None:
@@ -163,13 +169,13 @@ def chat_event(msg: job_pb2.GenerateChunk) -> t.ChatEvent | None:
         return t.ChatStatus(state=msg.status.state, message=msg.status.message, device=msg.status.device)
     if kind == "piece":
         return t.ChatPiece(
-            model=_CHAT_MODELS.get(msg.piece.model, "tuned"),
-            channel=_CHANNELS.get(msg.piece.channel, "answer"),
+            model=_chat_models().get(msg.piece.model, "tuned"),
+            channel=_channels().get(msg.piece.channel, "answer"),
             text=msg.piece.text,
         )
     if kind == "done":
         return t.ChatDone(
-            model=_CHAT_MODELS.get(msg.done.model, "tuned"),
+            model=_chat_models().get(msg.done.model, "tuned"),
             reasoning=msg.done.reasoning,
             answer=msg.done.answer,
             prompt_tokens=msg.done.prompt_tokens,
