@@ -36,7 +36,7 @@ from cryptotune_daemon.training.planner import DeviceInfo, plan_training
 from cryptotune_daemon.worker.config_mapping import plan_request, trainer_settings
 
 FAST = 200
-THOROUGH = 3000
+THOROUGH = 2000
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
 
