@@ -4,7 +4,7 @@ For every generated input the answer is a result or a clear error that names the
 line, index and field; a config's key path) — never an unexpected exception, never text a client
 cannot receive. Each property runs a few hundred examples in ``make test`` and thousands in
 ``make test-slow``. Failing examples Hypothesis found are kept as plain tests in
-``test_fuzz_regressions.py``.
+``tests/unit/test_fuzz_regressions.py``.
 """
 
 from __future__ import annotations
