@@ -11,6 +11,7 @@ from cryptotune_daemon.data.readers.record_checks import (
     _check_system,
     _checked_text,
     _Checks,
+    _Invalid,
     _parse_difficulty,
     _parse_terms,
     _parse_thinking,
@@ -33,6 +34,10 @@ _ALPACA_KEYS = frozenset(
 
 
 def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
+    try:
+        return _from_valid_alpaca(obj, index, line)
+    except _Invalid:
+        pass  # check every field again, listing each one's problem
     checks = _Checks()
     _check_media(obj, checks)
     instruction = checks.run(lambda: _checked_text(obj, "instruction", required=True), "")
@@ -45,6 +50,43 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
     checks.run(lambda: _check_system(obj.get("system"), "'system'"), None)
     checks.run(lambda: _check_history(obj.get("history")), None)
     checks.done()
+    return _record(
+        obj, index, line, instruction, input_text, output, reasoning, has_thinking, terms, difficulty
+    )
+
+
+def _from_valid_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
+    """The record when every field is fine (the common case: one call per check, nothing collected);
+    raises :class:`_Invalid` at the first problem, after which :func:`_from_alpaca` lists them all."""
+    for key in _MEDIA_KEYS:
+        if obj.get(key):
+            raise _Invalid(key, "unsupported")
+    instruction = _checked_text(obj, "instruction", required=True)
+    input_text = _checked_text(obj, "input", required=False)
+    output = _checked_text(obj, "output", required=True)
+    reasoning, has_thinking = _parse_thinking(obj.get("thinking"))
+    terms = _parse_terms(obj.get("crypto_terms"))
+    difficulty = _parse_difficulty(obj.get("difficulty"))
+    _check_system(obj.get("system"), "'system'")
+    _check_history(obj.get("history"))
+    return _record(
+        obj, index, line, instruction, input_text, output, reasoning, has_thinking, terms, difficulty
+    )
+
+
+def _record(
+    obj: dict[str, Any],
+    index: int,
+    line: int,
+    instruction: str,
+    input_text: str,
+    output: str,
+    reasoning: str,
+    has_thinking: bool,
+    terms: tuple[str, ...],
+    difficulty: int | None,
+) -> Record:
+    extra = {} if _ALPACA_KEYS.issuperset(obj) else {k: v for k, v in obj.items() if k not in _ALPACA_KEYS}
     return Record(
         index=index,
         line=line,
@@ -55,5 +97,5 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
         has_thinking=has_thinking,
         crypto_terms=terms,
         difficulty=difficulty,
-        extra={key: value for key, value in obj.items() if key not in _ALPACA_KEYS},
+        extra=extra,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ _CHUNK_BYTES = 1 << 20
 MAX_RECORD_CHARS: Final = 64 << 20
 _WHITESPACE = " \t\r\n"
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The JSON escapes that can make a carriage return, a C0 control other than tab and newline, or a
+# lone surrogate. Strict JSON has no raw control characters inside strings, and decoded UTF-8 has no
+# surrogates, so a record whose text has none of these escapes holds no such character anywhere.
+_UNCLEAN_ESCAPE = re.compile(r"\\[bfru]")
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,17 @@ class RawRecord:
         line: 1-based line where the record starts.
         value: the parsed JSON value (None when ``error`` is set).
         error: why the record could not be parsed as JSON ("" when it parsed).
+        clean: True when the record's JSON text has no escape that could make a carriage return, a
+            control character or a lone surrogate (``\\b``, ``\\f``, ``\\r``, ``\\u``), so
+            :func:`~cryptotune_daemon.data.text_checks.scan_text` would find and change nothing.
+            False when unknown.
     """
 
     index: int
     line: int
     value: Any
     error: str = ""
+    clean: bool = False
 
 
 def _data_error(display_name: str, message: str) -> CryptotuneError:
@@ -266,8 +276,10 @@ def _iter_json(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
                 display_name, f"the JSON array is not closed: the file ends at line {scanner.line}"
             )
         line = scanner.line
+        start = scanner.base + scanner.pos  # in file text: reading on may drop consumed text
         value = _decode_value(scanner, display_name, f"array element {index}")
-        yield RawRecord(index=index, line=line, value=value)
+        clean = _UNCLEAN_ESCAPE.search(scanner.buf, start - scanner.base, scanner.pos) is None
+        yield RawRecord(index=index, line=line, value=value, clean=clean)
         index += 1
         char = scanner.peek()
         if char == ",":
@@ -363,7 +375,7 @@ def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
                 display_name,
                 f"the JSON object on line {line} is not a record.{_top_level_hint(value)}",
             )
-        yield RawRecord(index=index, line=line, value=value)
+        yield RawRecord(index=index, line=line, value=value, clean=_UNCLEAN_ESCAPE.search(text) is None)
         index += 1
     if index == 0:
         raise _data_error(display_name, "the file is empty; expected a JSON array of records or JSON Lines")

@@ -87,7 +87,7 @@ def _text(value: Any, field: str, *, required: bool) -> str:
 
 
 def _check_control_tokens(field: str, text: str, label: str = "") -> None:
-    match = _CONTROL_TOKENS.search(text)
+    match = _CONTROL_TOKENS.search(text) if "<" in text else None  # every control token starts with '<'
     if match:
         raise _Invalid(
             field,
