@@ -31,6 +31,7 @@ _ALPACA_KEYS = frozenset(
         *_MEDIA_KEYS,
     }
 )
+_MEDIA_KEY_SET = frozenset(_MEDIA_KEYS)
 
 
 def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
@@ -56,19 +57,34 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
 
 
 def _from_valid_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
-    """The record when every field is fine (the common case: one call per check, nothing collected);
-    raises :class:`_Invalid` at the first problem, after which :func:`_from_alpaca` lists them all."""
-    for key in _MEDIA_KEYS:
-        if obj.get(key):
-            raise _Invalid(key, "unsupported")
-    instruction = _checked_text(obj, "instruction", required=True)
-    input_text = _checked_text(obj, "input", required=False)
-    output = _checked_text(obj, "output", required=True)
-    reasoning, has_thinking = _parse_thinking(obj.get("thinking"))
-    terms = _parse_terms(obj.get("crypto_terms"))
-    difficulty = _parse_difficulty(obj.get("difficulty"))
-    _check_system(obj.get("system"), "'system'")
-    _check_history(obj.get("history"))
+    """The record when every field is fine (the common case: plain text checked inline, nothing
+    collected); raises :class:`_Invalid` at the first problem, after which :func:`_from_alpaca`
+    lists them all. Text that may hold a control token (a ``<``) gets the full check."""
+    get = obj.get
+    if not _MEDIA_KEY_SET.isdisjoint(obj):
+        for key in _MEDIA_KEYS:
+            if get(key):
+                raise _Invalid(key, "unsupported")
+    instruction = get("instruction")
+    if type(instruction) is not str or "<" in instruction or not instruction.strip():
+        instruction = _checked_text(obj, "instruction", required=True)
+    input_text = get("input")
+    if input_text is None:
+        input_text = ""
+    elif type(input_text) is not str or "<" in input_text:
+        input_text = _checked_text(obj, "input", required=False)
+    output = get("output")
+    if type(output) is not str or "<" in output or not output.strip():
+        output = _checked_text(obj, "output", required=True)
+    reasoning, has_thinking = _parse_thinking(get("thinking"))
+    terms = _parse_terms(get("crypto_terms"))
+    difficulty = get("difficulty")
+    if type(difficulty) is not int or not 1 <= difficulty <= 4:
+        difficulty = _parse_difficulty(difficulty)
+    if get("system") is not None:
+        _check_system(get("system"), "'system'")
+    if get("history") is not None:
+        _check_history(get("history"))
     return _record(
         obj, index, line, instruction, input_text, output, reasoning, has_thinking, terms, difficulty
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import codecs
 import json
+import json.scanner
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -181,6 +182,8 @@ class _Scanner:
 
 
 _DECODER = json.JSONDecoder()
+# What _DECODER.raw_decode calls (typeshed types make_scanner's argument as itself).
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 # Messages json raises when the text simply stops early; with more input the value may be fine.
 _TRUNCATION_MESSAGES = ("Unterminated string", "Invalid \\uXXXX escape", "Invalid \\escape")
 _TOKEN_TAIL = 16
@@ -338,6 +341,15 @@ def _iter_lines(source: _TextSource, display_name: str) -> Iterator[tuple[int, s
         yield number + 1, pending.removesuffix("\r")
 
 
+def _loads_line(text: str) -> Any:
+    """``json.loads(text)``; a line that is exactly one JSON value skips its Python wrappers."""
+    try:
+        value, end = _SCAN_ONCE(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)  # its error, with its message and column
+    return value if end == len(text) else json.loads(text)
+
+
 def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
     index = 0
     for line, text in _iter_lines(source, display_name):
@@ -347,7 +359,7 @@ def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
         if len(stripped) > MAX_RECORD_CHARS:
             raise _data_error(display_name, f"line {line} is longer than {MAX_RECORD_CHARS >> 20} MiB")
         try:
-            value = json.loads(text)
+            value = _loads_line(text)
         except json.JSONDecodeError as exc:
             if index == 0 and not stripped.startswith("{"):
                 # The very first line is not even meant to be a record: the file is not JSON Lines.
