@@ -17,6 +17,7 @@ from cryptotune_daemon.data.readers import (
 )
 from cryptotune_daemon.data.readers import decoding as stream_decoding
 from cryptotune_daemon.data.records import Record, RecordProblem
+from cryptotune_daemon.data.text_checks import scan_text
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -871,3 +872,26 @@ def test_syntax_error_column_on_a_long_line(
     monkeypatch.setattr(stream_decoding, "_CHUNK_BYTES", chunk)
     error = whole_file_error(path)
     assert f"not valid JSON at line 2, column {column}: Expecting ':' delimiter" in error.message
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "json"])
+def test_records_without_unclean_escapes_are_marked_clean(tmp_path: Path, file_format: str) -> None:
+    texts = [
+        r'{"instruction": "plain 中文\ttab\nnewline \\ slash \"quote\" \/", "output": "a"}',
+        r'{"instruction": "escaped \u00e9 letter", "output": "a"}',
+        r'{"instruction": "a carriage return\r\n", "output": "a"}',
+        r'{"instruction": "back\bspace", "output": "form\ffeed"}',
+        r'{"instruction": "bad \u0001 control", "output": "a"}',
+        r'{"instruction": "q", "output": "a", "meta": {"key\u0002": ["\ud800"]}}',
+        r'{"instruction": "a backslash then u: \\u", "output": "a"}',
+    ]
+    body = "\n".join(texts) if file_format == "jsonl" else "[\n" + ",\n".join(texts) + "\n]"
+    path = tmp_path / f"records.{file_format}"
+    path.write_text(body, encoding="utf-8")
+    raws = list(iter_raw_records(path, display_name=path.name, file_format=file_format))
+    assert [raw.clean for raw in raws] == [True, False, False, False, False, False, False]
+    for raw in raws:
+        if raw.clean:
+            assert scan_text(raw.value) == (raw.value, [])
+        # A clean record converts exactly as its text-checked twin does.
+        assert convert_record(raw) == convert_record(RawRecord(raw.index, raw.line, raw.value))

@@ -6,6 +6,7 @@ import hashlib
 import math
 from array import array
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -17,8 +18,8 @@ from cryptotune_daemon.data.readers import (
     iter_raw_records,
 )
 from cryptotune_daemon.data.records import Record, RecordProblem
-from cryptotune_daemon.data.template import RenderedSample, render_record
-from cryptotune_daemon.data.tokenizer import count_tokens
+from cryptotune_daemon.data.template import render_record
+from cryptotune_daemon.data.tokenizer import TokenCounter
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ def length_stats(lengths: array[int] | list[int]) -> dict[str, int]:
 
 def _dedupe_key(record: Record) -> bytes:
     # A 16-byte digest per record keeps duplicate detection cheap for 100k-record files.
-    normalised = " ".join(record.instruction.split()) + "\x00" + " ".join(record.input.split())
+    normalised = " ".join(record.instruction.split()) + "\x00"
+    if record.input:
+        normalised += " ".join(record.input.split())
     return hashlib.blake2b(normalised.encode("utf-8"), digest_size=16).digest()
 
 
@@ -109,12 +112,23 @@ def _whole_file(field_name: str, message: str) -> RecordProblem:
 
 
 class _Collector:
-    """Counters for one pass over a file; holds ints and at most one batch of records."""
+    """Counters for one pass over a file; holds ints and at most two batches of records.
+
+    Records are counted in batches of :data:`TOKENIZE_BATCH`: while the tokenizer's threads encode
+    one batch (in ``encoder``, a thread of its own: the tokenizer releases the GIL), this thread
+    reads, checks and prepares the next.
+    """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, sample: int, max_seq_length: int, max_errors: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sample: int,
+        max_seq_length: int,
+        max_errors: int,
+        encoder: ThreadPoolExecutor,
     ) -> None:
-        self.tokenizer = tokenizer
+        self.counter = TokenCounter(tokenizer)
+        self.encoder = encoder
         self.sample = sample
         self.max_seq_length = max_seq_length
         self.max_errors = max_errors
@@ -135,7 +149,9 @@ class _Collector:
         self.over = 0
         self.over_indices: list[int] = []
         self.samples: list[dict[str, Any]] = []
-        self.batch: list[tuple[RenderedSample, Record, Any]] = []
+        self.sampled_values: list[Any] = []  # the original JSON of the first ``sample`` valid records
+        self.batch: list[Record] = []
+        self.encoding: tuple[list[Record], list[str], Future[list[int]]] | None = None
 
     def add_problems(self, problems: list[RecordProblem]) -> None:
         """Counts one invalid record and lists its problems while under the cap."""
@@ -147,8 +163,11 @@ class _Collector:
         self.valid += 1
         self.difficulty[str(record.difficulty) if record.difficulty else "unknown"] += 1
         self.with_thinking += record.has_thinking
-        self.terms.update(record.crypto_terms)
-        self.unknown_keys.update(record.extra.keys())
+        terms = self.terms
+        for term in record.crypto_terms:
+            terms[term] += 1
+        if record.extra:
+            self.unknown_keys.update(record.extra.keys())
         key = _dedupe_key(record)
         if key in self.seen:
             self.duplicates += 1
@@ -157,36 +176,57 @@ class _Collector:
         else:
             self.seen.add(key)
         # Only sampled records keep their original JSON object; the rest drop it right away.
-        keep = raw_value if len(self.samples) + len(self.batch) < self.sample else None
-        self.batch.append((render_record(record), record, keep))
+        if len(self.sampled_values) < self.sample:
+            self.sampled_values.append(raw_value)
+        self.batch.append(record)
         if len(self.batch) >= TOKENIZE_BATCH:
             self.flush()
 
     def flush(self) -> None:
+        """Starts encoding the batch, then counts the one encoded before it (if any)."""
         if not self.batch:
             return
-        tokenized = count_tokens(self.tokenizer, [(rendered, record) for rendered, record, _ in self.batch])
-        for (rendered, record, raw_value), tokens in zip(self.batch, tokenized, strict=True):
-            self.lengths["prompt"].append(tokens.prompt_tokens)
-            self.lengths["reasoning"].append(tokens.reasoning_tokens)
-            self.lengths["answer"].append(tokens.answer_tokens)
-            self.lengths["total"].append(tokens.total)
-            if tokens.total > self.max_seq_length:
-                self.over += 1
-                if len(self.over_indices) < MAX_OVER_LENGTH_INDICES:
-                    self.over_indices.append(record.index)
-            if len(self.samples) < self.sample:
-                self.samples.append(
-                    {
-                        "index": record.index,
-                        "line": record.line,
-                        "record": raw_value,
-                        "rendered_text": rendered.text,
-                        "trained_text": rendered.trained,
-                        "tokens": tokens.total,
-                    }
-                )
-        self.batch.clear()
+        batch, self.batch = self.batch, []
+        texts = self.counter.texts(batch)
+        started = (batch, texts, self.encoder.submit(self.counter.encode, texts))
+        if self.encoding is not None:
+            self._count(*self.encoding)
+        self.encoding = started
+
+    def finish(self) -> None:
+        """Encodes and counts every record added so far."""
+        self.flush()
+        if self.encoding is not None:
+            encoding, self.encoding = self.encoding, None
+            self._count(*encoding)
+
+    def _count(self, batch: list[Record], texts: list[str], encoded: Future[list[int]]) -> None:
+        prompts, reasonings, answers, totals = self.counter.part_lengths(batch, texts, encoded.result())
+        self.lengths["prompt"].extend(prompts)
+        self.lengths["reasoning"].extend(reasonings)
+        self.lengths["answer"].extend(answers)
+        self.lengths["total"].extend(totals)
+        limit = self.max_seq_length
+        if max(totals) > limit:
+            for record, total in zip(batch, totals, strict=True):
+                if total > limit:
+                    self.over += 1
+                    if len(self.over_indices) < MAX_OVER_LENGTH_INDICES:
+                        self.over_indices.append(record.index)
+        for record, total in zip(batch, totals, strict=False):
+            if len(self.samples) >= len(self.sampled_values):
+                break
+            rendered = render_record(record)
+            self.samples.append(
+                {
+                    "index": record.index,
+                    "line": record.line,
+                    "record": self.sampled_values[len(self.samples)],
+                    "rendered_text": rendered.text,
+                    "trained_text": rendered.trained,
+                    "tokens": total,
+                }
+            )
 
     def source_format(self) -> str:
         families = {"native" if shape == "alpaca" else shape for shape in self.shapes}
@@ -325,19 +365,21 @@ def inspect_data(
         CryptotuneError: DATA_INVALID for whole-file problems (including a file with no records).
     """
     resolved = detect_file_format(path, display_name=display_name, file_format=file_format)
-    collector = _Collector(tokenizer, max(0, sample), max_seq_length, max_errors)
-    for raw in iter_raw_records(path, display_name=display_name, file_format=resolved):
-        collector.total += 1
-        if isinstance(raw.value, dict):
-            shape = detect_source_format(raw.value)
-            if shape is not None:
-                collector.shapes[shape] += 1
-        item = convert_record(raw, data_format=data_format)
-        if isinstance(item, Record):
-            collector.add_record(item, raw.value)
-        else:
-            collector.add_problems(item)
-    collector.flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect-encode") as encoder:
+        collector = _Collector(tokenizer, max(0, sample), max_seq_length, max_errors, encoder)
+        shapes = collector.shapes
+        for raw in iter_raw_records(path, display_name=display_name, file_format=resolved):
+            collector.total += 1
+            if isinstance(raw.value, dict):
+                shape = detect_source_format(raw.value)
+                if shape is not None:
+                    shapes[shape] += 1
+            item = convert_record(raw, data_format=data_format)
+            if isinstance(item, Record):
+                collector.add_record(item, raw.value)
+            else:
+                collector.add_problems(item)
+        collector.finish()
     if collector.total == 0:
         raise CryptotuneError(ErrorCode.DATA_INVALID, f"{display_name}: no records")
     return InspectionReport(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from cryptotune_daemon.constants import BUILTIN_PREFIX, BUILTIN_TINY_QWEN3, IGNORE_INDEX
 from cryptotune_daemon.data.records import Record
-from cryptotune_daemon.data.template import IM_END, THINK_CLOSE, RenderedSample
+from cryptotune_daemon.data.template import IM_END, THINK_CLOSE, RenderedSample, render_prompt, render_record
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 if TYPE_CHECKING:
@@ -501,57 +501,98 @@ def _answer_starts_a_piece(answer: str) -> bool:
     return "\r" not in lead and "\n" not in lead
 
 
-def count_tokens(
-    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[RenderedSample, Record]]
-) -> list[TokenCounts]:
-    """Token counts per part, equal to :func:`tokenize_samples`' for the same pairs, with about half the
-    tokenizer work: what inspection needs.
+class TokenCounter:
+    """Counts records' tokens per part in batches, equal to :func:`tokenize_samples`' counts, with about
+    half the tokenizer work: what inspection needs.
 
-    The prompts, reasonings and answers are encoded in one batched call of the fast tokenizer's
-    backend (its own threads; no Python lists of ids). The trained text's count follows from the
+    A batch goes through three steps so the tokenizer's work can overlap the caller's Python:
+    :meth:`texts` (Python), :meth:`encode` (one batched call of the fast tokenizer's backend: its own
+    Rust threads, without the GIL and without Python lists of ids; safe to run in another thread)
+    and :meth:`part_lengths` (Python).
+
+    The prompts, reasonings and answers are encoded; the trained text's count follows from the
     reasoning's and the answer's without encoding it: ``</think>`` and ``<|im_end|>`` are added
     tokens, which split the text before the regex does, and the regex starts a new piece after the
     reasoning's last letter or digit and after the answer's leading newlines, so the trained text
     adds only the tokens of ``tail + "\\n"`` (instead of ``tail``) and of ``"\\n\\n"`` and the two
-    added tokens. Records where that reasoning does not hold (see :func:`_reasoning_tail`), and
-    tokenizers that do not split as Qwen3's does, have their trained text encoded.
+    added tokens. Records where that reasoning does not hold (see :func:`_reasoning_tail`) have
+    their trained text encoded; tokenizers that do not split as Qwen3's does tokenise every part
+    (:func:`tokenize_samples`) in :meth:`part_lengths`, and :meth:`encode` does nothing for them.
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
-    if backend is None or not _splits_like_qwen3(backend):
-        return [
-            TokenCounts(s.prompt_tokens, s.reasoning_tokens, s.answer_tokens, s.total)
-            for s in tokenize_samples(tokenizer, pairs)
-        ]
-    count = len(pairs)
-    reasonings = [record.reasoning.strip("\n") for _, record in pairs]
-    answers = [record.output.lstrip("\n") for _, record in pairs]
-    lengths = _lengths(backend, [rendered.prompt for rendered, _ in pairs] + reasonings + answers)
-    added_tokens = {token.content for token in backend.get_added_tokens_decoder().values()}
-    glue = sum(_lengths(backend, ["\n\n", THINK_CLOSE, IM_END]))
-    tails: dict[str, int] = {}  # few distinct tails ("。", "."): each is encoded once
-    trained: list[int] = []
-    encode_whole: list[int] = []
-    for position in range(count):
-        tail = _reasoning_tail(reasonings[position], added_tokens)
-        if tail is None or not _answer_starts_a_piece(answers[position]):
-            encode_whole.append(position)
-            trained.append(0)
-            continue
-        for text in (tail, tail + "\n"):
-            if text not in tails:
-                tails[text] = _lengths(backend, [text])[0]
-        reasoning_line = lengths[count + position] - tails[tail] + tails[tail + "\n"]
-        trained.append(reasoning_line + glue + lengths[2 * count + position])
-    if encode_whole:
-        whole = _lengths(backend, [pairs[p][0].trained for p in encode_whole])
-        for position, length in zip(encode_whole, whole, strict=True):
-            trained[position] = length
-    return [
-        TokenCounts(
-            prompt_tokens=lengths[p],
-            reasoning_tokens=lengths[count + p],
-            answer_tokens=lengths[2 * count + p],
-            total=lengths[p] + trained[p],
-        )
-        for p in range(count)
-    ]
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+        self._backend = backend if backend is not None and _splits_like_qwen3(backend) else None
+        self._added_tokens: set[str] = set()
+        self._glue = 0
+        self._tails: dict[str, int] = {}  # few distinct tails ("。", "."): each is encoded once
+        if self._backend is not None:
+            self._added_tokens = {
+                token.content for token in self._backend.get_added_tokens_decoder().values()
+            }
+            self._glue = sum(_lengths(self._backend, ["\n\n", THINK_CLOSE, IM_END]))
+
+    def texts(self, records: Sequence[Record]) -> list[str]:
+        """What :meth:`encode` encodes for a batch: its prompts, then reasonings, then answers."""
+        if self._backend is None:
+            return []
+        texts = [render_prompt(record.instruction, record.input) for record in records]
+        texts += [record.reasoning.strip("\n") for record in records]
+        texts += [record.output.lstrip("\n") for record in records]
+        return texts
+
+    def encode(self, texts: list[str]) -> list[int]:
+        """The token count of each text (the tokenizer's threads; the GIL is released meanwhile)."""
+        return _lengths(self._backend, texts) if texts else []
+
+    def part_lengths(
+        self, records: Sequence[Record], texts: list[str], lengths: list[int]
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(prompt, reasoning, answer, total) token counts of each record, from :meth:`encode`'s
+        ``lengths`` of :meth:`texts`' ``texts`` for the same records."""
+        if self._backend is None:
+            samples = tokenize_samples(
+                self._tokenizer, [(render_record(record), record) for record in records]
+            )
+            return (
+                [sample.prompt_tokens for sample in samples],
+                [sample.reasoning_tokens for sample in samples],
+                [sample.answer_tokens for sample in samples],
+                [sample.total for sample in samples],
+            )
+        count = len(records)
+        prompts = lengths[:count]
+        reasonings = lengths[count : 2 * count]
+        answers = lengths[2 * count :]
+        tails = self._tails
+        totals: list[int] = []
+        encode_whole: list[int] = []
+        for position in range(count):
+            tail = _reasoning_tail(texts[count + position], self._added_tokens)
+            if tail is None or not _answer_starts_a_piece(texts[2 * count + position]):
+                encode_whole.append(position)
+                totals.append(0)
+                continue
+            for text in (tail, tail + "\n"):
+                if text not in tails:
+                    tails[text] = _lengths(self._backend, [text])[0]
+            reasoning_line = reasonings[position] - tails[tail] + tails[tail + "\n"]
+            totals.append(prompts[position] + reasoning_line + self._glue + answers[position])
+        if encode_whole:
+            whole = _lengths(self._backend, [render_record(records[p]).trained for p in encode_whole])
+            for position, length in zip(encode_whole, whole, strict=True):
+                totals[position] = prompts[position] + length
+        return prompts, reasonings, answers, totals
+
+
+def count_tokens(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[RenderedSample, Record]]
+) -> list[TokenCounts]:
+    """Token counts per part, equal to :func:`tokenize_samples`' for the same pairs, with about half the
+    tokenizer work (see :class:`TokenCounter`)."""
+    counter = TokenCounter(tokenizer)
+    records = [record for _, record in pairs]
+    texts = counter.texts(records)
+    parts = counter.part_lengths(records, texts, counter.encode(texts))
+    return [TokenCounts(*counts) for counts in zip(*parts, strict=True)]

@@ -11,6 +11,7 @@ from cryptotune_daemon.data.readers.record_checks import (
     _check_system,
     _checked_text,
     _Checks,
+    _Invalid,
     _parse_difficulty,
     _parse_terms,
     _parse_thinking,
@@ -30,9 +31,14 @@ _ALPACA_KEYS = frozenset(
         *_MEDIA_KEYS,
     }
 )
+_MEDIA_KEY_SET = frozenset(_MEDIA_KEYS)
 
 
 def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
+    try:
+        return _from_valid_alpaca(obj, index, line)
+    except _Invalid:
+        pass  # check every field again, listing each one's problem
     checks = _Checks()
     _check_media(obj, checks)
     instruction = checks.run(lambda: _checked_text(obj, "instruction", required=True), "")
@@ -45,6 +51,58 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
     checks.run(lambda: _check_system(obj.get("system"), "'system'"), None)
     checks.run(lambda: _check_history(obj.get("history")), None)
     checks.done()
+    return _record(
+        obj, index, line, instruction, input_text, output, reasoning, has_thinking, terms, difficulty
+    )
+
+
+def _from_valid_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
+    """The record when every field is fine (the common case: plain text checked inline, nothing
+    collected); raises :class:`_Invalid` at the first problem, after which :func:`_from_alpaca`
+    lists them all. Text that may hold a control token (a ``<``) gets the full check."""
+    get = obj.get
+    if not _MEDIA_KEY_SET.isdisjoint(obj):
+        for key in _MEDIA_KEYS:
+            if get(key):
+                raise _Invalid(key, "unsupported")
+    instruction = get("instruction")
+    if type(instruction) is not str or "<" in instruction or not instruction.strip():
+        instruction = _checked_text(obj, "instruction", required=True)
+    input_text = get("input")
+    if input_text is None:
+        input_text = ""
+    elif type(input_text) is not str or "<" in input_text:
+        input_text = _checked_text(obj, "input", required=False)
+    output = get("output")
+    if type(output) is not str or "<" in output or not output.strip():
+        output = _checked_text(obj, "output", required=True)
+    reasoning, has_thinking = _parse_thinking(get("thinking"))
+    terms = _parse_terms(get("crypto_terms"))
+    difficulty = get("difficulty")
+    if type(difficulty) is not int or not 1 <= difficulty <= 4:
+        difficulty = _parse_difficulty(difficulty)
+    if get("system") is not None:
+        _check_system(get("system"), "'system'")
+    if get("history") is not None:
+        _check_history(get("history"))
+    return _record(
+        obj, index, line, instruction, input_text, output, reasoning, has_thinking, terms, difficulty
+    )
+
+
+def _record(
+    obj: dict[str, Any],
+    index: int,
+    line: int,
+    instruction: str,
+    input_text: str,
+    output: str,
+    reasoning: str,
+    has_thinking: bool,
+    terms: tuple[str, ...],
+    difficulty: int | None,
+) -> Record:
+    extra = {} if _ALPACA_KEYS.issuperset(obj) else {k: v for k, v in obj.items() if k not in _ALPACA_KEYS}
     return Record(
         index=index,
         line=line,
@@ -55,5 +113,5 @@ def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
         has_thinking=has_thinking,
         crypto_terms=terms,
         difficulty=difficulty,
-        extra={key: value for key, value in obj.items() if key not in _ALPACA_KEYS},
+        extra=extra,
     )

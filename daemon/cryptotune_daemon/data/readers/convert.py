@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptotune_daemon.data.readers.alpaca import _from_alpaca
 from cryptotune_daemon.data.readers.decoding import RawRecord, _check_file_format, iter_raw_records
@@ -56,8 +57,12 @@ def convert_record(raw: RawRecord, *, data_format: str = "auto") -> Record | lis
     _check_data_format(data_format)
     if raw.error:
         return [RecordProblem(line=raw.line, index=raw.index, field="", message=raw.error)]
-    obj, bad_text = scan_text(raw.value)
-    text_problems = [RecordProblem(raw.line, raw.index, found.field, found.message) for found in bad_text]
+    if raw.clean:  # nothing for scan_text to find or change: skip walking the record
+        obj: Any = raw.value
+        text_problems: list[RecordProblem] = []
+    else:
+        obj, bad_text = scan_text(raw.value)
+        text_problems = [RecordProblem(raw.line, raw.index, found.field, found.message) for found in bad_text]
     try:
         if not isinstance(obj, dict):
             raise _Invalid("", f"the record is {_json_type(obj)}; expected an object: {_SHAPE_HINT}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+import json.scanner
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -19,6 +21,10 @@ _CHUNK_BYTES = 1 << 20
 MAX_RECORD_CHARS: Final = 64 << 20
 _WHITESPACE = " \t\r\n"
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The JSON escapes that can make a carriage return, a C0 control other than tab and newline, or a
+# lone surrogate. Strict JSON has no raw control characters inside strings, and decoded UTF-8 has no
+# surrogates, so a record whose text has none of these escapes holds no such character anywhere.
+_UNCLEAN_ESCAPE = re.compile(r"\\[bfru]")
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,17 @@ class RawRecord:
         line: 1-based line where the record starts.
         value: the parsed JSON value (None when ``error`` is set).
         error: why the record could not be parsed as JSON ("" when it parsed).
+        clean: True when the record's JSON text has no escape that could make a carriage return, a
+            control character or a lone surrogate (``\\b``, ``\\f``, ``\\r``, ``\\u``), so
+            :func:`~cryptotune_daemon.data.text_checks.scan_text` would find and change nothing.
+            False when unknown.
     """
 
     index: int
     line: int
     value: Any
     error: str = ""
+    clean: bool = False
 
 
 def _data_error(display_name: str, message: str) -> CryptotuneError:
@@ -171,6 +182,8 @@ class _Scanner:
 
 
 _DECODER = json.JSONDecoder()
+# What _DECODER.raw_decode calls (typeshed types make_scanner's argument as itself).
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 # Messages json raises when the text simply stops early; with more input the value may be fine.
 _TRUNCATION_MESSAGES = ("Unterminated string", "Invalid \\uXXXX escape", "Invalid \\escape")
 _TOKEN_TAIL = 16
@@ -266,8 +279,10 @@ def _iter_json(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
                 display_name, f"the JSON array is not closed: the file ends at line {scanner.line}"
             )
         line = scanner.line
+        start = scanner.base + scanner.pos  # in file text: reading on may drop consumed text
         value = _decode_value(scanner, display_name, f"array element {index}")
-        yield RawRecord(index=index, line=line, value=value)
+        clean = _UNCLEAN_ESCAPE.search(scanner.buf, start - scanner.base, scanner.pos) is None
+        yield RawRecord(index=index, line=line, value=value, clean=clean)
         index += 1
         char = scanner.peek()
         if char == ",":
@@ -326,6 +341,15 @@ def _iter_lines(source: _TextSource, display_name: str) -> Iterator[tuple[int, s
         yield number + 1, pending.removesuffix("\r")
 
 
+def _loads_line(text: str) -> Any:
+    """``json.loads(text)``; a line that is exactly one JSON value skips its Python wrappers."""
+    try:
+        value, end = _SCAN_ONCE(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)  # its error, with its message and column
+    return value if end == len(text) else json.loads(text)
+
+
 def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
     index = 0
     for line, text in _iter_lines(source, display_name):
@@ -335,7 +359,7 @@ def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
         if len(stripped) > MAX_RECORD_CHARS:
             raise _data_error(display_name, f"line {line} is longer than {MAX_RECORD_CHARS >> 20} MiB")
         try:
-            value = json.loads(text)
+            value = _loads_line(text)
         except json.JSONDecodeError as exc:
             if index == 0 and not stripped.startswith("{"):
                 # The very first line is not even meant to be a record: the file is not JSON Lines.
@@ -363,7 +387,7 @@ def _iter_jsonl(source: _TextSource, display_name: str) -> Iterator[RawRecord]:
                 display_name,
                 f"the JSON object on line {line} is not a record.{_top_level_hint(value)}",
             )
-        yield RawRecord(index=index, line=line, value=value)
+        yield RawRecord(index=index, line=line, value=value, clean=_UNCLEAN_ESCAPE.search(text) is None)
         index += 1
     if index == 0:
         raise _data_error(display_name, "the file is empty; expected a JSON array of records or JSON Lines")

@@ -29,6 +29,7 @@ _CONTROL_TOKENS = re.compile(
     r"|repo_name|file_sep)\|>|</?tool_call>|</?tool_response>|</?think>"
 )
 _WRAPPER_OPEN = re.compile(r"^\s*<(thinking|think)>")
+_WRAPPERS = (("<thinking>", "</thinking>"), ("<think>", "</think>"))
 _MEDIA_KEYS = ("images", "videos", "audios")
 
 
@@ -87,7 +88,7 @@ def _text(value: Any, field: str, *, required: bool) -> str:
 
 
 def _check_control_tokens(field: str, text: str, label: str = "") -> None:
-    match = _CONTROL_TOKENS.search(text)
+    match = _CONTROL_TOKENS.search(text) if "<" in text else None  # every control token starts with '<'
     if match:
         raise _Invalid(
             field,
@@ -144,7 +145,22 @@ def _parse_terms(value: Any) -> tuple[str, ...]:
     return tuple(terms)
 
 
+def _wrapped_reasoning(thinking: str) -> str | None:
+    """What :func:`extract_reasoning` returns for a trace wholly inside one ``<thinking>`` (or
+    ``<think>``) wrapper — the common shape, found without regular expressions; None otherwise."""
+    stripped = thinking.strip()  # the same whitespace as the wrapper pattern's \s
+    for opening, closing in _WRAPPERS:
+        if stripped.startswith(opening) and stripped.endswith(closing):
+            return stripped[len(opening) : len(stripped) - len(closing)].strip("\n")
+    return None
+
+
 def _parse_thinking(value: Any) -> tuple[str, bool]:
+    if type(value) is str:
+        reasoning = _wrapped_reasoning(value)
+        if reasoning is not None:
+            _check_control_tokens("thinking", reasoning)
+            return reasoning, bool(reasoning.strip())
     thinking = _text(value, "thinking", required=False)
     opened = _WRAPPER_OPEN.match(thinking)
     if opened and f"</{opened.group(1)}>" not in thinking:
