@@ -258,3 +258,28 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     assert abs(final - expected) <= 1e-3 * abs(expected), f"final loss {final} != uninterrupted {expected}"
     report = json.loads((Path(resumed["output_dir"]) / "report.json").read_text())
     assert report["resumed_from_step"] == 3 and report["strategy"] == "data_parallel"
+
+
+@pytest.mark.slow
+def test_hybrid_with_four_ranks_trains_the_same_model_as_one_process(
+    single: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A 2 × 2 mesh: tensor parallel in pairs of ranks, FSDP2 across the 2 pairs (data-parallel degree 2)."""
+    data, reference = single
+    config = job_config(strategy="hybrid_parallel", world=4, micro=2) + "  tensor_parallel_size: 2\n"
+    code, spec, stderr = run_job(tmp_path, data, config, world=4, name="hybrid")
+    assert code == 0, stderr
+    assert_equivalent(spec, reference)
+    report = json.loads((Path(spec["output_dir"]) / "report.json").read_text())
+    assert report["strategy"] == "hybrid_parallel" and report["world_size"] == 4
+    assert report["mesh"] == {"tp": 2, "dp_shard": 2}
+    # Gathered over both mesh dimensions: whole tensors by name, never one rank's block.
+    checkpoint = newest_verified(Path(spec["output_dir"]))
+    assert checkpoint is not None
+    saved = adapter_weights(checkpoint.path / "adapter")
+    reference_adapter = adapter_weights(Path(reference["output_dir"]) / "adapter")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference_adapter.items()}
+    optimizer = torch.load(checkpoint.path / "optimizer.pt", weights_only=True)
+    assert len(optimizer["state"]) == len(saved)
+    for name, values in optimizer["state"].items():
+        assert values["exp_avg"].shape == saved[name.replace(".default", "")].shape
