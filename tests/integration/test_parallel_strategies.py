@@ -261,6 +261,7 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 4 ranks (plus the reference) on a busy 2-core machine: up to ~15 minutes
 def test_hybrid_with_four_ranks_trains_the_same_model_as_one_process(
     single: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -88,8 +88,10 @@ def split_gradient_norm(
     """The global L2 norm of the gradients of ``parameters``, however they are split over the ranks.
 
     Each rank adds the squares of its local gradient values divided by the number of ranks that hold
-    the same values (the product of the mesh dimensions on which the gradient is replicated; a plain
-    tensor is replicated on every rank), and the sum over all ranks is the square of the norm.
+    the same values, and the sum over all ranks is the square of the norm. A DTensor's values are
+    repeated on the ranks outside its mesh (a 1-D DTensor of one dimension of a 2-D mesh is the same
+    on every rank of the other) and along the mesh dimensions it is replicated on; a plain tensor
+    is the same on every rank.
 
     Returns:
         The parameters that have gradients and the norm.
@@ -102,11 +104,11 @@ def split_gradient_norm(
         grad = param.grad
         assert grad is not None
         if isinstance(grad, DTensor):
-            copies = math.prod(
-                grad.device_mesh.size(i)
-                for i, placement in enumerate(grad.placements)
-                if placement.is_replicate()
-            )
+            mesh = grad.device_mesh
+            replicated = [
+                mesh.size(i) for i, placement in enumerate(grad.placements) if placement.is_replicate()
+            ]
+            copies = dist.world_size // mesh.size() * math.prod(replicated)
             local = grad.to_local()
         else:
             copies, local = dist.world_size, grad
