@@ -284,3 +284,29 @@ def test_hybrid_with_four_ranks_trains_the_same_model_as_one_process(
     assert len(optimizer["state"]) == len(saved)
     for name, values in optimizer["state"].items():
         assert values["exp_avg"].shape == saved[name.replace(".default", "")].shape
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_hybrid_resumes_a_one_process_checkpoint(single: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Checkpoints by name load into the 2-D layout: one process's step-3 checkpoint, resumed by 4 hybrid
+    ranks (2 × 2, per-device batch halved), trains steps 4–6 as the uninterrupted process did."""
+    import shutil
+
+    data, reference = single
+    output = tmp_path / "resumed"
+    shutil.copytree(reference["output_dir"], output)
+    for later in (output / "checkpoints").glob("step-*"):
+        if later.name > "step-000003":
+            shutil.rmtree(later)
+    config = job_config(strategy="hybrid_parallel", world=4, micro=2) + "  tensor_parallel_size: 2\n"
+    resume = {"output_dir": str(output), "step": 3}
+    code, resumed, stderr = run_job(
+        tmp_path, data, config, world=4, name="resumed", output=output, resume=resume
+    )
+    assert code == 0, stderr
+    assert [p["step"] for p in of(read_events(Path(resumed["events_path"])), "progress")] == [4, 5, 6]
+    for got, expected in zip(losses(resumed), losses(reference)[3:], strict=True):
+        assert abs(got - expected) <= 1e-4 * abs(expected), f"loss {got} != uninterrupted {expected}"
+    report = json.loads((output / "report.json").read_text())
+    assert report["resumed_from_step"] == 3 and report["strategy"] == "hybrid_parallel"
