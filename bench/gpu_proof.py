@@ -837,7 +837,8 @@ def part_strategies(ctx: Context) -> dict[str, Any]:
                     "tensor-parallel groups × FSDP2 across them; this part runs world size 1)"
                 )
                 log(f"strategy {name}: {reason}")
-                results.append({"strategy": name, "world_size": 1, "ok": False, "skipped": reason})
+                if not ctx.rehearse:  # a rehearsal lists only what it ran
+                    results.append({"strategy": name, "world_size": 1, "ok": False, "skipped": reason})
                 continue
             output_dir = ctx.work / f"strategy-{name}"
             try:
