@@ -3,6 +3,8 @@
 On a machine without GPUs it runs ``--processes`` CPU processes (gloo) on ``builtin:tiny-qwen3``: a
 CPU proxy of the strategies' relative cost, not GPU figures. On a lent GPU machine pass
 ``--device cuda --strategy sharded_data_parallel`` (and ``--processes`` up to the GPUs there).
+``hybrid_parallel`` always runs 4 processes (2 tensor-parallel pairs × FSDP2, its smallest 2-D mesh;
+its row says so); on a machine with fewer GPUs its row reads "skipped: needs ≥ 4 GPUs".
 """
 
 from __future__ import annotations
@@ -63,11 +65,23 @@ def write_records(path: Path, count: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def gpu_count() -> int:
+    """CUDA devices visible here (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_strategy(strategy: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    processes = max(args.processes, MIN_PROCESSES.get(strategy, 1))
+    if args.device == "cuda" and processes > gpu_count():
+        # One process per GPU: a 2-D mesh of 4 cannot be made on fewer GPUs.
+        return {"strategy": strategy, "processes": processes, "skipped": f"needs ≥ {processes} GPUs"}
     data = root / "records.jsonl"
     if not data.exists():
         write_records(data, args.samples)
-    processes = max(args.processes, MIN_PROCESSES.get(strategy, 1))
     config = CONFIG.format(
         steps=args.steps,
         strategy=strategy,
@@ -127,6 +141,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "|---|---:|---|---:|---:|---:|",
     ]
     for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['strategy']} | {row['processes']} | skipped: {row['skipped']} | | | |")
+            continue
         lines.append(
             f"| {row['strategy']} | {row['processes']} | {json.dumps(row['mesh'])} | "
             f"{row['tokens_per_second']:,.0f} | "
