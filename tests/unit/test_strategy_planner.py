@@ -125,3 +125,17 @@ def test_hybrid_needs_groups_smaller_than_the_job() -> None:
     assert rows["hybrid_parallel"]["available"] is False
     assert "needs at least 4 GPUs" in rows["hybrid_parallel"]["reason"]
     assert plan.strategy != "hybrid_parallel"
+
+
+def test_the_effective_batch_counts_data_parallel_groups_not_processes() -> None:
+    """Tensor-parallel pairs share samples: 4 processes in hybrid pairs are 2 data-parallel groups."""
+    plan = plan_training(
+        request(strategy="hybrid_parallel", max_seq_length=4096, micro_batch_size=2, world_size=4),
+        QWEN3_4B,
+        A100_80GB,
+        [4096] * 64,
+    )
+    assert plan.world_size == 4
+    assert plan.gradient_accumulation_steps == 4  # 16 = 2 × 4 × 2 groups
+    assert plan.effective_batch_size == 16 and plan.steps_per_epoch == 4
+    assert "× 2 data-parallel group(s) of 4 processes = effective batch 16" in plan.choice
