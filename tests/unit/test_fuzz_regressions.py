@@ -1,4 +1,5 @@
-"""Inputs the fuzz (tests/fuzz/test_fuzz_properties.py) or field reports found to break something, as plain tests."""
+"""Inputs the fuzz (tests/fuzz/test_fuzz_properties.py) or field reports found to break something,
+as plain tests."""
 
 from __future__ import annotations
 
