@@ -23,7 +23,9 @@ part only, and the JSON is rewritten after every part, so a run killed at its li
    fault-injection seam instead (:func:`oom_injection`, the only place this script touches it).
 4. ``strategies``: a daemon job per parallel strategy at world size 1 (``--strategy``, default every
    strategy the config schema names). On a GPU a strategy the daemon refuses is listed as skipped
-   with the daemon's reason; a rehearsal runs only what exists.
+   with the daemon's reason; a rehearsal runs only what exists. ``hybrid_parallel`` needs a 2-D mesh
+   (tensor-parallel groups of 2 × FSDP2 across at least 2 groups), which one process cannot make: it
+   is listed as "skipped: needs ≥ 4 GPUs" (``bench/strategies.py --processes 4`` runs it on CPUs).
 5. ``long_sequences``: one packed row of 16,384 tokens at Qwen3-4B's shape, with and without gradient
    checkpointing: step time, peak memory, and the planner's estimate beside the measured peak.
 
@@ -816,6 +818,10 @@ def schema_strategies() -> tuple[str, ...]:
     return tuple(s for s in typing.get_args(ParallelStrategy) if s != "auto")
 
 
+# Strategies that mean something only with more processes than this part's world size of 1.
+MIN_PROCESSES = {"hybrid_parallel": 4}
+
+
 def part_strategies(ctx: Context) -> dict[str, Any]:
     from cryptotune.errors import CryptotuneError as ClientError
 
@@ -825,6 +831,15 @@ def part_strategies(ctx: Context) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     with daemon(ctx.work) as running:
         for name in names:
+            if MIN_PROCESSES.get(name, 1) > 1:
+                reason = (
+                    f"skipped: needs ≥ {MIN_PROCESSES[name]} GPUs ({name} builds a 2-D mesh of "
+                    "tensor-parallel groups × FSDP2 across them; this part runs world size 1)"
+                )
+                log(f"strategy {name}: {reason}")
+                if not ctx.rehearse:  # a rehearsal lists only what it ran
+                    results.append({"strategy": name, "world_size": 1, "ok": False, "skipped": reason})
+                continue
             output_dir = ctx.work / f"strategy-{name}"
             try:
                 job = run_job(

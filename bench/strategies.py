@@ -3,6 +3,8 @@
 On a machine without GPUs it runs ``--processes`` CPU processes (gloo) on ``builtin:tiny-qwen3``: a
 CPU proxy of the strategies' relative cost, not GPU figures. On a lent GPU machine pass
 ``--device cuda --strategy sharded_data_parallel`` (and ``--processes`` up to the GPUs there).
+``hybrid_parallel`` always runs 4 processes (2 tensor-parallel pairs × FSDP2, its smallest 2-D mesh;
+its row says so); on a machine with fewer GPUs its row reads "skipped: needs ≥ 4 GPUs".
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINABLE = ("data_parallel", "sharded_data_parallel")
+TRAINABLE = ("data_parallel", "sharded_data_parallel", "model_parallel", "hybrid_parallel")
+# Strategies that need more processes than ``--processes``: hybrid's 2-D mesh is 2 tensor-parallel
+# pairs × FSDP2 across them (its row says it ran with 4).
+MIN_PROCESSES = {"hybrid_parallel": 4}
+# Extra ``parallel`` keys per strategy.
+PARALLEL_KEYS = {"hybrid_parallel": "  tensor_parallel_size: 2\n"}
 CONFIG = """\
 model:
   model_name: builtin:tiny-qwen3
@@ -58,16 +65,29 @@ def write_records(path: Path, count: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def gpu_count() -> int:
+    """CUDA devices visible here (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_strategy(strategy: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    processes = max(args.processes, MIN_PROCESSES.get(strategy, 1))
+    if args.device == "cuda" and processes > gpu_count():
+        # One process per GPU: a 2-D mesh of 4 cannot be made on fewer GPUs.
+        return {"strategy": strategy, "processes": processes, "skipped": f"needs ≥ {processes} GPUs"}
     data = root / "records.jsonl"
     if not data.exists():
         write_records(data, args.samples)
     config = CONFIG.format(
         steps=args.steps,
         strategy=strategy,
-        processes=args.processes,
-        distributed=str(args.processes > 1).lower(),
-    )
+        processes=processes,
+        distributed=str(processes > 1).lower(),
+    ) + PARALLEL_KEYS.get(strategy, "")
     output = root / strategy
     spec = {
         "job_id": f"bench-{strategy}",
@@ -89,8 +109,8 @@ def run_strategy(strategy: str, args: argparse.Namespace, root: Path) -> dict[st
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "daemon"), env.get("PYTHONPATH", "")])
     command = [sys.executable]
-    if args.processes > 1:
-        command += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(args.processes)]
+    if processes > 1:
+        command += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes)]
         command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"]
     command += ["-m", "cryptotune_daemon.worker", "--spec", str(spec_path)]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -99,7 +119,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, root: Path) -> dict[st
     report = json.loads((output / "report.json").read_text(encoding="utf-8"))
     return {
         "strategy": strategy,
-        "processes": args.processes,
+        "processes": processes,
         "device": args.device,
         "mesh": report.get("mesh"),
         "tokens_per_second": report["tokens_per_second"],
@@ -112,16 +132,21 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     proxy = "CPU proxy: " if args.device == "cpu" else ""
     what = "CPU processes (gloo, 1 torch thread each)" if args.device == "cpu" else "GPUs"
     lines = [
-        f"{proxy}{args.processes} {what}, "
+        f"{proxy}{args.processes} {what} (hybrid_parallel: 4, its smallest 2-D mesh), "
         f"`builtin:tiny-qwen3`, {args.steps} steps of micro-batch 2 per process, LoRA r=8. Peak memory is "
-        "the peak of rank 0's process (RSS on CPUs, allocated memory on GPUs).",
+        "the peak of rank 0's process (RSS on CPUs, allocated memory on GPUs). Tensor-parallel ranks "
+        "share samples, so model_parallel and hybrid_parallel train fewer samples per step.",
         "",
-        "| strategy | mesh | trained tokens/s | peak memory per process MB | final loss |",
-        "|---|---|---:|---:|---:|",
+        "| strategy | processes | mesh | trained tokens/s | peak memory per process MB | final loss |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['strategy']} | {row['processes']} | skipped: {row['skipped']} | | | |")
+            continue
         lines.append(
-            f"| {row['strategy']} | {json.dumps(row['mesh'])} | {row['tokens_per_second']:,.0f} | "
+            f"| {row['strategy']} | {row['processes']} | {json.dumps(row['mesh'])} | "
+            f"{row['tokens_per_second']:,.0f} | "
             f"{row['peak_memory_mb']:,.0f} | {row['final_loss']:.4f} |"
         )
     return "\n".join(lines)

@@ -258,3 +258,55 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     assert abs(final - expected) <= 1e-3 * abs(expected), f"final loss {final} != uninterrupted {expected}"
     report = json.loads((Path(resumed["output_dir"]) / "report.json").read_text())
     assert report["resumed_from_step"] == 3 and report["strategy"] == "data_parallel"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 4 ranks (plus the reference) on a busy 2-core machine: up to ~15 minutes
+def test_hybrid_with_four_ranks_trains_the_same_model_as_one_process(
+    single: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A 2 × 2 mesh: tensor parallel in pairs of ranks, FSDP2 across the 2 pairs (data-parallel degree 2)."""
+    data, reference = single
+    config = job_config(strategy="hybrid_parallel", world=4, micro=2) + "  tensor_parallel_size: 2\n"
+    code, spec, stderr = run_job(tmp_path, data, config, world=4, name="hybrid")
+    assert code == 0, stderr
+    assert_equivalent(spec, reference)
+    report = json.loads((Path(spec["output_dir"]) / "report.json").read_text())
+    assert report["strategy"] == "hybrid_parallel" and report["world_size"] == 4
+    assert report["mesh"] == {"tp": 2, "dp_shard": 2}
+    # Gathered over both mesh dimensions: whole tensors by name, never one rank's block.
+    checkpoint = newest_verified(Path(spec["output_dir"]))
+    assert checkpoint is not None
+    saved = adapter_weights(checkpoint.path / "adapter")
+    reference_adapter = adapter_weights(Path(reference["output_dir"]) / "adapter")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference_adapter.items()}
+    optimizer = torch.load(checkpoint.path / "optimizer.pt", weights_only=True)
+    assert len(optimizer["state"]) == len(saved)
+    for name, values in optimizer["state"].items():
+        assert values["exp_avg"].shape == saved[name.replace(".default", "")].shape
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_hybrid_resumes_a_one_process_checkpoint(single: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Checkpoints by name load into the 2-D layout: one process's step-3 checkpoint, resumed by 4 hybrid
+    ranks (2 × 2, per-device batch halved), trains steps 4–6 as the uninterrupted process did."""
+    import shutil
+
+    data, reference = single
+    output = tmp_path / "resumed"
+    shutil.copytree(reference["output_dir"], output)
+    for later in (output / "checkpoints").glob("step-*"):
+        if later.name > "step-000003":
+            shutil.rmtree(later)
+    config = job_config(strategy="hybrid_parallel", world=4, micro=2) + "  tensor_parallel_size: 2\n"
+    resume = {"output_dir": str(output), "step": 3}
+    code, resumed, stderr = run_job(
+        tmp_path, data, config, world=4, name="resumed", output=output, resume=resume
+    )
+    assert code == 0, stderr
+    assert [p["step"] for p in of(read_events(Path(resumed["events_path"])), "progress")] == [4, 5, 6]
+    for got, expected in zip(losses(resumed), losses(reference)[3:], strict=True):
+        assert abs(got - expected) <= 1e-4 * abs(expected), f"loss {got} != uninterrupted {expected}"
+    report = json.loads((output / "report.json").read_text())
+    assert report["resumed_from_step"] == 3 and report["strategy"] == "hybrid_parallel"

@@ -443,7 +443,6 @@ def test_cross_checks_still_run_when_other_keys_are_bad() -> None:
             "use data_parallel, sharded_data_parallel, model_parallel or auto",
         ),
         ("parallel:\n  strategy: pipeline_parallel\n", "parallel.strategy", 2, "will be refused"),
-        ("parallel:\n  strategy: hybrid_parallel\n", "parallel.strategy", 2, "will be refused"),
         ("training:\n  eval_strategy: 'no'\n", "training.eval_strategy", 2, "no eval loss"),
         ("training:\n  fp16: true\n  bf16: false\n", "training.fp16", 2, "fp16 may overflow"),
         ("data:\n  shuffle_data: false\n", "data.shuffle_data", 2, "shuffle_data: true"),

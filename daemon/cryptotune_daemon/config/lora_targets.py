@@ -24,21 +24,57 @@ _QWEN3_MODEL_TYPES = frozenset({"qwen3"})
 _QWEN3_NAME = re.compile(r"qwen3(?![.\d])", re.IGNORECASE)
 _OTHER_LAYOUT = re.compile(r"\b(?:vl|omni|next|audio|moe)\b|-a\d+(?:\.\d+)?b\b", re.IGNORECASE)
 _MAX_CONFIG_BYTES = 1 << 20
+# Attention heads and key/value heads of the Qwen3 dense models, by size in the name (the -Base,
+# -Thinking-2507 and -Instruct-2507 variants share their size's layout), and of the builtin model.
+# A tensor-parallel degree must divide the KV heads (each rank computes whole heads).
+QWEN3_HEADS: dict[str, tuple[int, int]] = {
+    "0.6b": (16, 8),
+    "1.7b": (16, 8),
+    "4b": (32, 8),
+    "8b": (32, 8),
+    "14b": (40, 8),
+    "32b": (64, 8),
+    BUILTIN_QWEN3: (4, 2),
+}
+_QWEN3_SIZE = re.compile(r"qwen3-(\d+(?:\.\d+)?b)(?![.\d])", re.IGNORECASE)
 
 
 def _local_model_type(model_name: str) -> str | None:
     """``model_type`` from a local model directory's config.json; None when there is none to read."""
+    model_type = _local_config(model_name).get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def _local_config(model_name: str) -> dict[str, object]:
+    """A local model directory's config.json (empty when there is none to read)."""
     if model_name.startswith("builtin:") or "\x00" in model_name or len(model_name.encode()) > 4096:
-        return None
+        return {}
     try:
         config = Path(model_name).expanduser() / "config.json"
         if not config.is_file() or config.stat().st_size > _MAX_CONFIG_BYTES:
-            return None
+            return {}
         value = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def known_kv_heads(model_name: str) -> int | None:
+    """The model's key/value heads when known without loading it: a local directory's config.json, the
+    builtin model, or a Qwen3 dense model of a size in :data:`QWEN3_HEADS`; None otherwise (the job
+    then checks the loaded model's config when it starts)."""
+    local = _local_config(model_name)
+    for key in ("num_key_value_heads", "num_attention_heads"):
+        value = local.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    if model_name == BUILTIN_QWEN3:
+        return QWEN3_HEADS[BUILTIN_QWEN3][1]
+    size = _QWEN3_SIZE.search(model_name)
+    if size is None or not is_qwen3_family(model_name):
         return None
-    model_type = value.get("model_type") if isinstance(value, dict) else None
-    return model_type if isinstance(model_type, str) else None
+    heads = QWEN3_HEADS.get(size.group(1).lower())
+    return heads[1] if heads is not None else None
 
 
 def is_qwen3_family(model_name: str) -> bool:

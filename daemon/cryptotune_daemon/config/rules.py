@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from cryptotune_daemon.config.issues import _Collector
-from cryptotune_daemon.config.lora_targets import qwen3_target_problems
+from cryptotune_daemon.config.lora_targets import known_kv_heads, qwen3_target_problems
 from cryptotune_daemon.config.messages import _number_text
 from cryptotune_daemon.config.report_targets import missing_reporters, missing_reporters_message
 from cryptotune_daemon.config.schema import CryptotuneConfig, generation_record_count
-from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
+from cryptotune_daemon.config.strategies import (
+    NOT_YET_TRAINABLE,
+    strategy_key_issues,
+    tensor_parallel_degree_problem,
+)
 
 _SPLIT_TOLERANCE = 1e-6
 
@@ -72,6 +76,7 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
             changed,
         ):
             (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
+        _check_kv_heads(config, out)
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
@@ -84,6 +89,30 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
             f"is {parallel.world_size} but this machine has {gpu_count} GPU(s); "
             f"set world_size to at most {gpu_count}",
         )
+
+
+def _check_kv_heads(config: CryptotuneConfig, out: _Collector) -> None:
+    """A tensor-parallel degree must divide the KV heads of a model known without loading it (the
+    Qwen3 family, the builtin model, a local directory's config.json); others are checked at job start."""
+    parallel = config.parallel
+    if not out.usable("model.model_name"):
+        return
+    strategy, world, degree = parallel.strategy, parallel.world_size, parallel.tensor_parallel_size
+    if strategy == "model_parallel":
+        loc = out.written(("parallel", "tensor_parallel_size"), ("parallel", "world_size"))
+        degree = world
+    elif strategy == "hybrid_parallel" and 1 < degree < world and world % degree == 0:
+        loc = ("parallel", "tensor_parallel_size")
+    else:
+        return
+    kv_heads = known_kv_heads(config.model.model_name)
+    if kv_heads is None:
+        return
+    name = config.model.model_name.rstrip("/").rsplit("/", 1)[-1]
+    problem = tensor_parallel_degree_problem(degree, kv_heads, name)
+    if problem is not None:
+        what = "parallel.world_size" if strategy == "model_parallel" else "parallel.tensor_parallel_size"
+        out.error(loc, f"{problem} as {what}", ("parallel", "strategy"))
 
 
 def _warnings(config: CryptotuneConfig, out: _Collector) -> None:

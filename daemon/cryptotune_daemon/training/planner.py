@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cryptotune_daemon.config.strategies import data_parallel_size
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.batching import packed_shape, steps_per_epoch
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS
@@ -366,7 +367,6 @@ def plan_training(
             if fitting
             else "nothing fits: the smallest possible"
         )
-    accumulation = request.gradient_accumulation_steps or max(1, math.ceil(target / (micro * world)))
     memory = breakdown(micro, checkpointing)
     rows, width = shape(micro)
     if memory.total > budget:
@@ -376,13 +376,6 @@ def plan_training(
             "training may run out of memory: lower per_device_train_batch_size or max_seq_length"
             + ("" if checkpointing else ", or enable gradient_checkpointing")
         )
-    choice = (
-        f"micro-batch {micro} ({why_micro}) × accumulation {accumulation} × {world} process(es) = "
-        f"effective batch {micro * accumulation * world}; gradient checkpointing "
-        f"{'on' if checkpointing else 'off'} ({why_checkpointing}); {precision} "
-        f"({'the GPU' if device.kind == 'cuda' else 'CPUs train in fp32'}); "
-        f"estimated {memory.total:,} of {budget:,} MB on {device.name}"
-    )
     table = strategy_table(
         facts,
         StrategyInputs(
@@ -403,8 +396,21 @@ def plan_training(
         strategy, why_strategy = choose_strategy(table)
     else:
         strategy, why_strategy = request.strategy, f"{request.strategy}: as configured"
+    # Ranks of a tensor-parallel group train the same samples: the effective batch counts the groups.
+    groups = data_parallel_size(strategy, world, request.tensor_parallel_size)
+    accumulation = request.gradient_accumulation_steps or max(1, math.ceil(target / (micro * groups)))
+    ranks = (
+        f"{world} process(es)" if groups == world else f"{groups} data-parallel group(s) of {world} processes"
+    )
+    choice = (
+        f"micro-batch {micro} ({why_micro}) × accumulation {accumulation} × {ranks} = "
+        f"effective batch {micro * accumulation * groups}; gradient checkpointing "
+        f"{'on' if checkpointing else 'off'} ({why_checkpointing}); {precision} "
+        f"({'the GPU' if device.kind == 'cuda' else 'CPUs train in fp32'}); "
+        f"estimated {memory.total:,} of {budget:,} MB on {device.name}"
+    )
     choice += f"; strategy {why_strategy}"
-    per_epoch = steps_per_epoch(len(train_lengths), micro, accumulation, world)
+    per_epoch = steps_per_epoch(len(train_lengths), micro, accumulation, groups)
     if request.max_steps and request.max_steps > 0:
         total = request.max_steps
     else:
@@ -412,7 +418,7 @@ def plan_training(
     return Plan(
         micro_batch_size=micro,
         gradient_accumulation_steps=accumulation,
-        effective_batch_size=micro * accumulation * world,
+        effective_batch_size=micro * accumulation * groups,
         world_size=world,
         precision=precision,
         gradient_checkpointing=bool(checkpointing),

@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from cryptotune_daemon.config.strategies import AUTO_STRATEGIES, TRAINABLE_STRATEGIES, unsupported_message
+from cryptotune_daemon.config.strategies import (
+    AUTO_STRATEGIES,
+    TRAINABLE_STRATEGIES,
+    data_parallel_size,
+    unsupported_message,
+)
 from cryptotune_daemon.training.models import ModelFacts
 
 MB = 1024 * 1024
@@ -94,7 +99,8 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
     one chunk of logits, communication buffers (DDP's gradient buckets; FSDP2's all-gathered layers),
     10 % slack and a fixed overhead. The step time adds compute (6 × parameters × tokens, divided
     among the GPUs working on the same sample) to the bytes each strategy moves between GPUs, plus a
-    pipeline's bubble.
+    pipeline's bubble, for one micro-batch; it is then scaled to the same effective batch (GPUs that
+    share samples run proportionally more micro-batches), so the rows compare like with like.
     """
     n = max(inputs.gpus, 1)
     b = 4 if inputs.precision == "fp32" else 2
@@ -178,14 +184,24 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
         memory, checkpointing = fitting[0] if fitting else min(estimates)
         fits = bool(fitting)
         available = name in TRAINABLE_STRATEGIES and (name == "data_parallel" or n > 1)
+        hybrid_mesh = 1 < tp < n and n % tp == 0 and facts.num_key_value_heads % tp == 0
         how = "with" if checkpointing else "without"
         reason = f"{description}; {memory:,} of {budget:,} MB per GPU {how} gradient checkpointing"
         if not fits:
             reason = f"does not fit: {reason}"
         if name not in TRAINABLE_STRATEGIES:
             reason += f" ({unsupported_message(name).split(':')[0]})"
+        elif name == "hybrid_parallel" and not hybrid_mesh:
+            available = False
+            reason += (
+                f" (needs at least 4 GPUs in groups of tensor_parallel_size ({tp}) that divide them and "
+                f"the {facts.num_key_value_heads} KV heads)"
+            )
         elif not available:
             reason += " (needs more than one GPU)"
+        # Per micro-batch above; a strategy whose groups of GPUs share samples runs more micro-batches
+        # per GPU for the same effective batch (tensor parallel in pairs: twice as many).
+        seconds *= n / data_parallel_size(name, n, tp)
         step = seconds * (1.33 if checkpointing else 1.0)
         rows.append(StrategyRow(name, fits, memory, reason, round(step, 4), available))
     return rows

@@ -9,8 +9,12 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.strategies.base import Strategy
 
 
-def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) -> Strategy:
+def make_strategy(
+    name: str, dist: DistContext, *, compute_dtype: Any = None, tensor_parallel_size: int = 2
+) -> Strategy:
     """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
+
+    ``tensor_parallel_size`` is the group size of ``hybrid_parallel`` (``model_parallel`` uses every rank).
 
     Raises:
         CryptotuneError: CONFIG_INVALID for a strategy that cannot train yet.
@@ -24,6 +28,12 @@ def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) ->
         from cryptotune_daemon.training.strategies.sharded import ShardedDataParallel
 
         return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32)
+    if name == "hybrid_parallel":
+        import torch
+
+        from cryptotune_daemon.training.strategies.hybrid import HybridParallel
+
+        return HybridParallel(dist, tensor_parallel_size, compute_dtype=compute_dtype or torch.float32)
     if name == "model_parallel":
         from cryptotune_daemon.training.strategies.tensor_parallel import TensorParallel
 

@@ -21,6 +21,24 @@ def decoder_layers(module: nn.Module) -> list[nn.Module]:
     return list(found[0]) if found else []
 
 
+def shard_model(loss_module: nn.Module, mesh: Any, compute_dtype: torch.dtype) -> nn.Module:
+    """FSDP2 ``fully_shard`` on every decoder layer and on the root, over the 1-D ``mesh``.
+
+    Parameters that are already DTensors on a sibling mesh dimension (tensor parallel) are sharded
+    further: FSDP2 then keeps them as 2-D DTensors. On GPUs in half precision the compute runs in
+    ``compute_dtype`` with fp32 gradient reduction.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if mesh.device_type == "cuda" and compute_dtype != torch.float32:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for layer in decoder_layers(loss_module):
+        fully_shard(layer, **kwargs)
+    fully_shard(loss_module, **kwargs)
+    return loss_module
+
+
 class ShardedDataParallel(Strategy):
     """FSDP2 (``fully_shard``) on every decoder layer and on the root (embeddings, final norm, head).
 
@@ -53,20 +71,11 @@ class ShardedDataParallel(Strategy):
         if not self.dist.distributed:
             return loss_module
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         self._mesh = init_device_mesh(
             self.dist.device.type, (self.dist.world_size,), mesh_dim_names=("dp_shard",)
         )
-        kwargs: dict[str, Any] = {"mesh": self._mesh}
-        if self.dist.device.type == "cuda" and self.compute_dtype != torch.float32:
-            kwargs["mp_policy"] = MixedPrecisionPolicy(
-                param_dtype=self.compute_dtype, reduce_dtype=torch.float32
-            )
-        for layer in decoder_layers(loss_module):
-            fully_shard(layer, **kwargs)
-        fully_shard(loss_module, **kwargs)
-        return loss_module
+        return shard_model(loss_module, self._mesh, self.compute_dtype)
 
     def no_sync(self, module: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return _gradient_sync_off(module)

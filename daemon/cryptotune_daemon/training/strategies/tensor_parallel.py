@@ -64,6 +64,72 @@ def split_heads_problem(layer: nn.Module, degree: int) -> str | None:
     return None
 
 
+def split_layers(loss_module: nn.Module, mesh: Any, strategy: str) -> nn.Module:
+    """Splits every decoder layer's projections over the 1-D ``mesh`` (see :func:`layer_plan`).
+
+    Raises:
+        CryptotuneError: CONFIG_INVALID when the mesh's size does not divide the attention heads.
+    """
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    for layer in decoder_layers(loss_module):
+        problem = split_heads_problem(layer, mesh.size())
+        if problem is not None:
+            from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+
+            raise CryptotuneError(ErrorCode.CONFIG_INVALID, f"{strategy}: {problem}")
+        parallelize_module(layer, mesh, layer_plan(layer))
+    return loss_module
+
+
+def split_gradient_norm(
+    parameters: Iterable[nn.Parameter], dist: DistContext
+) -> tuple[list[nn.Parameter], float]:
+    """The global L2 norm of the gradients of ``parameters``, however they are split over the ranks.
+
+    Each rank adds the squares of its local gradient values divided by the number of ranks that hold
+    the same values, and the sum over all ranks is the square of the norm. A DTensor's values are
+    repeated on the ranks outside its mesh (a 1-D DTensor of one dimension of a 2-D mesh is the same
+    on every rank of the other) and along the mesh dimensions it is replicated on; a plain tensor
+    is the same on every rank.
+
+    Returns:
+        The parameters that have gradients and the norm.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in parameters if p.grad is not None]
+    total = torch.zeros((), dtype=torch.float64, device=dist.device)
+    for param in params:
+        grad = param.grad
+        assert grad is not None
+        if isinstance(grad, DTensor):
+            mesh = grad.device_mesh
+            replicated = [
+                mesh.size(i) for i, placement in enumerate(grad.placements) if placement.is_replicate()
+            ]
+            copies = dist.world_size // mesh.size() * math.prod(replicated)
+            local = grad.to_local()
+        else:
+            copies, local = dist.world_size, grad
+        total += local.double().pow(2).sum() / copies
+    dist.all_reduce_sum(total)
+    return params, float(total.sqrt())
+
+
+def scale_gradients(params: Iterable[nn.Parameter], norm: float, max_norm: float) -> None:
+    """Clips like ``torch.nn.utils.clip_grad_norm_``: scales every (local) gradient by max_norm / norm."""
+    from torch.distributed.tensor import DTensor
+
+    if not math.isfinite(max_norm):
+        return
+    coefficient = min(max_norm / (norm + 1e-6), 1.0)
+    for param in params:
+        grad = param.grad
+        assert grad is not None
+        (grad.to_local() if isinstance(grad, DTensor) else grad).mul_(coefficient)
+
+
 class TensorParallel(Strategy):
     """Tensor parallelism over every rank (one 1-D ``tp`` mesh).
 
@@ -107,18 +173,10 @@ class TensorParallel(Strategy):
         if not self.dist.distributed:
             return loss_module
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor.parallel import parallelize_module
 
         degree = self.dist.world_size
         self._mesh = init_device_mesh(self.dist.device.type, (degree,), mesh_dim_names=("tp",))
-        for layer in decoder_layers(loss_module):
-            problem = split_heads_problem(layer, degree)
-            if problem is not None:
-                from cryptotune_daemon.errors import CryptotuneError, ErrorCode
-
-                raise CryptotuneError(ErrorCode.CONFIG_INVALID, f"model_parallel: {problem}")
-            parallelize_module(layer, self._mesh, layer_plan(layer))
-        return loss_module
+        return split_layers(loss_module, self._mesh, self.name)
 
     @contextlib.contextmanager
     def evaluating(self, module: nn.Module) -> Iterator[DistContext | None]:

@@ -35,7 +35,9 @@ class InitStage(StageBase):
         self._init()
         return True
 
-    def _check_tensor_parallel_degree(self, source: Any, degree: int) -> None:
+    def _check_tensor_parallel_degree(
+        self, source: Any, degree: int, strategy: str = "model_parallel"
+    ) -> None:
         """Refuses a tensor-parallel degree that does not divide the model's KV heads (CONFIG_INVALID)."""
         from cryptotune_daemon.training.models import load_model_config
 
@@ -44,6 +46,12 @@ class InitStage(StageBase):
         heads = int(getattr(text, "num_attention_heads", 1) or 1)
         kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
         problem = tensor_parallel_degree_problem(degree, kv_heads, source.name)
+        if problem is not None and strategy == "hybrid_parallel":
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID,
+                f"parallel.tensor_parallel_size: {problem} (hybrid_parallel splits every layer over "
+                "groups of tensor_parallel_size processes; set it to one of those that divides world_size)",
+            )
         if problem is not None:
             raise CryptotuneError(
                 ErrorCode.CONFIG_INVALID,
@@ -79,6 +87,9 @@ class InitStage(StageBase):
         check_target_modules(source, tuple(config.lora.target_modules))
         if str(config.parallel.strategy) == "model_parallel" and self.world_size > 1:
             self._check_tensor_parallel_degree(source, self.world_size)
+        if str(config.parallel.strategy) == "hybrid_parallel" and self.world_size > 1:
+            degree = int(config.parallel.tensor_parallel_size)
+            self._check_tensor_parallel_degree(source, degree, "hybrid_parallel")
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
