@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINABLE = ("data_parallel", "sharded_data_parallel")
+TRAINABLE = ("data_parallel", "sharded_data_parallel", "pipeline_parallel")
 CONFIG = """\
 model:
   model_name: builtin:tiny-qwen3

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptotune_daemon.config.issues import _Collector
 from cryptotune_daemon.config.lora_targets import qwen3_target_problems
 from cryptotune_daemon.config.messages import _number_text
+from cryptotune_daemon.config.pipeline import micro_batch_split_note, pipeline_key_issues
 from cryptotune_daemon.config.report_targets import missing_reporters, missing_reporters_message
 from cryptotune_daemon.config.schema import CryptotuneConfig, generation_record_count
 from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, strategy_key_issues
@@ -72,6 +73,7 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
             changed,
         ):
             (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
+    _pipeline_checks(config, out)
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
@@ -83,6 +85,29 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
             ("parallel", "world_size"),
             f"is {parallel.world_size} but this machine has {gpu_count} GPU(s); "
             f"set world_size to at most {gpu_count}",
+        )
+
+
+def _pipeline_checks(config: CryptotuneConfig, out: _Collector) -> None:
+    """``pipeline_parallel``'s schedule and micro-batch keys (the layer count is checked at init)."""
+    parallel = config.parallel
+    keys = ("parallel.strategy", "parallel.pipeline_schedule", "parallel.pipeline_micro_batches")
+    if not out.usable(*keys):
+        return
+    for key, message, is_error in pipeline_key_issues(
+        parallel.strategy, parallel.world_size, parallel.pipeline_schedule, parallel.pipeline_micro_batches
+    ):
+        (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
+    per_device = config.training.per_device_train_batch_size
+    if (
+        parallel.strategy == "pipeline_parallel"
+        and parallel.world_size > 1
+        and out.usable("training.per_device_train_batch_size")
+        and isinstance(per_device, int)
+        and (note := micro_batch_split_note(per_device, parallel.pipeline_micro_batches))
+    ):
+        out.warn(
+            ("parallel", "pipeline_micro_batches"), note, ("training", "per_device_train_batch_size")
         )
 
 

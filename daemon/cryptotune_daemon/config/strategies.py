@@ -5,14 +5,14 @@ from __future__ import annotations
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # parallel.strategy values that train today; ``auto`` resolves to one of them.
-TRAINABLE_STRATEGIES = ("data_parallel", "sharded_data_parallel", "model_parallel")
+TRAINABLE_STRATEGIES = ("data_parallel", "sharded_data_parallel", "model_parallel", "pipeline_parallel")
 SUPPORTED_STRATEGIES = (*TRAINABLE_STRATEGIES, "auto")
 # What ``auto`` chooses among (the trainable ones): DDP when it fits, else FSDP2, else hybrid. Tensor and
 # pipeline parallelism are opt-in: they give up data parallelism, and tensor parallelism needs a degree
 # that divides the model's KV heads, which the planner does not check.
 AUTO_STRATEGIES = ("data_parallel", "sharded_data_parallel", "hybrid_parallel")
 # Accepted by the config schema, refused at submission until they train equivalently.
-NOT_YET_TRAINABLE = ("pipeline_parallel", "hybrid_parallel")
+NOT_YET_TRAINABLE = ("hybrid_parallel",)
 
 
 def refuse_unsupported(strategy: str) -> None:
@@ -119,15 +119,7 @@ def strategy_key_issues(
                 True,
             )
         )
-    if strategy == "pipeline_parallel" and pipeline_micro_batches < world_size:
-        issues.append(
-            (
-                "pipeline_micro_batches",
-                f"is {pipeline_micro_batches} for {world_size} stages: most stages would wait; set "
-                f"pipeline_micro_batches to at least {world_size} (e.g. {2 * world_size})",
-                False,
-            )
-        )
+    # pipeline_parallel's own rules (schedule × micro-batches): config/pipeline.py.
     return issues
 
 

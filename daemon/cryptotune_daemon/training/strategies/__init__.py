@@ -9,7 +9,14 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.strategies.base import Strategy
 
 
-def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) -> Strategy:
+def make_strategy(
+    name: str,
+    dist: DistContext,
+    *,
+    compute_dtype: Any = None,
+    pipeline_schedule: str = "1f1b",
+    pipeline_micro_batches: int = 2,
+) -> Strategy:
     """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
 
     Raises:
@@ -28,6 +35,10 @@ def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) ->
         from cryptotune_daemon.training.strategies.tensor_parallel import TensorParallel
 
         return TensorParallel(dist)
+    if name == "pipeline_parallel":
+        from cryptotune_daemon.training.strategies.pipeline import PipelineParallel
+
+        return PipelineParallel(dist, schedule=pipeline_schedule, micro_batches=pipeline_micro_batches)
     from cryptotune_daemon.training.strategies.data_parallel import DataParallel
 
     return DataParallel(dist)
