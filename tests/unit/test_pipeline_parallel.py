@@ -1,4 +1,4 @@
-"""``pipeline_parallel``: the stage split, the stage modules against the whole model, padding, and the keys."""
+"""``pipeline_parallel``: the stage split, the stages against the whole model, padding, keys, planner row."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from cryptotune_daemon.training.batching import collate_packed, deal_samples
 from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.loss import label_loss_sums, per_example_loss_sums
 from cryptotune_daemon.training.models import ModelSource, build_tiny_qwen3
-from cryptotune_daemon.training.strategies.pipeline import StageModule, pad_micro_batches, release_other_stages
+from cryptotune_daemon.training.strategies.pipeline import (
+    StageModule,
+    pad_micro_batches,
+    release_other_stages,
+)
 from cryptotune_daemon.worker.stages.init import InitStage
 
 # -- the stage split -----------------------------------------------------------------------------------
@@ -100,7 +104,9 @@ def _examples() -> list[Example]:
         ids = tuple(int(t) for t in torch.randint(10, 5000, (length,), generator=generator))
         prompt = length // 3
         labels = (-100,) * prompt + ids[prompt:]
-        examples.append(Example(index=index, line=index + 1, input_ids=ids, labels=labels, prompt_tokens=prompt))
+        examples.append(
+            Example(index=index, line=index + 1, input_ids=ids, labels=labels, prompt_tokens=prompt)
+        )
     return examples
 
 

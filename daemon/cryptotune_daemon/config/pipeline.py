@@ -1,4 +1,4 @@
-"""``pipeline_parallel``: how decoder layers are cut into stages, and the pipeline keys' rules (no torch here).
+"""``pipeline_parallel``: how decoder layers are cut into stages, and the pipeline keys' rules (no torch).
 
 A pipeline of ``world_size`` stages runs one stage per process: stage 0 holds the embeddings and
 the first layers, the last stage the last layers, the final norm, the LM head and the loss. Each
@@ -77,7 +77,7 @@ def pipeline_key_issues(
 
 
 def micro_batch_split_note(per_device: int, micro_batches: int) -> str | None:
-    """Why ``micro_batches`` pipeline micro-batches do not fit a per-device batch of ``per_device``, else None."""
+    """Why ``micro_batches`` micro-batches do not fit a per-device batch of ``per_device``, else None."""
     if per_device >= micro_batches:
         return None
     return (

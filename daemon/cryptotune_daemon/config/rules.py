@@ -106,9 +106,7 @@ def _pipeline_checks(config: CryptotuneConfig, out: _Collector) -> None:
         and isinstance(per_device, int)
         and (note := micro_batch_split_note(per_device, parallel.pipeline_micro_batches))
     ):
-        out.warn(
-            ("parallel", "pipeline_micro_batches"), note, ("training", "per_device_train_batch_size")
-        )
+        out.warn(("parallel", "pipeline_micro_batches"), note, ("training", "per_device_train_batch_size"))
 
 
 def _warnings(config: CryptotuneConfig, out: _Collector) -> None:

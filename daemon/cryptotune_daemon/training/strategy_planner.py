@@ -169,18 +169,24 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
             [inputs.gradient_checkpointing] if inputs.gradient_checkpointing is not None else [False, True]
         )
         if name == "pipeline_parallel":
-            # Micro-batches of 1/M of the batch, `split` of them in flight, over this stage's `share` layers:
-            # what each keeps for its backward (layer inputs, or every layer's activations), one
-            # micro-batch's working layer, and each in-flight one's mask and send/receive buffers.
+            # Micro-batches of 1/M of the batch, `split` of them in flight, over this stage's `share`
+            # layers: what each keeps for its backward (layer inputs, or every layer's activations)
+            # with its mask and send/receive buffers, plus one micro-batch's working layer.
             micro = 1 / _pipeline_micro_batches(inputs)
-
-            def pipeline_bytes(c: bool) -> float:
-                kept = hidden_states / facts.num_layers * share if c else full_layer * share
-                working = 2 * full_layer if c else full_layer
-                buffers = mask + 2 * tokens * facts.hidden_size * b
-                return static + split * micro * (kept + buffers) + micro * working + logits
-
-            estimates = [(total_mb(pipeline_bytes(c)), c) for c in options]
+            buffers = mask + 2 * tokens * facts.hidden_size * b
+            estimates = [
+                (
+                    total_mb(
+                        static
+                        + split * micro * ((hidden_states / facts.num_layers if c else full_layer) * share)
+                        + split * micro * buffers
+                        + micro * (2 * full_layer if c else full_layer)
+                        + logits
+                    ),
+                    c,
+                )
+                for c in options
+            ]
         else:
             estimates = [
                 (total_mb(static + activations(int(split), share, c) + mask / split + logits), c)
@@ -215,7 +221,7 @@ def _pipeline_micro_batches(inputs: StrategyInputs) -> int:
 def _pipeline_layout(
     facts: ModelFacts, inputs: StrategyInputs, *, weights: float, embed: float, flops: float
 ) -> tuple[float, float, int, float, str]:
-    """The pipeline's row: ``(static bytes, micro-batches in flight, layers per stage, seconds, description)``.
+    """The pipeline's row: ``(static bytes, micro-batches in flight, layers, seconds, description)``.
 
     Memory is the busiest stage's: its ``ceil(layers / stages)`` layers of frozen weights plus the
     embedding (stage 0) or the LM head (the last stage; tied to the embedding in Qwen3), its share
@@ -237,8 +243,9 @@ def _pipeline_layout(
     bubble = (n - 1) / (m + n - 1)
     seconds = flops / speed / n * (m + n - 1) / m + 2 * tokens * facts.hidden_size * b / link
     description = (
-        f"{n} stages of up to {layers} layers, {m} micro-batches ({inputs.pipeline_schedule}: "
-        f"{in_flight} in flight, {bubble:.0%} bubble); every stage sees the same samples"
+        f"{n} stages of up to {layers} layers, {m} micro-batch{'es' if m != 1 else ''} "
+        f"({inputs.pipeline_schedule}: {in_flight} in flight, {bubble:.0%} bubble); every stage sees the "
+        "same samples"
     )
     static = layers * per_layer + embed + inputs.lora_parameters * 16 / n
     return static, in_flight, layers, seconds, description

@@ -60,7 +60,9 @@ def _causal_lm(model: nn.Module) -> Any:
     return get_base() if callable(get_base) else model
 
 
-def _mask_arguments(function: Callable[..., Any], config: Any, hidden: torch.Tensor, position_ids: Any) -> Any:
+def _mask_arguments(
+    function: Callable[..., Any], config: Any, hidden: torch.Tensor, position_ids: Any
+) -> Any:
     """Keyword arguments of transformers' mask builders, whichever names this version uses."""
     names = inspect.signature(function).parameters
     arguments: dict[str, Any] = {"config": config, "attention_mask": None, "position_ids": position_ids}
@@ -128,7 +130,9 @@ class StageModule(nn.Module):
         masks = {"full_attention": build(**_mask_arguments(build, self.config, hidden, position_ids))}
         if self.sliding:
             sliding = masking_utils.create_sliding_window_causal_mask
-            masks["sliding_attention"] = sliding(**_mask_arguments(sliding, self.config, hidden, position_ids))
+            masks["sliding_attention"] = sliding(
+                **_mask_arguments(sliding, self.config, hidden, position_ids)
+            )
         return masks
 
     def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -208,10 +212,11 @@ class PipelineParallel(Strategy):
 
     Every rank sees the same samples (data-parallel degree 1). A pipeline step takes the
     per-device batch (``per_device_train_batch_size`` samples), deals its samples longest first
-    round robin into ``micro_batches`` micro-batches (``pipeline_micro_batches``) and runs them through the schedule; the
-    ``gradient_accumulation_steps`` pipeline steps of an optimiser step accumulate gradients. The
-    effective batch is ``per_device_train_batch_size`` × ``gradient_accumulation_steps``, the same
-    samples a single process trains on per step. A single process trains unwrapped.
+    round robin into ``micro_batches`` micro-batches (``pipeline_micro_batches``; empty ones are left
+    out) and runs them through the schedule; the ``gradient_accumulation_steps`` pipeline steps of
+    an optimiser step accumulate gradients. The effective batch is
+    ``per_device_train_batch_size`` × ``gradient_accumulation_steps``, the same samples a single
+    process trains on per step. A single process trains unwrapped.
 
     Args:
         dist: this process's place in the job.
@@ -281,7 +286,8 @@ class PipelineParallel(Strategy):
         except ValueError as error:
             raise CryptotuneError(
                 ErrorCode.CONFIG_INVALID,
-                f"parallel.world_size: {error}; set world_size to at most {len(blocks)} for pipeline_parallel",
+                f"parallel.world_size: {error}; set world_size to at most {len(blocks)} for "
+                "pipeline_parallel",
             ) from error
         mine = ranges[self.dist.rank]
         self._trainable_names = [n for n, _ in trainable_parameters(model)]
@@ -298,7 +304,7 @@ class PipelineParallel(Strategy):
         return loss_module
 
     def _schedule(self, rows: int, width: int, *, train: bool, micro_batches: int) -> Any:
-        """The schedule of one pipeline step of micro-batches of ``(rows, width)`` (reused while it repeats)."""
+        """The schedule of a pipeline step of ``(rows, width)`` micro-batches (reused while it repeats)."""
         key = (rows, width, train, micro_batches)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
