@@ -236,7 +236,7 @@ def test_remote_code_and_unsupported_strategies_are_refused(tmp_path: Path) -> N
     )
     code, events = run_inprocess(make_spec(tmp_path, data=data, config=remote, events="a.jsonl"))
     assert code == 1 and "--allow-remote-code" in of(events, "failed")[0]["reason"]
-    strategy = config_text() + "parallel:\n  strategy: pipeline_parallel\n"
+    strategy = config_text() + "parallel:\n  strategy: hybrid_parallel\n"
     code, events = run_inprocess(make_spec(tmp_path, data=data, config=strategy, events="b.jsonl"))
     assert code == 1
     reason = of(events, "failed")[0]["reason"]
