@@ -272,7 +272,7 @@ class PipelineParallel(Strategy):
     # -- model -------------------------------------------------------------------------------------------
 
     def wrap(self, loss_module: nn.Module) -> nn.Module:
-        """Keeps this rank's stage of the model and replaces every other stage's modules by placeholders."""
+        """Builds this rank's stage and frees the frozen weights of every other stage (names kept)."""
         if not self.dist.distributed:
             return loss_module
         model: nn.Module = loss_module.model  # type: ignore[assignment]  # the LossModule's peft model
