@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINABLE = ("data_parallel", "sharded_data_parallel", "model_parallel", "hybrid_parallel")
+TRAINABLE = (
+    "data_parallel",
+    "sharded_data_parallel",
+    "model_parallel",
+    "pipeline_parallel",
+    "hybrid_parallel",
+)
 # Strategies that need more processes than ``--processes``: hybrid's 2-D mesh is 2 tensor-parallel
 # pairs × FSDP2 across them (its row says it ran with 4).
 MIN_PROCESSES = {"hybrid_parallel": 4}

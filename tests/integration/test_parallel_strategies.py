@@ -61,8 +61,9 @@ def job_config(
     micro: int = 4,
     accumulation: int = 1,
     save_steps: int = 3,
+    schedule: str = "gpipe",
 ) -> str:
-    return CONFIG.format(
+    text = CONFIG.format(
         steps=STEPS,
         micro=micro,
         accumulation=accumulation,
@@ -71,6 +72,10 @@ def job_config(
         world=world,
         distributed=str(world > 1).lower(),
     )
+    if strategy == "pipeline_parallel":
+        # Each per-device batch of 4 is cut into 2 micro-batches of 2 samples.
+        text += f"  pipeline_schedule: {schedule}\n  pipeline_micro_batches: 2\n"
+    return text
 
 
 def run_job(
@@ -164,11 +169,12 @@ def assert_equivalent(spec: dict[str, Any], reference: dict[str, Any]) -> None:
 
 
 # Strategy, per-device micro-batch of 2 ranks for the reference's effective batch of 4, report mesh.
-# Tensor-parallel ranks see the same samples (data-parallel degree 1): each takes all 4.
+# Tensor- and pipeline-parallel ranks see the same samples (data-parallel degree 1): each takes all 4.
 TWO_RANK_CASES = [
     ("data_parallel", 2, {"dp": 2}),
     ("sharded_data_parallel", 2, {"dp_shard": 2}),
     ("model_parallel", 4, {"tp": 2}),
+    ("pipeline_parallel", 4, {"pp": 2}),
 ]
 
 
@@ -217,7 +223,9 @@ def start_job(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "micro"), [("sharded_data_parallel", 2), ("model_parallel", 4)])
+@pytest.mark.parametrize(
+    ("strategy", "micro"), [("sharded_data_parallel", 2), ("model_parallel", 4), ("pipeline_parallel", 4)]
+)
 def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     strategy: str, micro: int, single: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -228,7 +236,8 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     process, spec = start_job(
         tmp_path,
         data,
-        job_config(strategy=strategy, world=2, micro=micro),
+        # The pipeline runs 1F1B here (the equivalence case above runs GPipe).
+        job_config(strategy=strategy, world=2, micro=micro, schedule="1f1b"),
         world=2,
         name="sharded",
     )
@@ -245,6 +254,10 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    # The steps before the cancel are the single process's steps too.
+    before = losses(spec)[:3]
+    for a, b in zip(before, losses(reference)[:3], strict=True):
+        assert abs(a - b) <= 1e-4 * abs(b), f"loss {a} differs from one process's {b}"
     # Fewer free GPUs after a restart: one process, per-device batch doubled (same effective batch).
     resume = {"output_dir": spec["output_dir"], "step": 3}
     config = job_config(world=1, micro=4)

@@ -436,13 +436,6 @@ def test_cross_checks_still_run_when_other_keys_are_bad() -> None:
         ("lora:\n  rank: 4\n  alpha: 64\n", "lora.alpha", 3, "unusually strongly"),
         ("lora:\n  rank: 64\n", "lora.rank", 2, "alpha = 2 × rank (here 128)"),
         ("training:\n  max_seq_length: 65536\n", "training.max_seq_length", 2, "memory"),
-        (
-            "parallel:\n  strategy: pipeline_parallel\n",
-            "parallel.strategy",
-            2,
-            "use data_parallel, sharded_data_parallel, model_parallel or auto",
-        ),
-        ("parallel:\n  strategy: pipeline_parallel\n", "parallel.strategy", 2, "will be refused"),
         ("training:\n  eval_strategy: 'no'\n", "training.eval_strategy", 2, "no eval loss"),
         ("training:\n  fp16: true\n  bf16: false\n", "training.fp16", 2, "fp16 may overflow"),
         ("data:\n  shuffle_data: false\n", "data.shuffle_data", 2, "shuffle_data: true"),

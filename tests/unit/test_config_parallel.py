@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cryptotune_daemon.config import validate_config_text
 from cryptotune_daemon.config.strategies import tensor_parallel_degree_problem
 
@@ -106,10 +108,16 @@ def test_a_local_model_directory_gives_its_kv_heads(tmp_path: Path) -> None:
     assert known_kv_heads(str(tmp_path)) == 6
 
 
-def test_hybrid_is_trainable_now() -> None:
-    from cryptotune_daemon.config.strategies import NOT_YET_TRAINABLE, TRAINABLE_STRATEGIES
+def test_every_strategy_of_the_manual_trains_and_an_unknown_one_is_refused_clearly() -> None:
+    from cryptotune_daemon.config.strategies import TRAINABLE_STRATEGIES, refuse_unsupported
+    from cryptotune_daemon.errors import CryptotuneError
 
-    assert "hybrid_parallel" in TRAINABLE_STRATEGIES and "hybrid_parallel" not in NOT_YET_TRAINABLE
+    manual = {"data_parallel", "model_parallel", "pipeline_parallel", "hybrid_parallel"}
+    assert manual <= set(TRAINABLE_STRATEGIES)
+    for name in (*TRAINABLE_STRATEGIES, "auto"):
+        refuse_unsupported(name)
+    with pytest.raises(CryptotuneError, match=r"set parallel\.strategy to one of them or to auto"):
+        refuse_unsupported("expert_parallel")
     text = "parallel:\n  strategy: hybrid_parallel\n  world_size: 4\n  enable_distributed: true\n"
     report = validate_config_text(text)
     assert not [w for w in report.warnings if w.path == "parallel.strategy"], report.warnings

@@ -5,10 +5,10 @@ from __future__ import annotations
 from cryptotune_daemon.config.issues import _Collector
 from cryptotune_daemon.config.lora_targets import known_kv_heads, qwen3_target_problems
 from cryptotune_daemon.config.messages import _number_text
+from cryptotune_daemon.config.pipeline import micro_batch_split_note, pipeline_key_issues
 from cryptotune_daemon.config.report_targets import missing_reporters, missing_reporters_message
 from cryptotune_daemon.config.schema import CryptotuneConfig, generation_record_count
 from cryptotune_daemon.config.strategies import (
-    NOT_YET_TRAINABLE,
     strategy_key_issues,
     tensor_parallel_degree_problem,
 )
@@ -77,6 +77,7 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
         ):
             (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
         _check_kv_heads(config, out)
+    _pipeline_checks(config, out)
     if parallel.world_size > 1 and not parallel.enable_distributed:
         out.error(
             ("parallel", "world_size"),
@@ -113,6 +114,27 @@ def _check_kv_heads(config: CryptotuneConfig, out: _Collector) -> None:
     if problem is not None:
         what = "parallel.world_size" if strategy == "model_parallel" else "parallel.tensor_parallel_size"
         out.error(loc, f"{problem} as {what}", ("parallel", "strategy"))
+
+
+def _pipeline_checks(config: CryptotuneConfig, out: _Collector) -> None:
+    """``pipeline_parallel``'s schedule and micro-batch keys (the layer count is checked at init)."""
+    parallel = config.parallel
+    keys = ("parallel.strategy", "parallel.pipeline_schedule", "parallel.pipeline_micro_batches")
+    if not out.usable(*keys):
+        return
+    for key, message, is_error in pipeline_key_issues(
+        parallel.strategy, parallel.world_size, parallel.pipeline_schedule, parallel.pipeline_micro_batches
+    ):
+        (out.error if is_error else out.warn)(("parallel", key), message, ("parallel", "strategy"))
+    per_device = config.training.per_device_train_batch_size
+    if (
+        parallel.strategy == "pipeline_parallel"
+        and parallel.world_size > 1
+        and out.usable("training.per_device_train_batch_size")
+        and isinstance(per_device, int)
+        and (note := micro_batch_split_note(per_device, parallel.pipeline_micro_batches))
+    ):
+        out.warn(("parallel", "pipeline_micro_batches"), note, ("training", "per_device_train_batch_size"))
 
 
 def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
@@ -167,13 +189,6 @@ def _warnings(config: CryptotuneConfig, out: _Collector) -> None:
             f"'{lora.optimization_strategy}' plans exactly like 'auto' (the largest micro-batch that fits, "
             "gradient checkpointing only when needed); only 'memory' changes the plan. Set it to auto, or "
             "to memory to trade speed for memory",
-        )
-    strategy = config.parallel.strategy
-    if out.usable("parallel.strategy") and strategy in NOT_YET_TRAINABLE:
-        out.warn(
-            ("parallel", "strategy"),
-            f"'{strategy}': this strategy will be refused when a job is submitted; use data_parallel, "
-            "sharded_data_parallel, model_parallel or auto",
         )
     generation_keys = (
         "training.eval_sample_size",

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
-# parallel.strategy values that train today; ``auto`` resolves to one of them.
-TRAINABLE_STRATEGIES = ("data_parallel", "sharded_data_parallel", "model_parallel", "hybrid_parallel")
+# parallel.strategy values that train (the manual's five, FSDP2 added); ``auto`` resolves to one of them.
+TRAINABLE_STRATEGIES = (
+    "data_parallel",
+    "sharded_data_parallel",
+    "model_parallel",
+    "pipeline_parallel",
+    "hybrid_parallel",
+)
 SUPPORTED_STRATEGIES = (*TRAINABLE_STRATEGIES, "auto")
 # What ``auto`` chooses among (the trainable ones): DDP when it fits, else FSDP2, else hybrid. Tensor and
 # pipeline parallelism are opt-in: they give up data parallelism, and tensor parallelism needs a degree
-# that divides the model's KV heads, which the planner does not check.
+# that divides the model's KV heads (the planner offers hybrid only when its degree does).
 AUTO_STRATEGIES = ("data_parallel", "sharded_data_parallel", "hybrid_parallel")
-# Accepted by the config schema, refused at submission until they train equivalently.
-NOT_YET_TRAINABLE = ("pipeline_parallel",)
 
 
 def refuse_unsupported(strategy: str) -> None:
-    """Raises CONFIG_INVALID for a strategy that cannot train yet, saying what to set instead.
+    """Raises CONFIG_INVALID for a strategy this version does not know (e.g. a spec or checkpoint written
+    by a newer cryptotune), saying what to set instead.
 
     Raises:
         CryptotuneError: CONFIG_INVALID.
@@ -29,9 +34,9 @@ def refuse_unsupported(strategy: str) -> None:
 def unsupported_message(strategy: str) -> str:
     """Why ``strategy`` is refused and what to set instead."""
     return (
-        f"parallel.strategy '{strategy}' is not supported yet: cryptotune trains LoRA adapters with "
-        "data_parallel (DDP), sharded_data_parallel (FSDP2) or model_parallel (tensor parallel); set "
-        "parallel.strategy to data_parallel, sharded_data_parallel, model_parallel or auto"
+        f"parallel.strategy '{strategy}' is not supported by this cryptotune: it trains LoRA adapters with "
+        "data_parallel (DDP), sharded_data_parallel (FSDP2), model_parallel (tensor parallel), "
+        "pipeline_parallel or hybrid_parallel; set parallel.strategy to one of them or to auto"
     )
 
 
@@ -119,15 +124,7 @@ def strategy_key_issues(
                 True,
             )
         )
-    if strategy == "pipeline_parallel" and pipeline_micro_batches < world_size:
-        issues.append(
-            (
-                "pipeline_micro_batches",
-                f"is {pipeline_micro_batches} for {world_size} stages: most stages would wait; set "
-                f"pipeline_micro_batches to at least {world_size} (e.g. {2 * world_size})",
-                False,
-            )
-        )
+    # pipeline_parallel's own rules (schedule × micro-batches): config/pipeline.py.
     return issues
 
 

@@ -71,6 +71,15 @@ def split_micro_batches(step: Sequence[int], micro_batch_size: int) -> list[list
     return [list(step[i : i + micro_batch_size]) for i in range(0, len(step), micro_batch_size)]
 
 
+def deal_samples(samples: Sequence[int], count: int) -> list[list[int]]:
+    """Deals ``samples`` (longest first) round robin into ``count`` micro-batches of similar token counts.
+
+    A pipeline step cuts its per-device batch this way; with fewer samples than ``count`` the last
+    micro-batches are empty.
+    """
+    return [list(samples[i :: max(count, 1)]) for i in range(max(count, 1))]
+
+
 # -- packing ---------------------------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ def compute_eval_loss(
     packing: bool = True,
     row_tokens: int = 0,
     single_row: bool = False,
+    loss_sums: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EvalLoss:
     """Eval loss over ``examples``, sharded over ranks and summed (every rank must call it).
 
@@ -84,6 +85,8 @@ def compute_eval_loss(
             :func:`~cryptotune_daemon.training.batching.collate_packed`) instead of padding it.
         row_tokens: packed rows' capacity (0: the longest example of the batch).
         single_row: pack into one unpadded row (FlashAttention's varlen layout).
+        loss_sums: computes a batch's per-example loss sums and label counts instead of the whole
+            ``model`` (a pipeline's stages); None: :func:`per_example_loss_sums` on ``model``.
     """
     was_training = model.training
     model.eval()
@@ -99,16 +102,19 @@ def compute_eval_loss(
                 cpu_batch = collate(chunk, pad_token_id)
             batch = {k: v.to(dist.device) for k, v in cpu_batch.items()}
             with autocast():
-                loss_sums, token_counts = per_example_loss_sums(
-                    model,
-                    batch["input_ids"],
-                    batch.get("attention_mask"),
-                    batch["labels"],
-                    position_ids=batch.get("position_ids"),
-                    sample_ids=batch.get("sample_ids"),
-                )
+                if loss_sums is not None:
+                    example_sums, token_counts = loss_sums(batch)
+                else:
+                    example_sums, token_counts = per_example_loss_sums(
+                        model,
+                        batch["input_ids"],
+                        batch.get("attention_mask"),
+                        batch["labels"],
+                        position_ids=batch.get("position_ids"),
+                        sample_ids=batch.get("sample_ids"),
+                    )
             for example, loss_sum, count in zip(
-                chunk, loss_sums.tolist(), token_counts.tolist(), strict=True
+                chunk, example_sums.tolist(), token_counts.tolist(), strict=True
             ):
                 for slot in (0, _slot(example)):
                     sums[slot] += loss_sum

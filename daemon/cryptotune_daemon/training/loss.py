@@ -157,11 +157,31 @@ def per_example_loss_sums(
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
+    return label_loss_sums(head, hidden, labels, sample_ids, chunk_tokens)
+
+
+def label_loss_sums(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    sample_ids: torch.Tensor | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and label-token count per example, from the final hidden states.
+
+    The head half of :func:`per_example_loss_sums` (a pipeline's last stage starts here): logits
+    only at labelled positions, in chunks of ``chunk_tokens``.
+
+    Args:
+        head: the LM head (``get_output_embeddings()``).
+        hidden: ``(B, T, H)`` hidden states after the decoder's final norm.
+        labels, sample_ids: as for :func:`per_example_loss_sums`.
+    """
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     if sample_ids is None:
-        owners = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(targets)
-        count = input_ids.shape[0]
+        owners = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)
+        count = labels.shape[0]
     else:
         # A labelled position always follows a token of the same sample (first labels are ignored).
         owners = sample_ids[:, :-1]

@@ -98,6 +98,8 @@ class PlanRequest:
     varlen_attention: bool = False
     strategy: str = "data_parallel"
     tensor_parallel_size: int = 2
+    pipeline_micro_batches: int = 2
+    pipeline_schedule: str = "1f1b"
 
 
 @dataclass(frozen=True)
@@ -390,6 +392,9 @@ def plan_training(
             lora_parameters=lora,
             tensor_parallel_size=request.tensor_parallel_size,
             varlen_attention=request.varlen_attention,
+            pipeline_micro_batches=request.pipeline_micro_batches,
+            pipeline_schedule=request.pipeline_schedule,
+            samples=micro,
         ),
     )
     if request.strategy == "auto":

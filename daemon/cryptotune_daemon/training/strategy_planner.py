@@ -47,6 +47,8 @@ class StrategyInputs:
         gradient_checkpointing: None to consider both (the table then reports the cheaper that fits).
         lora_parameters: trainable parameters.
         tensor_parallel_size: the tensor-parallel degree of model_parallel (all GPUs) and hybrid (groups).
+        pipeline_micro_batches, pipeline_schedule: how pipeline_parallel cuts and schedules the batch.
+        samples: samples of that micro-batch (0: unknown); a pipeline cuts it into at most that many.
         varlen_attention: FlashAttention (no SDPA mask).
         chunk_tokens: labelled positions per chunk of logits.
     """
@@ -63,6 +65,9 @@ class StrategyInputs:
     tensor_parallel_size: int = 2
     varlen_attention: bool = False
     chunk_tokens: int = 512
+    pipeline_micro_batches: int = 2
+    pipeline_schedule: str = "1f1b"
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,13 +157,7 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
             flops / speed / n + 4 * facts.num_layers * tokens * facts.hidden_size * b / link,
             f"each layer split over {n} GPUs; every GPU sees the same samples",
         ),
-        "pipeline_parallel": (
-            (weights - embed * b) / n + embed * b + lora / n,
-            1,
-            1,
-            flops / speed / n * (1 + (n - 1) / 2) + 2 * tokens * facts.hidden_size * b / link,
-            f"{n} stages of {math.ceil(facts.num_layers / n)} layers; every stage sees the same samples",
-        ),
+        "pipeline_parallel": _pipeline_layout(facts, inputs, weights=weights, embed=embed * b, flops=flops),
         "hybrid_parallel": (
             weights / n + lora / n + 2 * layer * b / tp + embed * b,
             tp,
@@ -172,19 +171,41 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
     rows: list[StrategyRow] = []
     for name in STRATEGY_ORDER:
         static, split, share, seconds, description = layouts[name]
-        layers_share = share / n if name == "pipeline_parallel" else share
         options = (
             [inputs.gradient_checkpointing] if inputs.gradient_checkpointing is not None else [False, True]
         )
-        estimates = [
-            (total_mb(static + activations(int(split), layers_share, c) + mask / split + logits), c)
-            for c in options
-        ]
+        if name == "pipeline_parallel":
+            # Micro-batches of 1/M of the batch, `split` of them in flight, over this stage's `share`
+            # layers: what each keeps for its backward (layer inputs, or every layer's activations)
+            # with its mask and send/receive buffers, plus one micro-batch's working layer.
+            micro = 1 / _pipeline_micro_batches(inputs)
+            buffers = mask + 2 * tokens * facts.hidden_size * b
+            estimates = [
+                (
+                    total_mb(
+                        static
+                        + split * micro * ((hidden_states / facts.num_layers if c else full_layer) * share)
+                        + split * micro * buffers
+                        + micro * (2 * full_layer if c else full_layer)
+                        + logits
+                    ),
+                    c,
+                )
+                for c in options
+            ]
+        else:
+            estimates = [
+                (total_mb(static + activations(int(split), share, c) + mask / split + logits), c)
+                for c in options
+            ]
         fitting = [(m, c) for m, c in estimates if m <= budget]
         memory, checkpointing = fitting[0] if fitting else min(estimates)
         fits = bool(fitting)
         available = name in TRAINABLE_STRATEGIES and (name == "data_parallel" or n > 1)
         hybrid_mesh = 1 < tp < n and n % tp == 0 and facts.num_key_value_heads % tp == 0
+        if name == "pipeline_parallel" and n > facts.num_layers:
+            available = False
+            description += f" (more stages than the model's {facts.num_layers} layers)"
         how = "with" if checkpointing else "without"
         reason = f"{description}; {memory:,} of {budget:,} MB per GPU {how} gradient checkpointing"
         if not fits:
@@ -197,7 +218,7 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
                 f" (needs at least 4 GPUs in groups of tensor_parallel_size ({tp}) that divide them and "
                 f"the {facts.num_key_value_heads} KV heads)"
             )
-        elif not available:
+        elif not available and n <= 1:
             reason += " (needs more than one GPU)"
         # Per micro-batch above; a strategy whose groups of GPUs share samples runs more micro-batches
         # per GPU for the same effective batch (tensor parallel in pairs: twice as many).
@@ -205,6 +226,45 @@ def strategy_table(facts: ModelFacts, inputs: StrategyInputs) -> list[StrategyRo
         step = seconds * (1.33 if checkpointing else 1.0)
         rows.append(StrategyRow(name, fits, memory, reason, round(step, 4), available))
     return rows
+
+
+def _pipeline_micro_batches(inputs: StrategyInputs) -> int:
+    """Micro-batches of one pipeline step: the configured count, at most one per sample."""
+    wanted = max(inputs.pipeline_micro_batches, 1)
+    return min(wanted, inputs.samples) if inputs.samples > 0 else wanted
+
+
+def _pipeline_layout(
+    facts: ModelFacts, inputs: StrategyInputs, *, weights: float, embed: float, flops: float
+) -> tuple[float, float, int, float, str]:
+    """The pipeline's row: ``(static bytes, micro-batches in flight, layers, seconds, description)``.
+
+    Memory is the busiest stage's: its ``ceil(layers / stages)`` layers of frozen weights plus the
+    embedding (stage 0) or the LM head (the last stage; tied to the embedding in Qwen3), its share
+    of the LoRA state, and the activations of the micro-batches in flight there: GPipe runs every
+    forward before the first backward (all ``M`` micro-batches), 1F1B at most one per stage. The
+    step time is the compute of one stage stretched by the bubble: ``(M + stages - 1) / M``, plus
+    the hidden states and their gradients sent between stages.
+    """
+    n = max(inputs.gpus, 1)
+    m = _pipeline_micro_batches(inputs)
+    b = 4 if inputs.precision == "fp32" else 2
+    layers = math.ceil(facts.num_layers / n)
+    per_layer = (weights - embed) / max(facts.num_layers, 1)
+    # 1F1B with fewer micro-batches than stages runs GPipe (see the strategy); the same count in flight.
+    in_flight = m if inputs.pipeline_schedule == "gpipe" else min(n, m)
+    tokens = inputs.rows * inputs.width
+    speed = _GPU_FLOPS.get(inputs.device, 0.2e12)
+    link = _LINK_BYTES_PER_SECOND.get(inputs.device, 5e9)
+    bubble = (n - 1) / (m + n - 1)
+    seconds = flops / speed / n * (m + n - 1) / m + 2 * tokens * facts.hidden_size * b / link
+    description = (
+        f"{n} stages of up to {layers} layers, {m} micro-batch{'es' if m != 1 else ''} "
+        f"({inputs.pipeline_schedule}: {in_flight} in flight, {bubble:.0%} bubble); every stage sees the "
+        "same samples"
+    )
+    static = layers * per_layer + embed + inputs.lora_parameters * 16 / n
+    return static, in_flight, layers, seconds, description
 
 
 def choose_strategy(rows: list[StrategyRow]) -> tuple[str, str]:

@@ -22,7 +22,13 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.faults import OomTestHook
 from cryptotune_daemon.layout import ADAPTER_DIR, CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from cryptotune_daemon.training.allocator import retain_freed_memory
-from cryptotune_daemon.training.batching import collate, collate_packed, epoch_steps, split_micro_batches
+from cryptotune_daemon.training.batching import (
+    collate,
+    collate_packed,
+    deal_samples,
+    epoch_steps,
+    split_micro_batches,
+)
 from cryptotune_daemon.training.checkpoints import CheckpointInfo, Hashes, write_checkpoint
 from cryptotune_daemon.training.dataset import Example
 from cryptotune_daemon.training.distributed import DistContext
@@ -107,6 +113,8 @@ class TrainerSettings:
     loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     strategy: str = "data_parallel"
     tensor_parallel_size: int = 2
+    pipeline_schedule: str = "1f1b"
+    pipeline_micro_batches: int = 2
 
     @property
     def samples_per_step(self) -> int:
@@ -236,6 +244,8 @@ class LoraTrainer:
             dist,
             compute_dtype=_PRECISION_DTYPES.get(settings.precision),
             tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_schedule=settings.pipeline_schedule,
+            pipeline_micro_batches=settings.pipeline_micro_batches,
         )
         self.state = TrainerState(
             world_size=dist.world_size,
@@ -555,6 +565,9 @@ class LoraTrainer:
         scale = self.strategy.data_parallel_size / max(global_tokens, 1)
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
         lr = float(self._optimizer.param_groups[0]["lr"])
+        if self.strategy.pipelined:
+            loss_sum = self._pipeline_steps(group, scale)
+            micro_batches, weights = [], []
         for position, (batch, weight) in enumerate(zip(micro_batches, weights, strict=True)):
             inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             sync = position == len(micro_batches) - 1 or not self.dist.distributed
@@ -596,6 +609,33 @@ class LoraTrainer:
         total = float(self.dist.all_reduce_sum(loss_sum).item()) / replicas
         return total / max(global_tokens, 1), grad_norm, lr, global_tokens
 
+    def _pipeline_steps(self, group: list[list[int]], scale: float) -> torch.Tensor:
+        """The pipeline steps of one optimiser step: each per-device batch of ``group`` cut into the
+        strategy's micro-batches (samples dealt longest first, round robin); returns the loss sum."""
+        total = torch.zeros((), device=self.dist.device, dtype=torch.float32)
+        count = self.strategy.pipeline_micro_batches
+        scaler = self._scaler
+        for position, batch in enumerate(group):
+            hook, micro = self.oom_test_hook, self.settings.micro_batch_size
+            if (
+                hook is not None
+                and position == len(group) - 1
+                and hook.fails(self.state.step + 1, micro, self.dist.rank)
+            ):
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory (injected by the fault oom={hook.text()} at step "
+                    f"{self.state.step + 1} with micro-batch {micro})"
+                )
+            pieces = deal_samples(batch, count)
+            total += self.strategy.pipeline_step(
+                [self.collate_batch([self.train_examples[i] for i in p]) if p else None for p in pieces],
+                pad_token_id=self.pad_token_id,
+                scale=scale,
+                autocast=self.autocast,
+                scale_loss=scaler.scale if scaler is not None else None,
+            )
+        return total
+
     def evaluate(self, examples: Sequence[Example]) -> EvalLoss:
         """Eval loss on ``examples`` (every rank must call it)."""
         batch = self.settings.eval_batch_size or self.settings.micro_batch_size
@@ -611,6 +651,7 @@ class LoraTrainer:
                 packing=self.settings.packing,
                 row_tokens=self._row_tokens,
                 single_row=self._single_row,
+                loss_sums=self.strategy.eval_loss_sums(self.autocast, self.pad_token_id),
             )
 
     # -- checkpoints ---------------------------------------------------------------------------------

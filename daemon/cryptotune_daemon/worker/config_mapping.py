@@ -65,6 +65,8 @@ def plan_request(config: CryptotuneConfig, world_size: int, *, varlen_attention:
         varlen_attention=varlen_attention,
         strategy=str(config.parallel.strategy),
         tensor_parallel_size=int(config.parallel.tensor_parallel_size),
+        pipeline_micro_batches=int(config.parallel.pipeline_micro_batches),
+        pipeline_schedule=str(config.parallel.pipeline_schedule),
     )
 
 
@@ -110,6 +112,8 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         max_seq_length=int(training.max_seq_length),
         strategy=plan.strategy,
         tensor_parallel_size=int(config.parallel.tensor_parallel_size),
+        pipeline_schedule=str(config.parallel.pipeline_schedule),
+        pipeline_micro_batches=int(config.parallel.pipeline_micro_batches),
     )
 
 

@@ -10,7 +10,13 @@ if TYPE_CHECKING:
 
 
 def make_strategy(
-    name: str, dist: DistContext, *, compute_dtype: Any = None, tensor_parallel_size: int = 2
+    name: str,
+    dist: DistContext,
+    *,
+    compute_dtype: Any = None,
+    tensor_parallel_size: int = 2,
+    pipeline_schedule: str = "1f1b",
+    pipeline_micro_batches: int = 2,
 ) -> Strategy:
     """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
 
@@ -38,6 +44,10 @@ def make_strategy(
         from cryptotune_daemon.training.strategies.tensor_parallel import TensorParallel
 
         return TensorParallel(dist)
+    if name == "pipeline_parallel":
+        from cryptotune_daemon.training.strategies.pipeline import PipelineParallel
+
+        return PipelineParallel(dist, schedule=pipeline_schedule, micro_batches=pipeline_micro_batches)
     from cryptotune_daemon.training.strategies.data_parallel import DataParallel
 
     return DataParallel(dist)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,8 @@ class Strategy:
     """
 
     name = "data_parallel"
+    # Micro-batches each per-device batch is cut into for one pipeline step (pipelined strategies).
+    pipeline_micro_batches = 1
 
     def __init__(self, dist: DistContext) -> None:
         self.dist = dist
@@ -67,6 +69,11 @@ class Strategy:
         """Ranks that see the same samples (tensor or pipeline parallel groups): 1 for DDP and FSDP2."""
         return max(self.dist.world_size // max(self.data_parallel_size, 1), 1)
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether optimiser steps run through :meth:`pipeline_step` instead of the trainer's own loop."""
+        return False
+
     def mesh(self) -> dict[str, int]:
         """The device mesh, by dimension name (``{"dp": 2}``, ``{"tp": 2, "dp_shard": 2}``)."""
         return {"dp": self.dist.world_size}
@@ -89,6 +96,24 @@ class Strategy:
         """Around an evaluation of the wrapped ``module``'s model: yields the context to shard the eval
         set with (None: this rank's own), after making the weights usable outside a training step."""
         return contextlib.nullcontext()
+
+    def pipeline_step(
+        self,
+        batches: Sequence[dict[str, torch.Tensor] | None],
+        *,
+        pad_token_id: int,
+        scale: float,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+        scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Forward and backward of one pipeline step of micro-batches (pipelined strategies only)."""
+        raise NotImplementedError(f"{self.name} does not run pipeline steps")
+
+    def eval_loss_sums(
+        self, autocast: Callable[[], contextlib.AbstractContextManager[Any]], pad_token_id: int
+    ) -> Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None:
+        """How an eval batch's per-example loss sums are computed, when not by the whole model (else None)."""
+        return None
 
     def clip_grad_norm(self, parameters: Iterable[nn.Parameter], max_norm: float) -> float:
         """Clips gradients to ``max_norm`` (inf: measure only) by their global norm; returns that norm."""

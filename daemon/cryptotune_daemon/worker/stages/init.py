@@ -60,6 +60,17 @@ class InitStage(StageBase):
                 "data_parallel or sharded_data_parallel)",
             )
 
+    def _check_pipeline_stages(self, source: Any, stages: int) -> None:
+        """Refuses more pipeline stages (processes) than the model has decoder layers (CONFIG_INVALID)."""
+        from cryptotune_daemon.config.pipeline import pipeline_stages_problem
+        from cryptotune_daemon.training.models import load_model_config
+
+        model_config = load_model_config(source)
+        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        problem = pipeline_stages_problem(int(text.num_hidden_layers), stages, source.name)
+        if problem is not None:
+            raise CryptotuneError(ErrorCode.CONFIG_INVALID, f"parallel.world_size: {problem}")
+
     def _init(self) -> None:
         from cryptotune_daemon.config import load_config
         from cryptotune_daemon.config.report_targets import check_report_to
@@ -90,6 +101,8 @@ class InitStage(StageBase):
         if str(config.parallel.strategy) == "hybrid_parallel" and self.world_size > 1:
             degree = int(config.parallel.tensor_parallel_size)
             self._check_tensor_parallel_degree(source, degree, "hybrid_parallel")
+        if str(config.parallel.strategy) == "pipeline_parallel" and self.world_size > 1:
+            self._check_pipeline_stages(source, self.world_size)
         if not self.spec.data_path.is_file():
             raise CryptotuneError(ErrorCode.DATA_INVALID, f"data file {self.spec.data_path} does not exist")
         # Hub ids by name, as the data service does (Qwen3 ids share the offline-built tokenizer, so
