@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 NODE_CPUS = 1
+START_ATTEMPTS = 3
 # Faster failure detection than Ray's defaults (a lost node is noticed in seconds, not ~30 s).
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
@@ -74,7 +75,16 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
         add(name)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    print(json.dumps({"address": cluster.address, "pid": os.getpid(), "nodes": {n: str(v.node_id) for n, v in nodes.items()}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "address": cluster.address,
+                "pid": os.getpid(),
+                "nodes": {n: str(v.node_id) for n, v in nodes.items()},
+            }
+        ),
+        flush=True,
+    )
     for line in sys.stdin:
         try:
             command = json.loads(line)
@@ -89,7 +99,11 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
                 reply = {"nodes": {n: str(v.node_id) for n, v in nodes.items()}}
             elif kind == "placement_groups":
                 table = ray.util.placement_group_table()
-                reply = {"groups": [{"name": g.get("name", ""), "state": g.get("state", "")} for g in table.values()]}
+                reply = {
+                    "groups": [
+                        {"name": g.get("name", ""), "state": g.get("state", "")} for g in table.values()
+                    ]
+                }
             elif kind == "shutdown":
                 break
             else:
@@ -112,16 +126,24 @@ class ClusterHost:
         env.setdefault("OMP_NUM_THREADS", "1")
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            ["unshare", "--net", sys.executable, "-m", "tests.helpers.ray_cluster", *nodes],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=repo,
-            env=env,
-            text=True,
-        )
-        first = self._read()
+        for attempt in range(START_ATTEMPTS):
+            # Ray gives a starting node 30 s to register (hard-coded): a busy machine can miss it.
+            self.process = subprocess.Popen(
+                ["unshare", "--net", sys.executable, "-m", "tests.helpers.ray_cluster", *nodes],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                cwd=repo,
+                env=env,
+                text=True,
+            )
+            try:
+                first = self._read()
+                break
+            except RuntimeError:
+                self.process.wait()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
         self.address: str = first["address"]
         self.pid: int = first["pid"]
         self.node_ids: dict[str, str] = first["nodes"]

@@ -246,9 +246,7 @@ def test_a_lost_node_resumes_from_the_newest_checkpoint_when_a_node_is_back(ray_
     out = ray_env.root / "out" / "node-lost"
     wait_for(lambda: (c := newest_verified(out)) is not None and c.step >= 2, "a mirrored checkpoint")
     ray_env.host.remove("node-b")
-    wait_for(
-        lambda: any(e["type"] == "node_lost" for e in ray_env.events_file(job.job_id)), "the lost node"
-    )
+    wait_for(lambda: any(e["type"] == "node_lost" for e in ray_env.events_file(job.job_id)), "the lost node")
     ray_env.host.add("node-b2")
     finished = wait_terminal(ray_env, job.job_id)
     assert finished.state.value == "succeeded", finished.failure_reason
@@ -277,7 +275,10 @@ def test_a_job_larger_than_the_cluster_waits_queued_and_starts_when_a_node_joins
     job = ray_env.submit("waits", steps=2, save_steps=2)
     message = "waiting for 2 nodes × 1 CPU; the cluster has 1 node free"
     wait_for(
-        lambda: any(e["type"] == "waiting" and e["data"]["message"] == message for e in ray_env.events_file(job.job_id)),
+        lambda: any(
+            e["type"] == "waiting" and e["data"]["message"] == message
+            for e in ray_env.events_file(job.job_id)
+        ),
         "the waiting message",
     )
     with ray_env.client() as client:

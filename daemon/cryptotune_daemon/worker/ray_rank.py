@@ -39,6 +39,8 @@ OUTPUT_DIR = "output"
 STATE_DIR = "state"
 SPEC_NAME = "spec.json"
 _TMP_PREFIX = ".tmp-"
+# Output files whose text may name the output dir: translated between the rank's and the daemon's.
+_TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md", ".txt", ".log")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -74,6 +76,7 @@ class RankProcess:
         self._events_offset = 0
         self._log_offset = 0
         self._sent: dict[str, tuple[int, int]] = {}
+        self._origin = b""  # the job's output dir on the daemon's machine
 
     def describe(self) -> dict[str, Any]:
         """This rank's node (id and address), the actor's pid and the node's versions."""
@@ -84,6 +87,7 @@ class RankProcess:
             "address": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "actor_pid": os.getpid(),
             "versions": local_versions(),
+            "scratch": str(self.scratch),
         }
 
     def free_port(self) -> int:
@@ -94,10 +98,12 @@ class RankProcess:
 
     def start(self, files: dict[str, bytes], spec: dict[str, Any], env: dict[str, str]) -> int:
         """Writes the rank's files, then starts its worker; returns the worker's pid."""
+        self._origin = str(spec["output_dir"]).encode()
         for relative, content in files.items():
             target = self.scratch / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+            translate = relative.startswith(f"{OUTPUT_DIR}/") and _is_text(relative)
+            target.write_bytes(content.replace(self._origin, self._local) if translate else content)
         data_name = Path(str(spec["data_path"])).name
         spec_path = self.scratch / SPEC_NAME
         spec_path.write_text(json.dumps(rank_spec(spec, self.scratch, data_name), ensure_ascii=False))
@@ -160,12 +166,19 @@ class RankProcess:
                 self._sent[key] = (stat.st_size, stat.st_mtime_ns)
         return {
             "exit": exit_code,
-            "events": events,
-            "log": log,
-            "files": files,
+            "events": events.replace(self._local, self._origin),
+            "log": log.replace(self._local, self._origin),
+            "files": {
+                k: v.replace(self._local, self._origin) if _is_text(k) else v for k, v in files.items()
+            },
             "checkpoints": checkpoints,
             "present": present,
         }
+
+    @property
+    def _local(self) -> bytes:
+        """The rank's output dir, as it appears in what its worker writes."""
+        return str(self.scratch / OUTPUT_DIR).encode()
 
     def _send_if_changed(self, path: Path, relative: str, files: dict[str, bytes]) -> None:
         try:
@@ -198,6 +211,12 @@ class RankProcess:
     def cleanup(self) -> None:
         """Removes the scratch dir (after :meth:`stop`)."""
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _is_text(relative: str) -> bool:
+    """Whether an output file outside the checkpoints may name the output dir (checkpoints are
+    hashed in their manifest: they travel byte for byte)."""
+    return relative.endswith(_TEXT_SUFFIXES) and f"/{CHECKPOINTS_DIR}/" not in f"/{relative}"
 
 
 def _read_new(path: Path, offset: int) -> tuple[bytes, int]:
