@@ -25,11 +25,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 NODE_CPUS = 1
 START_ATTEMPTS = 3
+NODE_START_S = 180.0
 # Faster failure detection than Ray's defaults (a lost node is noticed in seconds, not ~30 s).
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
@@ -48,10 +50,31 @@ def missing_requirements() -> str | None:
     return None
 
 
+def _patient_node_start() -> None:  # pragma: no cover - runs in the namespace
+    """Gives a starting node longer than Ray's hard-coded 30 s to register (a busy CI machine)."""
+    from ray._private import services
+
+    original = services.get_node
+
+    def get_node(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + NODE_START_S
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = get_node
+
+
 def _serve() -> None:  # pragma: no cover - runs in the namespace
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import ray
     from ray.cluster_utils import Cluster
+
+    _patient_node_start()
 
     cluster = Cluster(
         initialize_head=True,

@@ -33,7 +33,7 @@ from cryptotune_daemon.cluster.versions import local_versions
 from cryptotune_daemon.layout import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, EVENTS_FILE, WORKER_LOG
 
 _PR_SET_PDEATHSIG = 1
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 5.0  # within the daemon's 10 s before it SIGKILLs the driver
 DATA_DIR = "data"
 OUTPUT_DIR = "output"
 STATE_DIR = "state"
