@@ -4,7 +4,7 @@ Run as ``unshare --net python -m tests.helpers.ray_cluster`` (root): the host pr
 up, starts ``ray.cluster_utils.Cluster`` (a head without CPUs, so no rank runs on the "daemon's
 machine", and worker nodes with one CPU and a custom resource of their own name each), prints one
 JSON line ``{"address", "pid", "nodes"}`` and then obeys JSON commands on stdin, one per line,
-answering each with one JSON line:
+answering each with one JSON line (replies start with ``REPLY_PREFIX``: Ray prints lines of its own):
 
 - ``{"cmd": "add", "name": "node-b"}`` → ``{"node_id": …}``: a worker node joins;
 - ``{"cmd": "remove", "name": "node-b"}`` → ``{"node_id": …}``: the node's processes are killed;
@@ -31,6 +31,7 @@ from typing import Any
 
 NODE_CPUS = 1
 START_ATTEMPTS = 3
+REPLY_PREFIX = "@ray-cluster "
 NODE_START_S = 180.0
 # Faster failure detection than Ray's defaults (a lost node is noticed in seconds, not ~30 s).
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
@@ -133,11 +134,11 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
                 reply = {"error": f"unknown command {kind}"}
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
-        print(json.dumps(reply), flush=True)
+        print(REPLY_PREFIX + json.dumps(reply), flush=True)
     with contextlib.suppress(Exception):
         ray.shutdown()
     cluster.shutdown()
-    print(json.dumps({"stopped": True}), flush=True)
+    print(REPLY_PREFIX + json.dumps({"stopped": True}), flush=True)
 
 
 class ClusterHost:
@@ -173,10 +174,16 @@ class ClusterHost:
 
     def _read(self) -> dict[str, Any]:
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the Ray cluster host exited ({self.process.poll()}); see {self._log.name}")
-        reply: dict[str, Any] = json.loads(line)
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(
+                    f"the Ray cluster host exited ({self.process.poll()}); see {self._log.name}"
+                )
+            if line.startswith(REPLY_PREFIX):
+                break
+            self._log.write(line.encode())  # Ray's own messages (e.g. a removed node's raylet)
+        reply: dict[str, Any] = json.loads(line[len(REPLY_PREFIX) :])
         if "error" in reply:
             raise RuntimeError(reply["error"])
         return reply
