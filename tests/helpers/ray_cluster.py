@@ -100,7 +100,8 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     print(
-        json.dumps(
+        REPLY_PREFIX
+        + json.dumps(
             {
                 "address": cluster.address,
                 "pid": os.getpid(),
