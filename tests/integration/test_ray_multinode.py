@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,6 +126,10 @@ def ray_env() -> Iterator[RayEnv]:
         if env is not None:
             stop_daemon(env.daemon)
         host.close()
+        # Ranks on a removed node could not clean their scratch dirs (a real lost node takes them along).
+        for job_dir in (root / "state" / "jobs").glob("*"):
+            for scratch in Path(tempfile.gettempdir()).glob(f"cryptotune-{job_dir.name}-rank*"):
+                shutil.rmtree(scratch, ignore_errors=True)
         if os.environ.get("CRYPTOTUNE_KEEP_TEST_DIRS") != "1":
             shutil.rmtree(root, ignore_errors=True)
 

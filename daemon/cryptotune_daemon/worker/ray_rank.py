@@ -194,7 +194,14 @@ class RankProcess:
             self._sent[relative] = signature  # else it was being written: send it again next time
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
-        """Ends the worker's process group (SIGTERM, SIGKILL after ``grace_s``); returns its exit code."""
+        """Ends the worker's process group (SIGTERM, SIGKILL after ``grace_s``) and removes the scratch
+        dir; returns the worker's exit code."""
+        try:
+            return self._end_process(grace_s)
+        finally:
+            self.cleanup()
+
+    def _end_process(self, grace_s: float) -> int | None:
         process = self.process
         if process is None:
             return None
@@ -209,7 +216,7 @@ class RankProcess:
         return process.wait()
 
     def cleanup(self) -> None:
-        """Removes the scratch dir (after :meth:`stop`)."""
+        """Removes the scratch dir (:meth:`stop` does it too)."""
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
