@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@UV=$$(command -v uv || echo "$(HOME)/.local/bin/uv"); \
-	  $$UV sync --extra daemon --compile-bytecode --quiet || { echo "make setup: 'uv sync' failed (see above)"; exit 1; }
+	  $$UV sync --extra daemon --extra ray --compile-bytecode --quiet || { echo "make setup: 'uv sync' failed (see above)"; exit 1; }
 	@# Bytecode is compiled at install time (as pip does for wheels): with PYTHONDONTWRITEBYTECODE set,
 	@# as on our CI machines, every CLI call and worker start would otherwise recompile grpc, rich,
 	@# torch… from source (list-gpus went from 0.45 s to about 0.2 s).

@@ -177,6 +177,15 @@ def test_parallel_keys_change_the_world_size(submit_env: Callable[..., Any]) -> 
     assert submit_env({**distributed, "parallel.strategy": "auto"}, gpu_count=4).spec.world_size == 4
 
 
+def test_parallel_nodes_sends_the_job_to_the_ray_cluster(submit_env: Callable[..., Any]) -> None:
+    two_nodes = {"parallel.enable_distributed": True, "parallel.world_size": 2, "parallel.nodes": 2}
+    # A daemon without --ray-address refuses it at submit, saying how to fix it.
+    with pytest.raises(CryptotuneError) as caught:
+        submit_env(two_nodes)
+    assert "--ray-address" in caught.value.message and "parallel.nodes: 1" in caught.value.message
+    assert submit_env({}).spec.nodes == 1 and not submit_env({}).spec.on_ray
+
+
 def test_the_generation_bound_limits_the_checked_records() -> None:
     def checked(settings: dict[str, Any]) -> int:
         training = config_of(settings).training
@@ -254,6 +263,7 @@ OTHER_PROBES = {
     "parallel.strategy": test_parallel_keys_change_the_world_size,
     "parallel.world_size": test_parallel_keys_change_the_world_size,
     "parallel.enable_distributed": test_parallel_keys_change_the_world_size,
+    "parallel.nodes": test_parallel_nodes_sends_the_job_to_the_ray_cluster,
     "system.output_dir": test_system_output_dir_chooses_the_output_dir,
     "training.max_generated_tokens": test_the_generation_bound_limits_the_checked_records,
     "training.report_to": test_report_to_chooses_where_metrics_are_written,

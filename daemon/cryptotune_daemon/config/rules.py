@@ -84,11 +84,28 @@ def _cross_checks(config: CryptotuneConfig, out: _Collector, gpu_count: int | No
             f"is {parallel.world_size} but enable_distributed is false; set parallel.enable_distributed: "
             "true to train on several GPUs, or set world_size: 1",
         )
-    if parallel.enable_distributed and gpu_count is not None and 0 < gpu_count < parallel.world_size:
+    if not out.usable("parallel.nodes"):
+        return
+    if parallel.nodes > 1 and parallel.world_size % parallel.nodes:
+        out.error(
+            ("parallel", "nodes"),
+            f"is {parallel.nodes} but world_size is {parallel.world_size}: each machine runs the same "
+            f"number of ranks; set world_size to a multiple of {parallel.nodes} (e.g. {2 * parallel.nodes}) "
+            "or nodes: 1",
+            ("parallel", "world_size"),
+        )
+    if (
+        parallel.nodes == 1
+        and parallel.enable_distributed
+        and gpu_count is not None
+        and 0 < gpu_count < parallel.world_size
+    ):
         out.error(
             ("parallel", "world_size"),
             f"is {parallel.world_size} but this machine has {gpu_count} GPU(s); "
-            f"set world_size to at most {gpu_count}",
+            f"set world_size to at most {gpu_count}, or spread the ranks over several machines with "
+            f"parallel.nodes (e.g. nodes: {-(-parallel.world_size // gpu_count)}) on a daemon attached to "
+            "a Ray cluster",
         )
 
 

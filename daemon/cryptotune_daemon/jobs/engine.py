@@ -95,7 +95,9 @@ class EngineCore:
     def _launch(self, job: Job, gpu_uuids: list[str], device: str) -> None:
         raise NotImplementedError
 
-    def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
+    def _attach(
+        self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None, *, on_ray: bool = False
+    ) -> None:
         raise NotImplementedError
 
     def _terminate(self, job_id: str, handle: wp.WorkerHandle | None) -> None:
@@ -107,7 +109,15 @@ class EngineCore:
     def _reconcile(self, job: Job) -> None:
         raise NotImplementedError
 
-    def _recover(self, job_id: str, why: str, *, count: bool, oom: OomRelaunchRequest | None = None) -> bool:
+    def _recover(
+        self,
+        job_id: str,
+        why: str,
+        *,
+        count: bool,
+        oom: OomRelaunchRequest | None = None,
+        lost_node: str = "",
+    ) -> bool:
         raise NotImplementedError
 
 

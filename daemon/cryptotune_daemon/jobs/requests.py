@@ -68,6 +68,8 @@ class JobRequests(EngineCore):
                 reason="cancelled before it started",
             )
             if done is not None:
+                if job.job_id in self._supervisors:  # a Ray job's driver, waiting for room: end it
+                    self._terminate(job.job_id, self._handles.get(job.job_id))
                 self._notify(job.job_id)
                 return done
             job = self._store.get(job.job_id)

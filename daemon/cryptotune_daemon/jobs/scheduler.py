@@ -33,7 +33,14 @@ class Scheduler(EngineCore):
         )
         gpus = self._inventory.list_gpus()
         for job in queued:
-            world = JobSpec.from_json(job.spec).world_size
+            spec = JobSpec.from_json(job.spec)
+            if spec.on_ray:
+                # Its ranks take the Ray cluster's resources, not this machine's: it never holds up
+                # the local queue. Its driver waits (QUEUED) for the placement group.
+                if job.job_id not in self._supervisors and not wp.job_alive(self._job_dir(job.job_id), None):
+                    self._launch(job, [], "cpu")
+                continue
+            world = spec.world_size
             if gpus:
                 free = [g.uuid for g in gpus if g.uuid not in self._allocated]
                 if len(free) < world:

@@ -148,13 +148,24 @@ def prepare(
             "Qwen3 needs no remote code: set it to false",
         )
     refuse_unsupported(config.parallel.strategy)
+    nodes = config.parallel.nodes
     world_size = config.parallel.world_size if config.parallel.enable_distributed else 1
-    if config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
+    if nodes > 1:
+        if settings.ray_address is None:
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID,
+                f"parallel.nodes is {nodes}, but this daemon is not attached to a Ray cluster: start "
+                "cryptotuned with --ray-address ADDRESS (auto: the cluster this machine belongs to; see "
+                "docs/multi-node.md), or set parallel.nodes: 1 to train on this machine",
+            )
+    elif config.parallel.strategy == "auto" and gpu_count > 1 and config.parallel.enable_distributed:
         world_size = gpu_count
-    if gpu_count and world_size > gpu_count:
+    if nodes == 1 and gpu_count and world_size > gpu_count:
         raise CryptotuneError(
             ErrorCode.CONFIG_INVALID,
-            f"parallel.world_size is {world_size} but the daemon's machine has {gpu_count} GPU(s)",
+            f"parallel.world_size is {world_size} but the daemon's machine has {gpu_count} GPU(s); set "
+            f"world_size to at most {gpu_count}, or spread the ranks over several machines with "
+            "parallel.nodes on a daemon attached to a Ray cluster (cryptotuned --ray-address)",
         )
 
     resume_spec: ResumeSpec | None = None
@@ -207,6 +218,7 @@ def prepare(
         dry_run=request.dry_run,
         resume=resume_spec,
         world_size=world_size,
+        nodes=nodes,
         allow_remote_code=settings.allow_remote_code,
         fault_injection=settings.faults,
     )

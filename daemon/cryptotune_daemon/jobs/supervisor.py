@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptotune_daemon.errors import CryptotuneError
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.jobs import worker_process as wp
 from cryptotune_daemon.jobs.engine import EngineCore, _db_handle
 from cryptotune_daemon.jobs.model import Job, JobState
@@ -32,6 +32,7 @@ from cryptotune_daemon.jobs.verdict import WorkerOutcome, decide_verdict
 from cryptotune_daemon.jobs.warm_pool import may_use_warm_worker
 from cryptotune_daemon.layout import EVENTS_FILE, SPEC_FILE, WORKER_LOG
 from cryptotune_daemon.training.oom_relaunch import OomRelaunchRequest, clear_request, read_request
+from cryptotune_daemon.worker.ray_placement import NODE_LOST_EVENT, PLACED_EVENT, namespace_for
 from cryptotune_daemon.worker.spec import JobSpec, ResumeSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,13 @@ class Supervisor(EngineCore):
         wp.drop_partial_events(events_path, self._store.get(job.job_id).events_offset)
         wp.forget_processes(job_dir)  # so that a crash from here on never sees an earlier leader
         clear_request(job_dir)  # an earlier run's out-of-memory request was handled (or is stale)
-        running = self._store.transition(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
+        on_ray = JobSpec.from_json(job.spec).on_ray
+        # A job on Ray stays QUEUED until its driver reports its placement group reserved (_ingest).
+        running = (
+            job
+            if on_ray
+            else self._store.transition(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
+        )
         if running is None:
             return  # cancelled meanwhile
         with contextlib.suppress(FileNotFoundError):
@@ -71,7 +78,7 @@ class Supervisor(EngineCore):
             )
             world = spec.world_size
             spec_path.write_text(json.dumps(spec.to_json(), ensure_ascii=False, indent=2))
-            handle, warm = self._start_worker(spec_path, world, env, job_dir)
+            handle, warm = self._start_worker(spec_path, world, env, job_dir, on_ray=on_ray)
         except wp.WorkerStillRunning as error:
             self._recover(job.job_id, str(error), count=False)
             return
@@ -81,24 +88,27 @@ class Supervisor(EngineCore):
             return
         # Follow it first: whatever happens to the bookkeeping below, the worker is supervised and
         # its resources stay taken. (A restarted daemon finds it through worker.pids anyway.)
-        self._attach(job.job_id, gpu_uuids, handle)
+        self._attach(job.job_id, gpu_uuids, handle, on_ray=on_ray)
         try:
             self._store.set_worker(job.job_id, handle.pid, handle.started_at)
             self._store.set_gpus(job.job_id, gpu_uuids)
         except CryptotuneError:
             log.exception("could not record the worker of job %s", job.job_id)
-        how = "in warm worker" if warm else "pid"
+        how = "in warm worker" if warm else "Ray driver pid" if on_ray else "pid"
         log.info("job %s started (%s %s, %s, world size %s)", job.job_id, how, handle.pid, device, world)
 
     def _start_worker(
-        self, spec_path: Path, world: int, env: dict[str, str], job_dir: Path
+        self, spec_path: Path, world: int, env: dict[str, str], job_dir: Path, *, on_ray: bool = False
     ) -> tuple[wp.WorkerHandle, bool]:
-        """Hands the job to a warm worker when it may use one and one is idle, else launches it cold.
+        """Hands the job to a warm worker when it may use one and one is idle, else launches it cold
+        (a job on Ray: its driver, see worker/ray_driver.py).
 
         Returns:
             The leader and whether it is a warm worker.
         """
         log_path = job_dir / WORKER_LOG
+        if on_ray:
+            return wp.launch(spec_path, world, log_path, env, job_dir, ray=self._ray_target()), False
         if may_use_warm_worker(world, self._warm.size):
             warm = self._warm.take()
             self._warm.fill()  # the replacement imports while this job runs
@@ -109,11 +119,26 @@ class Supervisor(EngineCore):
                     log.warning("warm worker %s could not take the job (%s): cold start", warm.pid, error)
         return wp.launch(spec_path, world, log_path, env, job_dir), False
 
-    def _attach(self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None) -> None:
-        """Takes the job's resources and follows its worker until no process of it remains."""
+    def _ray_target(self) -> wp.RayTarget:
+        address = self._settings.ray_address
+        if address is None:
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID,
+                "the job spans machines (parallel.nodes > 1) but this daemon was started without "
+                "--ray-address",
+            )
+        return wp.RayTarget(address, namespace_for(self._settings.state_dir), self._settings.ray_node_wait_s)
+
+    def _attach(
+        self, job_id: str, gpu_uuids: Sequence[str], handle: wp.WorkerHandle | None, *, on_ray: bool = False
+    ) -> None:
+        """Takes the job's resources and follows its worker until no process of it remains.
+
+        A job on Ray takes nothing of this machine: its ranks run in the cluster's bundles.
+        """
         for uuid in gpu_uuids:
             self._allocated[uuid] = job_id
-        if not gpu_uuids:
+        if not gpu_uuids and not on_ray:
             self._cpu_jobs.add(job_id)
         self._handles[job_id] = handle
         self._notify(job_id)
@@ -185,6 +210,17 @@ class Supervisor(EngineCore):
         if events:
             self._store.ingest_worker_events(job_id, events, offset, expected_offset=job.events_offset)
             self._notify(job_id)
+            if job.state == JobState.QUEUED and any(kind == PLACED_EVENT for kind, _, _ in events):
+                placed = next(data for kind, data, _ in events if kind == PLACED_EVENT)
+                nodes = placed.get("nodes")
+                where = f" on {len(nodes)} node(s)" if isinstance(nodes, list) else ""
+                if self._store.transition(
+                    job_id,
+                    JobState.RUNNING,
+                    expected={JobState.QUEUED},
+                    reason=f"the Ray placement group is reserved{where}",
+                ):
+                    self._notify(job_id)
             for listener in self._event_listeners:
                 try:
                     listener(job_id, events)
@@ -203,7 +239,12 @@ class Supervisor(EngineCore):
 
     def _outcome(self, job_id: str) -> tuple[bool, str]:
         """(has a result event, failure reason from a failed event or "") of the latest run."""
-        seq, result, reason = 0, False, ""
+        result, reason, _ = self._run_outcome(job_id)
+        return result, reason
+
+    def _run_outcome(self, job_id: str) -> tuple[bool, str, str]:
+        """:meth:`_outcome` and the message of the latest run's lost node ("" when none; Ray jobs)."""
+        seq, result, reason, lost = 0, False, "", ""
         while batch := self._store.events_after(job_id, seq, limit=1000):
             for event in batch:
                 seq = event.seq
@@ -211,9 +252,11 @@ class Supervisor(EngineCore):
                     result = True
                 elif event.type == "failed":
                     reason = str(event.data.get("reason", "")) or reason
+                elif event.type == NODE_LOST_EVENT:
+                    lost = str(event.data.get("message", "")) or "a node was lost"
                 elif event.type == "state" and event.data.get("state") == JobState.QUEUED.value:
-                    result, reason = False, ""  # a resume: only what came after counts
-        return result, reason
+                    result, reason, lost = False, "", ""  # a resume: only what came after counts
+        return result, reason, lost
 
     def _finish(self, job_id: str, code: int | None) -> None:
         """Records the verdict once no process of the job remains."""
@@ -221,9 +264,23 @@ class Supervisor(EngineCore):
             job = self._store.get(job_id)
             if job.is_terminal:
                 return
-            has_result, reason = self._outcome(job_id)
+            has_result, reason, lost = self._run_outcome(job_id)
             if not has_result and self._relaunch_after_oom(job):
                 return
+            if job.state == JobState.QUEUED:  # a Ray driver that ended before its ranks were placed
+                self._store.set_worker(job_id, None, None)
+                why = reason or (
+                    f"the Ray job driver ended before the job's placement group was reserved (exit code "
+                    f"{code}); see 'cryptotune logs {job.pipeline_id}'"
+                )
+                if self._store.transition(job_id, JobState.FAILED, expected={JobState.QUEUED}, reason=why):
+                    self._notify(job_id)
+                    return
+                continue
+            if lost and not has_result and not reason and job.state == JobState.RUNNING:
+                if self._recover(job_id, lost, count=True, lost_node=lost):
+                    return
+                continue
             verdict = decide_verdict(
                 WorkerOutcome(
                     state=job.state,
@@ -248,9 +305,14 @@ class Supervisor(EngineCore):
 
     def _reconcile(self, job: Job) -> None:
         """Picks up a job a previous daemon left unfinished."""
-        if job.state == JobState.QUEUED:
-            return
+        on_ray = JobSpec.from_json(job.spec).on_ray
         job_dir = self._job_dir(job.job_id)
+        if job.state == JobState.QUEUED:
+            leader = _db_handle(job) or wp.recorded_leader(job_dir)
+            if on_ray and leader is not None and wp.is_alive(leader):
+                log.info("reattaching to the Ray driver of queued job %s (pid %s)", job.job_id, leader.pid)
+                self._attach(job.job_id, [], leader, on_ray=True)  # it waits for its placement group
+            return
         handle = _db_handle(job) or wp.recorded_leader(job_dir)
         if (handle is not None and wp.is_alive(handle)) or wp.job_alive(job_dir, handle):
             log.info("reattaching to job %s (worker pid %s)", job.job_id, handle.pid if handle else "?")
@@ -260,10 +322,10 @@ class Supervisor(EngineCore):
                 self._stop_marker(job.job_id).unlink()
             if job.state == JobState.CANCELLING:
                 self._terminate(job.job_id, handle)  # the cancel may not have reached it
-            self._attach(job.job_id, job.gpu_uuids, handle)
+            self._attach(job.job_id, job.gpu_uuids, handle, on_ray=on_ray)
             return
         self._ingest(job.job_id)
-        has_result, reason = self._outcome(job.job_id)
+        has_result, reason, lost = self._run_outcome(job.job_id)
         if not has_result and self._relaunch_after_oom(job):
             self._notify(job.job_id)
             return
@@ -281,7 +343,8 @@ class Supervisor(EngineCore):
             )
         )
         if verdict.target == JobState.RECOVERING:
-            self._recover(job.job_id, verdict.reason, count=verdict.count_retry)
+            why = lost or verdict.reason
+            self._recover(job.job_id, why, count=verdict.count_retry or bool(lost), lost_node=lost)
         else:
             self._store.transition(job.job_id, verdict.target, reason=verdict.reason)
         self._notify(job.job_id)
@@ -328,7 +391,15 @@ class Supervisor(EngineCore):
         clear_request(job_dir)
         return moved
 
-    def _recover(self, job_id: str, why: str, *, count: bool, oom: OomRelaunchRequest | None = None) -> bool:
+    def _recover(
+        self,
+        job_id: str,
+        why: str,
+        *,
+        count: bool,
+        oom: OomRelaunchRequest | None = None,
+        lost_node: str = "",
+    ) -> bool:
         """A worker vanished without a verdict: resume the job from its newest checkpoint, within budget.
 
         Args:
@@ -336,6 +407,8 @@ class Supervisor(EngineCore):
             why: what happened, for the state events and the failure reason.
             count: whether this was a real worker failure that uses up the retry budget.
             oom: set when a process ran out of memory: continue with its smaller split.
+            lost_node: set when a job on Ray lost a node (the message naming it): the resumed
+                driver waits at most ``--ray-node-wait-s`` for room, then fails naming it.
 
         Returns:
             Whether the job was moved (False: its state changed meanwhile, e.g. a cancel).
@@ -366,7 +439,7 @@ class Supervisor(EngineCore):
             )
             self._notify(job_id)
             return failed is not None
-        resume = ResumeSpec(output_dir=Path(job.output_dir), step=None, oom=oom)
+        resume = ResumeSpec(output_dir=Path(job.output_dir), step=None, oom=oom, lost_node=lost_node)
         counted = f"retry {retries} of {RETRY_BUDGET}" if count else f"{why}; not counted as a retry"
         reason = f"resuming from the newest verified checkpoint ({counted})"
         if oom is not None:

@@ -47,9 +47,29 @@ class WorkerStillRunning(Exception):
     """A process of the job's previous worker still holds the job lock: launching would make two."""
 
 
-def worker_command(spec_path: Path, world_size: int) -> list[str]:
-    """The worker's command line: plain for one process, torchrun for several."""
+@dataclass(frozen=True)
+class RayTarget:
+    """Where a job on Ray runs: the daemon's ``--ray-address``, its namespace, the lost-node wait."""
+
+    address: str
+    namespace: str
+    node_wait_s: float
+
+
+def worker_command(spec_path: Path, world_size: int, ray: RayTarget | None = None) -> list[str]:
+    """The worker's command line: plain for one process, torchrun for several, a Ray driver on Ray."""
     worker = ["-m", "cryptotune_daemon.worker", "--spec", str(spec_path)]
+    if ray is not None:
+        return [
+            sys.executable,
+            *worker,
+            "--ray-address",
+            ray.address,
+            "--ray-namespace",
+            ray.namespace,
+            "--ray-node-wait-s",
+            f"{ray.node_wait_s:g}",
+        ]
     if world_size <= 1:
         return [sys.executable, *worker]
     return [
@@ -76,7 +96,12 @@ def _claim(job_dir: Path) -> int:
 
 
 def launch(
-    spec_path: Path, world_size: int, log_path: Path, env: Mapping[str, str], job_dir: Path | None = None
+    spec_path: Path,
+    world_size: int,
+    log_path: Path,
+    env: Mapping[str, str],
+    job_dir: Path | None = None,
+    ray: RayTarget | None = None,
 ) -> WorkerHandle:
     """Starts the worker in a new session (its own process group) so a cancel reaches its whole tree.
 
@@ -86,6 +111,7 @@ def launch(
         log_path: the worker's stdout and stderr.
         env: the worker's environment.
         job_dir: the job's directory (lock and pid files); defaults to the spec's directory.
+        ray: for a job whose ranks span machines: start its Ray driver (``worker/ray_driver.py``).
 
     Raises:
         WorkerStillRunning: a process of an earlier launch of this job is still alive.
@@ -97,7 +123,7 @@ def launch(
     try:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                worker_command(spec_path, world_size),
+                worker_command(spec_path, world_size, ray),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -23,18 +23,22 @@ class ResumeSpec:
     """Where to resume: the pipeline's output dir and an optional checkpoint step (None: newest).
 
     ``oom`` is set when the daemon relaunches a multi-process job that ran out of memory: the run
-    continues with the request's smaller micro-batch.
+    continues with the request's smaller micro-batch. ``lost_node`` is set when a job on Ray lost a
+    node (what was lost, in words): its driver waits only ``--ray-node-wait-s`` for room again.
     """
 
     output_dir: Path
     step: int | None = None
     oom: OomRelaunchRequest | None = None
+    lost_node: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The spec's ``resume`` object."""
         raw: dict[str, Any] = {"output_dir": str(self.output_dir), "step": self.step}
         if self.oom is not None:
             raw["oom"] = self.oom.to_json()
+        if self.lost_node:
+            raw["lost_node"] = self.lost_node
         return raw
 
 
@@ -57,7 +61,8 @@ class JobSpec:
         allow_remote_code: whether ``model.trust_remote_code`` may be honoured.
         events_path: the JSON-lines event file rank 0 appends to.
         data_digest: the uploaded data's content digest (the daemon's record; the worker hashes the file).
-        world_size: processes the daemon launches for the job (torchrun above 1).
+        world_size: processes the daemon launches for the job (torchrun above 1), ranks in total.
+        nodes: machines the ranks span (``parallel.nodes``); above 1 the job runs on Ray.
         fault_injection: test-only faults (set only by a daemon started with --enable-fault-injection).
     """
 
@@ -76,7 +81,13 @@ class JobSpec:
     events_path: Path | None = None
     data_digest: str = ""
     world_size: int = 1
+    nodes: int = 1
     fault_injection: FaultInjection = NO_FAULTS
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether the job spans machines: its worker is a Ray driver (``worker/ray_driver.py``)."""
+        return self.nodes > 1
 
     @property
     def cache_dir(self) -> Path:
@@ -98,6 +109,7 @@ class JobSpec:
             "dry_run": self.dry_run,
             "resume": None if self.resume is None else self.resume.to_json(),
             "world_size": self.world_size,
+            "nodes": self.nodes,
             "device": self.device,
             "allow_remote_code": self.allow_remote_code,
             "events_path": None if self.events_path is None else str(self.events_path),
@@ -138,6 +150,7 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
             output_dir=Path(str(resume_raw.get("output_dir") or _required(raw, "output_dir"))),
             step=int(step) if step is not None else None,
             oom=request,
+            lost_node=str(resume_raw.get("lost_node") or ""),
         )
     elif resume_raw is not None:
         raise CryptotuneError(ErrorCode.REQUEST_INVALID, "job spec 'resume' must be null or an object")
@@ -168,6 +181,7 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
         events_path=Path(str(events)) if events else None,
         data_digest=str(raw.get("data_digest") or ""),
         world_size=_positive_int(raw.get("world_size", 1), "world_size"),
+        nodes=_positive_int(raw.get("nodes", 1), "nodes"),
         fault_injection=FaultInjection.from_json(
             _object_or_none(raw.get("fault_injection"), "fault_injection")
         ),
