@@ -100,6 +100,13 @@ from cryptotune_daemon.settings import DEFAULT_WARM_WORKERS, DaemonSettings
     "starts at once (0: start every job cold).",
 )
 @click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    default=None,
+    help="Attach to a Ray cluster (HOST:PORT, ray://HOST:PORT, or auto: the cluster this machine "
+    "belongs to) for jobs with parallel.nodes > 1; list-gpus then shows its nodes. See docs/multi-node.md.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -136,6 +143,7 @@ def main(
     metrics_listen: str | None,
     http_listen: str | None,
     warm_workers: int,
+    ray_address: str | None,
     log_level: str,
     enable_fault_injection: bool,
     inject_fault: tuple[str, ...],
@@ -169,6 +177,7 @@ def main(
         http_listen=http_listen,
         faults=faults,
         warm_workers=warm_workers,
+        ray_address=ray_address or None,
     )
     try:
         from cryptotune_daemon.server import Daemon

@@ -37,6 +37,8 @@ class DaemonSettings:
         warm_workers: warm worker processes kept ready (``jobs/warm_pool.py``); 0 starts every job
             cold. ``cryptotuned`` defaults to ``DEFAULT_WARM_WORKERS``; a daemon built in process
             (unit tests) to none.
+        ray_address: the Ray cluster the daemon is attached to (``--ray-address``; ``auto``: the
+            cluster this machine belongs to); None: not attached, every job runs on this machine.
     """
 
     state_dir: Path
@@ -56,6 +58,7 @@ class DaemonSettings:
     http_listen: str | None = None
     faults: FaultInjection = NO_FAULTS
     warm_workers: int = 0
+    ray_address: str | None = None
 
     @property
     def auth_token_path(self) -> Path:
