@@ -159,7 +159,9 @@ def cli_output(view: ClusterView | None, *args: str, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("attached", [False, True])
-def test_list_gpus_json_gains_nodes_only_when_attached(attached: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_gpus_json_gains_nodes_only_when_attached(
+    attached: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     local = [GpuInfo(index=0, uuid="GPU-0", name="A10", memory_total_mb=24000, memory_used_mb=100)]
     view = cluster_view(ray_nodes(), placement_groups(), local_node_id=HEAD, local_gpus=local)
     document = json.loads(cli_output(view if attached else None, "--json", monkeypatch=monkeypatch))
