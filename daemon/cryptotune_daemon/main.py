@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from cryptotune.paths import default_socket_path, default_state_dir
 from cryptotune_daemon import __version__
 from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.faults import ENABLE_FLAG, INJECT_FLAG, FaultInjection
-from cryptotune_daemon.settings import DEFAULT_WARM_WORKERS, DaemonSettings
+from cryptotune_daemon.settings import DEFAULT_RAY_NODE_WAIT_S, DEFAULT_WARM_WORKERS, DaemonSettings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,8 +104,15 @@ from cryptotune_daemon.settings import DEFAULT_WARM_WORKERS, DaemonSettings
     "--ray-address",
     metavar="ADDRESS",
     default=None,
-    help="Attach to a Ray cluster (HOST:PORT, ray://HOST:PORT, or auto: the cluster this machine "
-    "belongs to) for jobs with parallel.nodes > 1; list-gpus then shows its nodes. See docs/multi-node.md.",
+    help="Run jobs with parallel.nodes > 1 on this Ray cluster (auto: the cluster this machine belongs "
+    "to); needs pip install 'cryptotune[ray]'. See docs/multi-node.md.",
+)
+@click.option(
+    "--ray-node-wait-s",
+    type=click.FloatRange(0.0),
+    default=DEFAULT_RAY_NODE_WAIT_S,
+    show_default=True,
+    help="After a job on Ray lost a node: seconds its resume waits for room before it fails.",
 )
 @click.option(
     "--log-level",
@@ -144,6 +152,7 @@ def main(
     http_listen: str | None,
     warm_workers: int,
     ray_address: str | None,
+    ray_node_wait_s: float,
     log_level: str,
     enable_fault_injection: bool,
     inject_fault: tuple[str, ...],
@@ -178,7 +187,14 @@ def main(
         faults=faults,
         warm_workers=warm_workers,
         ray_address=ray_address or None,
+        ray_node_wait_s=ray_node_wait_s,
     )
+    if ray_address and importlib.util.find_spec("ray") is None:
+        click.echo(
+            "cryptotuned: --ray-address needs Ray: pip install 'cryptotune[ray]' (ray[default]==2.60.0)",
+            err=True,
+        )
+        sys.exit(2)
     try:
         from cryptotune_daemon.server import Daemon
     except ImportError as error:

@@ -9,6 +9,8 @@ from pathlib import Path
 from cryptotune_daemon.faults import NO_FAULTS, FaultInjection
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# `cryptotuned --ray-node-wait-s`: after a job on Ray lost a node, how long it waits for room again.
+DEFAULT_RAY_NODE_WAIT_S = 300.0
 # `cryptotuned --warm-workers`: worker processes kept ready with torch, transformers and peft imported.
 DEFAULT_WARM_WORKERS = 1
 
@@ -37,8 +39,10 @@ class DaemonSettings:
         warm_workers: warm worker processes kept ready (``jobs/warm_pool.py``); 0 starts every job
             cold. ``cryptotuned`` defaults to ``DEFAULT_WARM_WORKERS``; a daemon built in process
             (unit tests) to none.
-        ray_address: the Ray cluster the daemon is attached to (``--ray-address``; ``auto``: the
-            cluster this machine belongs to); None: not attached, every job runs on this machine.
+        ray_address: the Ray cluster jobs with ``parallel.nodes`` > 1 run on (``--ray-address``;
+            ``auto``: the cluster this machine belongs to); None: such jobs are refused.
+        ray_node_wait_s: after a job on Ray lost a node, how long its resume waits for room before
+            it fails naming the node.
     """
 
     state_dir: Path
@@ -59,6 +63,7 @@ class DaemonSettings:
     faults: FaultInjection = NO_FAULTS
     warm_workers: int = 0
     ray_address: str | None = None
+    ray_node_wait_s: float = DEFAULT_RAY_NODE_WAIT_S
 
     @property
     def auth_token_path(self) -> Path:

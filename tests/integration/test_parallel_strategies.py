@@ -258,3 +258,22 @@ def test_split_job_cancelled_after_a_checkpoint_resumes_as_one_process(
     assert abs(final - expected) <= 1e-3 * abs(expected), f"final loss {final} != uninterrupted {expected}"
     report = json.loads((Path(resumed["output_dir"]) / "report.json").read_text())
     assert report["resumed_from_step"] == 3 and report["strategy"] == "data_parallel"
+
+
+@pytest.mark.slow
+def test_sharded_across_two_emulated_nodes_is_hsdp_and_trains_the_same_model(
+    single: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``parallel.nodes: 2`` with 4 ranks: FSDP2 shards over the 2 ranks of each "machine" and
+    replicates across the 2 machines (one torchrun here: the mesh is what differs), and passes the
+    pre-flight all-reduce a job across nodes runs."""
+    data, reference = single
+    config = job_config(strategy="sharded_data_parallel", world=4, micro=1).replace(
+        "parallel:\n", "parallel:\n  nodes: 2\n"
+    )
+    code, spec, stderr = run_job(tmp_path, data, config, world=4, name="hsdp")
+    assert code == 0, stderr
+    assert_equivalent(spec, reference)
+    report = json.loads((Path(spec["output_dir"]) / "report.json").read_text())
+    assert report["strategy"] == "sharded_data_parallel" and report["world_size"] == 4
+    assert report["mesh"] == {"dp_replicate": 2, "dp_shard": 2}

@@ -82,6 +82,8 @@ PLANNED: dict[str, tuple[Any, dict[str, Any]]] = {
     "lora.dropout": (0.05, {}),
     "lora.target_modules": (["q_proj", "v_proj", "gate_proj"], {}),
     "lora.optimization_strategy": ("memory", {}),
+    # The machines: the trainer's strategy shards inside each one (HSDP with sharded_data_parallel).
+    "parallel.nodes": (2, {"parallel.world_size": 2, "parallel.enable_distributed": True}),
 }
 
 

@@ -444,6 +444,12 @@ class ParallelConfig(_Section):
     enable_distributed: Boolean = Field(
         default=False, description="Launch one process per GPU with torchrun."
     )
+    nodes: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
+        default=1,
+        description="Machines the world_size ranks span; above 1 the job runs on the Ray cluster the "
+        "daemon is attached to (cryptotuned --ray-address), world_size / nodes ranks per machine.",
+        examples=[1, 2],
+    )
     tensor_parallel_size: Annotated[int, Field(ge=1), BeforeValidator(_to_integer)] = Field(
         default=1,
         description="GPUs that split each layer (model_parallel, hybrid_parallel); divides the KV heads.",

@@ -106,6 +106,7 @@ class TrainerSettings:
     max_seq_length: int = 0
     loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     strategy: str = "data_parallel"
+    nodes: int = 1
 
     @property
     def samples_per_step(self) -> int:
@@ -231,7 +232,10 @@ class LoraTrainer:
         self.pad_token_id = pad_token_id
         self.emit = emit
         self.strategy = make_strategy(
-            settings.strategy, dist, compute_dtype=_PRECISION_DTYPES.get(settings.precision)
+            settings.strategy,
+            dist,
+            compute_dtype=_PRECISION_DTYPES.get(settings.precision),
+            nodes=settings.nodes,
         )
         self.state = TrainerState(
             world_size=dist.world_size,

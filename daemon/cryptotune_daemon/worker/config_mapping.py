@@ -109,6 +109,7 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         shuffle=bool(data.shuffle_data),
         max_seq_length=int(training.max_seq_length),
         strategy=plan.strategy,
+        nodes=int(config.parallel.nodes),
     )
 
 

@@ -9,8 +9,11 @@ if TYPE_CHECKING:
     from cryptotune_daemon.training.strategies.base import Strategy
 
 
-def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) -> Strategy:
+def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None, nodes: int = 1) -> Strategy:
     """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
+
+    ``nodes`` is ``parallel.nodes``: FSDP2 then shards inside each machine and replicates across them
+    (HSDP); the other strategies span the machines as they span the ranks of one.
 
     Raises:
         CryptotuneError: CONFIG_INVALID for a strategy that cannot train yet.
@@ -23,7 +26,7 @@ def make_strategy(name: str, dist: DistContext, *, compute_dtype: Any = None) ->
 
         from cryptotune_daemon.training.strategies.sharded import ShardedDataParallel
 
-        return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32)
+        return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32, nodes=nodes)
     if name == "model_parallel":
         from cryptotune_daemon.training.strategies.tensor_parallel import TensorParallel
 
