@@ -144,9 +144,9 @@ class ClusterHold(_Serializable):
 class ClusterNode(_Serializable):
     """One node of the Ray cluster the daemon is attached to.
 
-    ``gpus`` of the daemon's own node (``local``) are read through NVML; of other nodes they are
-    Ray's count (name: Ray's accelerator type, memory -1: unknown). Ray reserves GPUs by count, so
-    ``held_by`` says how many each job holds.
+    ``gpus`` are read through NVML on the node; a node that did not answer in time shows Ray's count
+    (name: Ray's accelerator type, memory -1: unknown). Ray reserves GPUs by count, so ``held_by``
+    says how many each job holds.
     """
 
     node_id: str

@@ -109,6 +109,16 @@ def test_the_local_node_shows_the_daemons_nvml_gpus() -> None:
     assert worker.gpus == tuple(local) and worker.holds == ()
 
 
+def test_other_nodes_show_the_gpus_read_there() -> None:
+    read = [
+        GpuInfo(index=i, uuid=f"GPU-{i}", name="NVIDIA H100", memory_total_mb=81559, memory_used_mb=5)
+        for i in range(4)
+    ]
+    view = cluster_view(ray_nodes(), {}, local_node_id=HEAD, node_gpus={WORKER: read})
+    worker = next(n for n in view.nodes if n.node_id == WORKER)
+    assert worker.gpus == tuple(read) and worker.to_json()["gpus"][0]["memory_total_mb"] == 81559
+
+
 def test_a_cluster_without_live_nodes_says_so() -> None:
     assert cluster_view([], {}, local_node_id=None).note == "the Ray cluster has no live node"
 

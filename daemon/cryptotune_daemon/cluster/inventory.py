@@ -2,7 +2,8 @@
 
 :func:`cluster_view` is pure: it reads ``ray.nodes()``-shaped dicts and
 ``ray.util.placement_group_table()``-shaped dicts. :func:`read_cluster` is the thin part that asks
-Ray (the daemon must be connected already). A job holds what its placement group reserved; the
+Ray (the daemon must be connected already) and reads the GPUs of the other nodes through NVML with a
+tiny task on each (:func:`probe_node_gpus`). A job holds what its placement group reserved; the
 group's name carries the job id (``cryptotune-<job_id>-…``). Ray reserves GPUs by count, so a
 node says how many of its GPUs each job holds, not which indices.
 """
@@ -11,17 +12,20 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptotune_daemon.gpus import GpuInfo
+from cryptotune_daemon.gpus import GpuInfo, NvmlInventory
 
 # Placement groups (and actors) of a cryptotune job are named ``cryptotune-<job_id>-…``.
 NAME_PREFIX = "cryptotune-"
 _JOB_IN_NAME = re.compile(r"^cryptotune-(job-\d{8}-\d{6}-[0-9a-f]+)(?:-.*)?$")
 # Placement groups whose reservation is in force (a PENDING one holds nothing yet).
 _HOLDING_STATES = frozenset({"CREATED", "PREPARED", "RESCHEDULING"})
+# How long list-gpus waits for the other nodes' NVML readings (a node that does not answer shows
+# Ray's GPU count instead).
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class ClusterNode:
         address: the node's IP address.
         hostname: its host name (may be empty).
         alive: whether Ray sees it alive (dead nodes are listed until Ray forgets them).
-        gpus: its GPUs: read through NVML on the daemon's own node, else one entry per GPU Ray counts
-            (name = Ray's accelerator type when known, memory -1 = unknown).
+        gpus: its GPUs, read through NVML (on the daemon's own node by the daemon, on the others by
+            a task there); when a node's reading is missing, one entry per GPU Ray counts (name =
+            Ray's accelerator type when known, memory -1 = unknown).
         cpus: the CPUs Ray schedules on it.
         local: whether it is the daemon's own node.
         holds: the jobs holding part of it.
@@ -159,6 +164,7 @@ def cluster_view(
     *,
     local_node_id: str | None,
     local_gpus: Iterable[GpuInfo] = (),
+    node_gpus: Mapping[str, Sequence[GpuInfo]] | None = None,
 ) -> ClusterView:
     """The cluster view from Ray's tables.
 
@@ -169,6 +175,7 @@ def cluster_view(
             ``bundles`` (index → resources) and ``bundles_to_node_id`` (index → node id).
         local_node_id: the daemon's own node (None when it is not a node of the cluster).
         local_gpus: the daemon's own GPUs (NVML), shown for its node instead of Ray's count.
+        node_gpus: other nodes' GPUs read through NVML there (:func:`probe_node_gpus`), by node id.
     """
     local_list = tuple(local_gpus)
     holds = holds_by_node(placement_groups)
@@ -178,7 +185,13 @@ def cluster_view(
         resources: Mapping[str, Any] = raw.get("Resources") or {}
         local = bool(local_node_id) and node_id == local_node_id
         count = int(_number(resources, "GPU"))
-        gpus = local_list if local and len(local_list) == count else _counted_gpus(count, resources)
+        probed = tuple((node_gpus or {}).get(node_id, ()))
+        if local and len(local_list) == count:
+            gpus = local_list
+        elif probed:
+            gpus = probed
+        else:
+            gpus = _counted_gpus(count, resources)
         result.append(
             ClusterNode(
                 node_id=node_id,
@@ -195,6 +208,39 @@ def cluster_view(
     alive = [n for n in result if n.alive]
     note = "" if alive else "the Ray cluster has no live node"
     return ClusterView(nodes=tuple(result), note=note)
+
+
+def node_nvml_gpus() -> list[GpuInfo]:
+    """Runs on a node (a Ray task): its GPUs through NVML."""
+    return NvmlInventory().list_gpus()
+
+
+def probe_node_gpus(
+    ray: Any, node_ids: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S
+) -> dict[str, list[GpuInfo]]:
+    """Each node's GPUs, read by a task pinned to it (no CPU or GPU reserved, so a node whose GPUs a
+    job holds still answers); nodes that do not answer within ``timeout_s`` are left out."""
+    if not node_ids:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(node_nvml_gpus)
+    refs = {
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+        ).remote(): node_id
+        for node_id in node_ids
+    }
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    found: dict[str, list[GpuInfo]] = {}
+    for ref in ready:
+        try:
+            found[refs[ref]] = list(ray.get(ref))
+        except Exception:  # cryptotune missing there, NVML broken: Ray's count stands
+            continue
+    return found
 
 
 def read_cluster(local_gpus: Iterable[GpuInfo] = ()) -> ClusterView:
@@ -214,4 +260,16 @@ def read_cluster(local_gpus: Iterable[GpuInfo] = ()) -> ClusterView:
         local = ray.get_runtime_context().get_node_id()
     except Exception:  # a Ray Client connection has no node of its own
         local = None
-    return cluster_view(ray.nodes(), placement_group_table(), local_node_id=local, local_gpus=local_gpus)
+    nodes = ray.nodes()
+    remote_gpu_nodes = [
+        str(n.get("NodeID"))
+        for n in nodes
+        if n.get("Alive") and n.get("NodeID") != local and _number(n.get("Resources") or {}, "GPU") > 0
+    ]
+    return cluster_view(
+        nodes,
+        placement_group_table(),
+        local_node_id=local,
+        local_gpus=local_gpus,
+        node_gpus=probe_node_gpus(ray, remote_gpu_nodes),
+    )

@@ -78,6 +78,7 @@ class TrainerSettings:
     ``packing`` (the default) feeds micro-batches padding-free, packed into rows of at most
     ``max_seq_length`` tokens (0: as long as the longest sample); False pads each micro-batch to its
     longest sample, the plain path kept for comparison. Both give the same loss on the same data.
+    ``nodes`` is ``parallel.nodes``: the machines the ranks span (FSDP2 shards inside each, HSDP).
     """
 
     learning_rate: float

@@ -168,7 +168,7 @@ class ClusterNode(_message.Message):
     """the daemon's own node"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]:
-        """the daemon's own node: read through NVML; others: Ray's count (memory -1)"""
+        """read through NVML on the node; a node that did not answer: Ray's count (memory -1)"""
 
     @_builtins.property
     def held_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterHold]: ...
