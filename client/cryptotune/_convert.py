@@ -32,22 +32,37 @@ def config_issue(issue: common_pb2.Issue) -> t.ConfigIssue:
     return t.ConfigIssue(path=issue.path, line=issue.line or None, message=issue.message)
 
 
+def _gpu(g: gpu_pb2.Gpu) -> t.GpuInfo:
+    return t.GpuInfo(
+        index=g.index,
+        uuid=g.uuid,
+        name=g.name,
+        memory_total_mb=g.memory_total_mb,
+        memory_used_mb=g.memory_used_mb,
+        utilization_percent=g.utilization_percent,
+        temperature_c=g.temperature_c,
+        owner_job_id=g.owner_job_id,
+    )
+
+
+def _cluster_node(n: gpu_pb2.ClusterNode) -> t.ClusterNode:
+    return t.ClusterNode(
+        node_id=n.node_id,
+        address=n.address,
+        hostname=n.hostname,
+        alive=n.alive,
+        gpus=[_gpu(g) for g in n.gpus],
+        cpus=n.cpus,
+        local=n.local,
+        held_by=[t.ClusterHold(job_id=h.job_id, gpus=h.gpus, cpus=h.cpus) for h in n.held_by],
+    )
+
+
 def gpu_list(msg: gpu_pb2.ListGpusResponse) -> t.GpuList:
     rec = msg.recommendation
+    attached = bool(msg.ray_address)
     return t.GpuList(
-        gpus=[
-            t.GpuInfo(
-                index=g.index,
-                uuid=g.uuid,
-                name=g.name,
-                memory_total_mb=g.memory_total_mb,
-                memory_used_mb=g.memory_used_mb,
-                utilization_percent=g.utilization_percent,
-                temperature_c=g.temperature_c,
-                owner_job_id=g.owner_job_id,
-            )
-            for g in msg.gpus
-        ],
+        gpus=[_gpu(g) for g in msg.gpus],
         recommendation=t.Recommendation(
             model=rec.model,
             strategy=rec.strategy,
@@ -59,6 +74,9 @@ def gpu_list(msg: gpu_pb2.ListGpusResponse) -> t.GpuList:
             reason=rec.reason,
         ),
         note=msg.note,
+        nodes=[_cluster_node(n) for n in msg.nodes] if attached else None,
+        ray_address=msg.ray_address,
+        cluster_note=msg.cluster_note,
     )
 
 

@@ -132,12 +132,52 @@ class Recommendation(_Serializable):
 
 
 @dataclass(frozen=True)
+class ClusterHold(_Serializable):
+    """What one job holds on a cluster node (``job_id`` empty: another Ray user)."""
+
+    job_id: str
+    gpus: float
+    cpus: float
+
+
+@dataclass(frozen=True)
+class ClusterNode(_Serializable):
+    """One node of the Ray cluster the daemon is attached to.
+
+    ``gpus`` are read through NVML on the node; a node that did not answer in time shows Ray's count
+    (name: Ray's accelerator type, memory -1: unknown). Ray reserves GPUs by count, so ``held_by``
+    says how many each job holds.
+    """
+
+    node_id: str
+    address: str
+    hostname: str
+    alive: bool
+    gpus: list[GpuInfo]
+    cpus: int
+    local: bool
+    held_by: list[ClusterHold]
+
+    @property
+    def gpus_held(self) -> int:
+        """GPUs of this node reserved by jobs."""
+        return int(sum(h.gpus for h in self.held_by) + 0.999)
+
+
+@dataclass(frozen=True)
 class GpuList(_Serializable):
-    """``list_gpus()`` result."""
+    """``list_gpus()`` result.
+
+    ``nodes`` is None unless the daemon is attached to a Ray cluster (``cryptotuned --ray-address``);
+    then it lists every node (empty, with ``cluster_note`` saying why, when the cluster did not answer).
+    """
 
     gpus: list[GpuInfo]
     recommendation: Recommendation
     note: str
+    nodes: list[ClusterNode] | None = None
+    ray_address: str = ""
+    cluster_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from cryptotune.proto.v1 import (
     job_pb2_grpc,
 )
 from cryptotune_daemon.auth import BearerTokenInterceptor, load_or_create_token
+from cryptotune_daemon.cluster.reader import ClusterReader
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.gpus import GpuInventory, NvmlInventory
 from cryptotune_daemon.jobs.manager import JobManager
@@ -97,6 +98,8 @@ class Daemon:
         self._watchdog: asyncio.Task[None] | None = None
         self.blobs: BlobStore | None = None
         self.inspections = InspectionProcess()
+        # list-gpus's view of the Ray cluster (--ray-address), read in a helper process.
+        self.cluster = ClusterReader(settings.ray_address) if settings.ray_address else None
         self.bound_ports: dict[str, int] = {}
         self.store: JobStore | None = None
         self.jobs: JobManager | None = None
@@ -190,7 +193,9 @@ class Daemon:
         data_pb2_grpc.add_DataServiceServicer_to_server(
             DataServicer(self.blobs, self.settings.cache_dir, self.inspections), server
         )
-        gpu_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(self.inventory, self._owners), server)
+        gpu_pb2_grpc.add_GpuServiceServicer_to_server(
+            GpuServicer(self.inventory, self._owners, self.cluster), server
+        )
         job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         dashboard_pb2_grpc.add_DashboardServiceServicer_to_server(
             DashboardServicer(self.jobs, self.http), server
@@ -300,6 +305,8 @@ class Daemon:
         if self.store is not None:
             self.store.close()
         await asyncio.to_thread(self.inspections.close)
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.close)
         for address in self.settings.listen:
             path = _unix_path(address)
             if path is not None:

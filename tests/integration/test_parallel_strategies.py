@@ -323,3 +323,23 @@ def test_hybrid_resumes_a_one_process_checkpoint(single: tuple[Path, dict[str, A
         assert abs(got - expected) <= 1e-4 * abs(expected), f"loss {got} != uninterrupted {expected}"
     report = json.loads((output / "report.json").read_text())
     assert report["resumed_from_step"] == 3 and report["strategy"] == "hybrid_parallel"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_sharded_across_two_emulated_nodes_is_hsdp_and_trains_the_same_model(
+    single: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``parallel.nodes: 2`` with 4 ranks: FSDP2 shards over the 2 ranks of each "machine" and
+    replicates across the 2 machines (one torchrun here: the mesh is what differs), and passes the
+    pre-flight all-reduce a job across nodes runs."""
+    data, reference = single
+    config = job_config(strategy="sharded_data_parallel", world=4, micro=1).replace(
+        "parallel:\n", "parallel:\n  nodes: 2\n"
+    )
+    code, spec, stderr = run_job(tmp_path, data, config, world=4, name="hsdp")
+    assert code == 0, stderr
+    assert_equivalent(spec, reference)
+    report = json.loads((Path(spec["output_dir"]) / "report.json").read_text())
+    assert report["strategy"] == "sharded_data_parallel" and report["world_size"] == 4
+    assert report["mesh"] == {"dp_replicate": 2, "dp_shard": 2}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -118,16 +118,23 @@ def validate_config(cli_ctx: CliContext, config_file: Path) -> None:
 @cli.command("list-gpus")
 @pass_cli
 def list_gpus(cli_ctx: CliContext) -> None:
-    """List the daemon machine's GPUs and recommend training settings."""
+    """List the daemon machine's GPUs and recommend training settings.
+
+    A daemon attached to a Ray cluster (cryptotuned --ray-address) also lists every node of the
+    cluster with its GPUs and CPUs and the jobs holding them.
+    """
     result = cli_ctx.client().list_gpus()
     if cli_ctx.json_output:
-        cli_ctx.emit_json(
-            {
-                "gpus": [g.to_dict() for g in result.gpus],
-                "recommendation": result.recommendation.to_dict(),
-                "note": result.note,
-            }
-        )
+        document: dict[str, Any] = {
+            "gpus": [g.to_dict() for g in result.gpus],
+            "recommendation": result.recommendation.to_dict(),
+            "note": result.note,
+        }
+        if result.nodes is not None:
+            document["nodes"] = [n.to_dict() for n in result.nodes]
+            document["ray_address"] = result.ray_address
+            document["cluster_note"] = result.cluster_note
+        cli_ctx.emit_json(document)
     else:
         render.gpus(cli_ctx.out, result)
 

@@ -57,6 +57,8 @@ def gpus(console: Console, result: t.GpuList) -> None:
         console.print(table)
     if result.note:
         console.print(Text(result.note, style="yellow"))
+    if result.nodes is not None:
+        cluster(console, result)
     r = result.recommendation
     table = Table(title=f"Recommendation for {r.model}", show_header=False)
     table.add_column("setting", style="bold")
@@ -68,6 +70,59 @@ def gpus(console: Console, result: t.GpuList) -> None:
     table.add_row("gradient checkpointing", "on" if r.gradient_checkpointing else "off")
     console.print(table)
     console.print(Text(r.reason, style="dim"))
+
+
+def _held(node: t.ClusterNode) -> str:
+    if not node.held_by:
+        return "free"
+    parts = []
+    for hold in node.held_by:
+        what = ", ".join(
+            f"{_amount(value)} {unit}" for value, unit in ((hold.gpus, "GPU"), (hold.cpus, "CPU")) if value
+        )
+        parts.append(f"{hold.job_id or 'another Ray user'}: {what or 'nothing'}")
+    return "; ".join(parts)
+
+
+def _amount(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _node_gpus(node: t.ClusterNode) -> str:
+    if not node.gpus:
+        return "none"
+    lines = []
+    for g in node.gpus:
+        memory = (
+            f"{g.memory_used_mb:,} / {g.memory_total_mb:,} MiB"
+            if g.memory_total_mb >= 0
+            else "memory unknown"
+        )
+        owner = f" — {g.owner_job_id}" if g.owner_job_id else ""
+        lines.append(f"#{g.index} {g.name}, {memory}{owner}")
+    return "\n".join(lines)
+
+
+def cluster(console: Console, result: t.GpuList) -> None:
+    """Prints the Ray cluster's nodes: GPUs, memory, CPUs and the jobs holding them."""
+    nodes = result.nodes or []
+    table = Table(title=f"Ray cluster {result.ray_address}", show_lines=True)
+    for column in ("node", "address", "GPUs", "CPUs", "held by"):
+        table.add_column(column)
+    for node in nodes:
+        name = node.node_id[:12] + ("…" if len(node.node_id) > 12 else "")
+        marks = [m for m, on in (("this daemon", node.local), ("dead", not node.alive)) if on]
+        table.add_row(
+            name + (f"\n({', '.join(marks)})" if marks else ""),
+            node.address + (f"\n{node.hostname}" if node.hostname else ""),
+            _node_gpus(node),
+            str(node.cpus),
+            _held(node),
+        )
+    if nodes:
+        console.print(table)
+    if result.cluster_note:
+        console.print(Text(result.cluster_note, style="yellow"))
 
 
 def inspection(console: Console, name: str, result: t.DataInspection) -> None:

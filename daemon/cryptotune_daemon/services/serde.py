@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from cryptotune.proto.v1 import common_pb2, config_pb2, data_pb2, gpu_pb2, job_pb2
+from cryptotune_daemon.cluster.inventory import ClusterView
 from cryptotune_daemon.gpus import GpuInfo, Recommendation
 from cryptotune_daemon.jobs import chat_policy
 from cryptotune_daemon.jobs.model import Job, JobEvent
@@ -40,24 +41,30 @@ def config_report(report: Any) -> config_pb2.ValidateConfigResponse:
     )
 
 
+def _gpu(g: GpuInfo, owner: str) -> gpu_pb2.Gpu:
+    return gpu_pb2.Gpu(
+        index=g.index,
+        uuid=g.uuid,
+        name=g.name,
+        memory_total_mb=g.memory_total_mb,
+        memory_used_mb=g.memory_used_mb,
+        utilization_percent=g.utilization_percent,
+        temperature_c=g.temperature_c,
+        owner_job_id=owner,
+    )
+
+
 def gpus(
-    gpu_list: list[GpuInfo], owners: dict[str, str], rec: Recommendation, note: str
+    gpu_list: list[GpuInfo],
+    owners: dict[str, str],
+    rec: Recommendation,
+    note: str,
+    cluster: ClusterView | None = None,
+    ray_address: str = "",
 ) -> gpu_pb2.ListGpusResponse:
-    """Inventory + recommendation → ListGpusResponse."""
-    return gpu_pb2.ListGpusResponse(
-        gpus=[
-            gpu_pb2.Gpu(
-                index=g.index,
-                uuid=g.uuid,
-                name=g.name,
-                memory_total_mb=g.memory_total_mb,
-                memory_used_mb=g.memory_used_mb,
-                utilization_percent=g.utilization_percent,
-                temperature_c=g.temperature_c,
-                owner_job_id=owners.get(g.uuid, ""),
-            )
-            for g in gpu_list
-        ],
+    """Inventory + recommendation (+ the Ray cluster's nodes when attached) → ListGpusResponse."""
+    response = gpu_pb2.ListGpusResponse(
+        gpus=[_gpu(g, owners.get(g.uuid, "")) for g in gpu_list],
         recommendation=gpu_pb2.Recommendation(
             model=rec.model,
             strategy=rec.strategy,
@@ -70,6 +77,28 @@ def gpus(
         ),
         note=note,
     )
+    if cluster is not None:
+        response.ray_address = ray_address
+        response.cluster_note = cluster.note
+        for node in cluster.nodes:
+            response.nodes.append(
+                gpu_pb2.ClusterNode(
+                    node_id=node.node_id,
+                    address=node.address,
+                    hostname=node.hostname,
+                    alive=node.alive,
+                    # The local node's GPUs are the daemon's own: their owners are known by uuid.
+                    gpus=[
+                        _gpu(g, owners.get(g.uuid, "") if node.local and g.uuid else "") for g in node.gpus
+                    ],
+                    cpus=node.cpus,
+                    local=node.local,
+                    held_by=[
+                        gpu_pb2.ClusterHold(job_id=h.job_id, gpus=h.gpus, cpus=h.cpus) for h in node.holds
+                    ],
+                )
+            )
+    return response
 
 
 def _lengths(stats: dict[str, Any]) -> data_pb2.LengthStats:

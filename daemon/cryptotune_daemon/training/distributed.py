@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -75,8 +77,42 @@ def cpu_threads_per_rank() -> int:
     return int(configured) if configured.isdigit() and int(configured) > 0 else 1
 
 
-def init_distributed(device_kind: str) -> DistContext:
-    """Joins the process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA) and picks the device."""
+def _exit_failed(message: str) -> None:
+    """The pre-flight watchdog's default: say why on stderr (the job's log) and end the process."""
+    print(f"cryptotune worker: {message}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _arrive(world_size: int) -> Any:
+    """Rendezvous (``env://``: torchrun's or MASTER_ADDR/MASTER_PORT) and wait until every rank has
+    arrived, however long the slowest takes to get here; returns the store the group will use."""
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _rank, _world = next(rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    store.set_timeout(PROCESS_GROUP_TIMEOUT)
+    key = f"cryptotune/preflight/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if store.add(f"{key}/arrived", 1) == world_size:
+        store.set(f"{key}/all", "1")
+    store.wait([f"{key}/all"])
+    return store
+
+
+def init_distributed(
+    device_kind: str, *, preflight: bool = False, on_preflight_hang: Callable[[str], None] | None = None
+) -> DistContext:
+    """Joins the process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA) and picks the device.
+
+    Args:
+        device_kind: ``cpu`` or ``cuda``.
+        preflight: once every rank has arrived, set the group up and all-reduce once under a short
+            timeout (:mod:`~cryptotune_daemon.training.preflight`), so a network the ranks cannot
+            use fails in seconds with advice instead of hanging in the first collective.
+        on_preflight_hang: called with the advice when the set-up itself hangs (it cannot be
+            interrupted); it must record the failure and end the process. Default: print and exit 1.
+
+    Raises:
+        PreflightFailed: the pre-flight all-reduce did not finish in time.
+    """
     rank, world_size, local_rank = env_rank()
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
@@ -89,7 +125,31 @@ def init_distributed(device_kind: str) -> DistContext:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": device} if device_kind == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
+        if preflight:
+            from cryptotune_daemon.training.preflight import (
+                WATCHDOG_GRACE_S,
+                Watchdog,
+                all_reduce_check,
+                network_advice,
+                preflight_timeout,
+            )
+
+            store = _arrive(world_size)
+            seconds = preflight_timeout()
+            limit = seconds + WATCHDOG_GRACE_S
+            what = f"set up the process group ({backend}) and all-reduce across {world_size} ranks"
+            with Watchdog(limit, network_advice(device_kind, what, limit), on_preflight_hang or _exit_failed):
+                dist.init_process_group(
+                    backend=backend,
+                    store=store,
+                    rank=rank,
+                    world_size=world_size,
+                    timeout=PROCESS_GROUP_TIMEOUT,
+                    **kwargs,
+                )
+                all_reduce_check(world_size, device, device_kind, seconds)
+        else:
+            dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

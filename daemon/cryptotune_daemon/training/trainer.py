@@ -84,6 +84,7 @@ class TrainerSettings:
     ``packing`` (the default) feeds micro-batches padding-free, packed into rows of at most
     ``max_seq_length`` tokens (0: as long as the longest sample); False pads each micro-batch to its
     longest sample, the plain path kept for comparison. Both give the same loss on the same data.
+    ``nodes`` is ``parallel.nodes``: the machines the ranks span (FSDP2 shards inside each, HSDP).
     """
 
     learning_rate: float
@@ -115,6 +116,7 @@ class TrainerSettings:
     tensor_parallel_size: int = 2
     pipeline_schedule: str = "1f1b"
     pipeline_micro_batches: int = 2
+    nodes: int = 1
 
     @property
     def samples_per_step(self) -> int:
@@ -246,6 +248,7 @@ class LoraTrainer:
             tensor_parallel_size=settings.tensor_parallel_size,
             pipeline_schedule=settings.pipeline_schedule,
             pipeline_micro_batches=settings.pipeline_micro_batches,
+            nodes=settings.nodes,
         )
         self.state = TrainerState(
             world_size=dist.world_size,

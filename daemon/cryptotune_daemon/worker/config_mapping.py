@@ -114,6 +114,7 @@ def trainer_settings(config: CryptotuneConfig, plan: Plan) -> TrainerSettings:
         tensor_parallel_size=int(config.parallel.tensor_parallel_size),
         pipeline_schedule=str(config.parallel.pipeline_schedule),
         pipeline_micro_batches=int(config.parallel.pipeline_micro_batches),
+        nodes=int(config.parallel.nodes),
     )
 
 

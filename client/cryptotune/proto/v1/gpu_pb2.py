@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/gpu.proto\x12\x13\x63ryptotune.proto.v1\"\x11\n\x0fListGpusRequest\"\xab\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0fmemory_total_mb\x18\x04 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x05 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x06 \x01(\x05\x12\x15\n\rtemperature_c\x18\x07 \x01(\x05\x12\x14\n\x0cowner_job_id\x18\x08 \x01(\t\"\xcc\x01\n\x0eRecommendation\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1d\n\x15per_device_batch_size\x18\x03 \x01(\x05\x12#\n\x1bgradient_accumulation_steps\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1e\n\x16gradient_checkpointing\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\"\x85\x01\n\x10ListGpusResponse\x12&\n\x04gpus\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Gpu\x12;\n\x0erecommendation\x18\x02 \x01(\x0b\x32#.cryptotune.proto.v1.Recommendation\x12\x0c\n\x04note\x18\x03 \x01(\t2e\n\nGpuService\x12W\n\x08ListGpus\x12$.cryptotune.proto.v1.ListGpusRequest\x1a%.cryptotune.proto.v1.ListGpusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/gpu.proto\x12\x13\x63ryptotune.proto.v1\"\x11\n\x0fListGpusRequest\"\xab\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0fmemory_total_mb\x18\x04 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x05 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x06 \x01(\x05\x12\x15\n\rtemperature_c\x18\x07 \x01(\x05\x12\x14\n\x0cowner_job_id\x18\x08 \x01(\t\"\xcc\x01\n\x0eRecommendation\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1d\n\x15per_device_batch_size\x18\x03 \x01(\x05\x12#\n\x1bgradient_accumulation_steps\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1e\n\x16gradient_checkpointing\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\"9\n\x0b\x43lusterHold\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04gpus\x18\x02 \x01(\x01\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\"\xc8\x01\n\x0b\x43lusterNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12&\n\x04gpus\x18\x05 \x03(\x0b\x32\x18.cryptotune.proto.v1.Gpu\x12\x0c\n\x04\x63pus\x18\x06 \x01(\x05\x12\r\n\x05local\x18\x07 \x01(\x08\x12\x31\n\x07held_by\x18\x08 \x03(\x0b\x32 .cryptotune.proto.v1.ClusterHold\"\xe1\x01\n\x10ListGpusResponse\x12&\n\x04gpus\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Gpu\x12;\n\x0erecommendation\x18\x02 \x01(\x0b\x32#.cryptotune.proto.v1.Recommendation\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x13\n\x0bray_address\x18\x04 \x01(\t\x12/\n\x05nodes\x18\x05 \x03(\x0b\x32 .cryptotune.proto.v1.ClusterNode\x12\x14\n\x0c\x63luster_note\x18\x06 \x01(\t2e\n\nGpuService\x12W\n\x08ListGpus\x12$.cryptotune.proto.v1.ListGpusRequest\x1a%.cryptotune.proto.v1.ListGpusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPU']._serialized_end=245
   _globals['_RECOMMENDATION']._serialized_start=248
   _globals['_RECOMMENDATION']._serialized_end=452
-  _globals['_LISTGPUSRESPONSE']._serialized_start=455
-  _globals['_LISTGPUSRESPONSE']._serialized_end=588
-  _globals['_GPUSERVICE']._serialized_start=590
-  _globals['_GPUSERVICE']._serialized_end=691
+  _globals['_CLUSTERHOLD']._serialized_start=454
+  _globals['_CLUSTERHOLD']._serialized_end=511
+  _globals['_CLUSTERNODE']._serialized_start=514
+  _globals['_CLUSTERNODE']._serialized_end=714
+  _globals['_LISTGPUSRESPONSE']._serialized_start=717
+  _globals['_LISTGPUSRESPONSE']._serialized_end=942
+  _globals['_GPUSERVICE']._serialized_start=944
+  _globals['_GPUSERVICE']._serialized_end=1045
 # @@protoc_insertion_point(module_scope)

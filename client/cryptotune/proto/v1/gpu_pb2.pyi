@@ -117,27 +117,115 @@ class Recommendation(_message.Message):
 Global___Recommendation: _TypeAlias = Recommendation  # noqa: Y015
 
 @_typing.final
+class ClusterHold(_message.Message):
+    """What one job (or another Ray user: job_id empty) holds on a cluster node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    gpus: _builtins.float
+    cpus: _builtins.float
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        gpus: _builtins.float = ...,
+        cpus: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpus", b"gpus", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterHold: _TypeAlias = ClusterHold  # noqa: Y015
+
+@_typing.final
+class ClusterNode(_message.Message):
+    """One node of the Ray cluster the daemon is attached to (cryptotuned --ray-address)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    HELD_BY_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Ray's node id (hex)"""
+    address: _builtins.str
+    """the node's IP address"""
+    hostname: _builtins.str
+    alive: _builtins.bool
+    cpus: _builtins.int
+    local: _builtins.bool
+    """the daemon's own node"""
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]:
+        """read through NVML on the node; a node that did not answer: Ray's count (memory -1)"""
+
+    @_builtins.property
+    def held_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterHold]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+        gpus: _abc.Iterable[Global___Gpu] | None = ...,
+        cpus: _builtins.int = ...,
+        local: _builtins.bool = ...,
+        held_by: _abc.Iterable[Global___ClusterHold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "cpus", b"cpus", "gpus", b"gpus", "held_by", b"held_by", "hostname", b"hostname", "local", b"local", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterNode: _TypeAlias = ClusterNode  # noqa: Y015
+
+@_typing.final
 class ListGpusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GPUS_FIELD_NUMBER: _builtins.int
     RECOMMENDATION_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    RAY_ADDRESS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    CLUSTER_NOTE_FIELD_NUMBER: _builtins.int
     note: _builtins.str
+    ray_address: _builtins.str
+    """Only when the daemon is attached to a Ray cluster (ray_address not empty)."""
+    cluster_note: _builtins.str
+    """why nodes is empty or partial (the cluster did not answer, …)"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
     def recommendation(self) -> Global___Recommendation: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterNode]: ...
     def __init__(
         self,
         *,
         gpus: _abc.Iterable[Global___Gpu] | None = ...,
         recommendation: Global___Recommendation | None = ...,
         note: _builtins.str = ...,
+        ray_address: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___ClusterNode] | None = ...,
+        cluster_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus", b"gpus", "note", b"note", "recommendation", b"recommendation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_note", b"cluster_note", "gpus", b"gpus", "nodes", b"nodes", "note", b"note", "ray_address", b"ray_address", "recommendation", b"recommendation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,10 +17,13 @@ def make_strategy(
     tensor_parallel_size: int = 2,
     pipeline_schedule: str = "1f1b",
     pipeline_micro_batches: int = 2,
+    nodes: int = 1,
 ) -> Strategy:
     """The strategy object for a resolved ``parallel.strategy`` (never ``auto``).
 
     ``tensor_parallel_size`` is the group size of ``hybrid_parallel`` (``model_parallel`` uses every rank).
+    ``nodes`` is ``parallel.nodes``: FSDP2 then shards inside each machine and replicates across them
+    (HSDP); the other strategies span the machines as they span the ranks of one.
 
     Raises:
         CryptotuneError: CONFIG_INVALID for a strategy that cannot train yet.
@@ -33,7 +36,7 @@ def make_strategy(
 
         from cryptotune_daemon.training.strategies.sharded import ShardedDataParallel
 
-        return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32)
+        return ShardedDataParallel(dist, compute_dtype=compute_dtype or torch.float32, nodes=nodes)
     if name == "hybrid_parallel":
         import torch
 

@@ -1,4 +1,5 @@
-"""``sharded_data_parallel``: FSDP2, parameters, gradients and optimiser state sharded over the ranks."""
+"""``sharded_data_parallel``: FSDP2, parameters, gradients and optimiser state sharded over the ranks
+(over the ranks of each machine, replicated across machines — HSDP — when the job spans nodes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.strategies.base import Strategy
 
@@ -48,16 +50,33 @@ class ShardedDataParallel(Strategy):
     the compute runs in bf16 (``MixedPrecisionPolicy``) with gradients reduced in fp32. On CPUs
     everything is fp32.
 
+    Across machines (``parallel.nodes`` > 1) it is HSDP: a 2-D mesh ``(dp_replicate, dp_shard)`` =
+    ``(nodes, ranks per node)``; each machine's ranks shard the model among themselves (the all-gathers
+    stay on the fast links inside a node) and the machines hold replicas, their gradients all-reduced
+    across nodes once per step. Ranks are numbered node by node (ranks ``0..k-1`` on the first node,
+    as torchrun and the Ray driver number them), so a ``dp_shard`` group is one machine.
+
     Args:
         dist: this process's place in the job.
         compute_dtype: the forward/backward dtype on GPUs (the training precision).
+        nodes: machines the ranks span (1: shard over every rank).
+
+    Raises:
+        CryptotuneError: CONFIG_INVALID when the ranks cannot be spread evenly over the nodes.
     """
 
     name = "sharded_data_parallel"
 
-    def __init__(self, dist: Any, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, dist: Any, compute_dtype: torch.dtype = torch.float32, nodes: int = 1) -> None:
         super().__init__(dist)
         self.compute_dtype = compute_dtype
+        self.nodes = max(int(nodes), 1) if dist.distributed else 1
+        if dist.world_size % self.nodes:
+            raise CryptotuneError(
+                ErrorCode.CONFIG_INVALID,
+                f"parallel.nodes is {self.nodes} but the job has {dist.world_size} ranks: each machine runs "
+                f"the same number of ranks; set parallel.world_size to a multiple of {self.nodes}",
+            )
         self._mesh: Any = None
 
     @property
@@ -65,6 +84,8 @@ class ShardedDataParallel(Strategy):
         return not self.dist.distributed
 
     def mesh(self) -> dict[str, int]:
+        if self.nodes > 1:
+            return {"dp_replicate": self.nodes, "dp_shard": self.dist.world_size // self.nodes}
         return {"dp_shard": self.dist.world_size}
 
     def wrap(self, loss_module: nn.Module) -> nn.Module:
@@ -72,8 +93,10 @@ class ShardedDataParallel(Strategy):
             return loss_module
         from torch.distributed.device_mesh import init_device_mesh
 
+        shape = self.mesh()
+        # Replicate × shard makes fully_shard do HSDP; one dimension is plain FSDP.
         self._mesh = init_device_mesh(
-            self.dist.device.type, (self.dist.world_size,), mesh_dim_names=("dp_shard",)
+            self.dist.device.type, tuple(shape.values()), mesh_dim_names=tuple(shape)
         )
         return shard_model(loss_module, self._mesh, self.compute_dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.worker.stages.base import PIPELINE_LOGGER, StageBase
@@ -17,7 +18,14 @@ class EnvSetupStage(StageBase):
         from cryptotune_daemon.training.distributed import init_distributed
         from cryptotune_daemon.training.trainer import seed_everything
 
-        dist = init_distributed(self.spec.device)
+        # On GPUs, and whenever the ranks span machines, prove the network first: a wrong interface
+        # fails here in seconds with advice, not in the first collective after hours.
+        nodes = int(getattr(self.ctx.config.parallel, "nodes", 1) or 1)
+        dist = init_distributed(
+            self.spec.device,
+            preflight=self.spec.device == "cuda" or nodes > 1,
+            on_preflight_hang=self._preflight_hung,
+        )
         seed_everything(int(self.ctx.config.training.seed))
         self.ctx.dist = dist
         # Ranks computed data and plan independently: make sure they agree before training.
@@ -45,3 +53,15 @@ class EnvSetupStage(StageBase):
             f"environment: {dist.world_size} process(es) on {dist.device}, "
             f"seed {self.ctx.config.training.seed}"
         )
+
+    def _preflight_hung(self, reason: str) -> None:
+        """The pre-flight's set-up hung (called from its watchdog thread): record it and end now."""
+        log.error("%s", reason)
+        try:
+            mark = getattr(self, "_mark_current", None)  # the pipeline's (records the stage as failed)
+            if mark is not None:
+                mark("failed", reason)
+            self.events.emit("failed", {"reason": reason, "stage": "env_setup"})
+            self.events.close()
+        finally:
+            os._exit(1)  # the main thread is blocked inside the collective library
