@@ -6,12 +6,15 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PROTO_SRC := $(wildcard protos/cryptotune/proto/v1/*.proto)
 PROTO_OUT := client
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+ORIGINAL_PATH := $(PATH)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup demo test test-slow browser lint format typecheck protos check-protos bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@# The bootstrap uses the system's python3 (PATH without .venv/bin: the venv has no pip).
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || { P=$$(PATH=$(ORIGINAL_PATH) command -v python3); \
+	  $$P -m pip install --quiet --user uv || $$P -m pip install --quiet uv; }
 	@UV=$$(command -v uv || echo "$(HOME)/.local/bin/uv"); \
 	  $$UV sync --extra daemon --extra ray --compile-bytecode --quiet || { echo "make setup: 'uv sync' failed (see above)"; exit 1; }
 	@# Bytecode is compiled at install time (as pip does for wheels): with PYTHONDONTWRITEBYTECODE set,
