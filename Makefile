@@ -34,7 +34,7 @@ demo: setup
 test: setup check-protos
 	$(PY) -m pytest -q -m "not slow"
 
-## test-slow: the long end-to-end runs (DDP OOM relaunch, two-process DDP worker run, thin-client wheel); CI runs them too
+## test-slow: the long end-to-end runs (crash recovery, cancel and resume, every parallel strategy, Ray across nodes, GPU-proof rehearsal, thin-client wheel, thorough fuzz); CI runs them too
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 

@@ -6,12 +6,15 @@ import os
 import signal
 import time
 
+import pytest
+
 from cryptotune_daemon.jobs import worker_process as wp
 from tests.helpers.harness import WAIT_S, Harness, alive, progress_max
 from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_cancel_ends_every_process_of_a_ddp_job_and_frees_its_slot(harness: Harness) -> None:
     root = harness.root
     data = write_data(root / "data.jsonl", count=16)

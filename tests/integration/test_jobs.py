@@ -196,6 +196,7 @@ def test_submit_errors_map_to_typed_exceptions(daemon: RunningDaemon, tmp_path: 
         wait_terminal(client, first.job_id)
 
 
+@pytest.mark.slow
 def test_cancel_then_resume_continues_without_repeating_steps(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", count=24)
     config = write_config(tmp_path / "config.yaml", epochs=8, save_steps=3)
@@ -233,6 +234,7 @@ def test_cancel_then_resume_continues_without_repeating_steps(daemon: RunningDae
         assert report["steps"] == total
 
 
+@pytest.mark.slow
 def test_resume_with_changed_data_is_refused(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", count=16)
     config = write_config(tmp_path / "config.yaml", max_steps=4, save_steps=2)
@@ -249,6 +251,7 @@ def test_resume_with_changed_data_is_refused(daemon: RunningDaemon, tmp_path: Pa
         assert "data" in client.get_job(resumed.job_id).failure_reason
 
 
+@pytest.mark.slow
 def test_two_process_ddp_job_on_cpu(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", count=16)
     config = write_config(tmp_path / "config.yaml", max_steps=4, save_steps=2, world_size=2)

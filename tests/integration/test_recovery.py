@@ -78,6 +78,7 @@ def same_process(pid: int, started_at: float) -> bool:
 # -- 1. kill -9 at random moments -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_repeated_kill_9_of_the_daemon_loses_and_repeats_nothing(harness: Harness) -> None:
     """Seeded kill -9 of the daemon at random moments; once the crash takes the worker too."""
     rng = random.Random(SEED)
@@ -167,6 +168,7 @@ class Follower(threading.Thread):
                 time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_crashed_daemon_reattaches_to_its_live_worker_and_watchers_resume(harness: Harness) -> None:
     total, save = 8, 4
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -235,6 +237,7 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[str, str]:
     return out.decode("utf-8"), err.decode("utf-8")
 
 
+@pytest.mark.slow
 def test_cli_watch_rides_out_a_daemon_crash_and_misses_no_event(harness: Harness) -> None:
     total, save = 8, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -259,6 +262,7 @@ def test_cli_watch_rides_out_a_daemon_crash_and_misses_no_event(harness: Harness
     assert "The daemon went away" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_logs_follow_rides_out_a_daemon_crash_without_repeating_lines(harness: Harness) -> None:
     data, config = job_files(harness.root, steps=8, save_steps=2)
     harness.start()
@@ -281,6 +285,7 @@ def test_cli_logs_follow_rides_out_a_daemon_crash_without_repeating_lines(harnes
     assert "The daemon went away" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_resumed_from_its_newest_checkpoint(harness: Harness) -> None:
     total, save = 6, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -339,6 +344,7 @@ def test_a_worker_lost_more_often_than_the_budget_fails_with_a_reason(harness: H
 # -- 4. a crash while a checkpoint is written ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(harness: Harness) -> None:
     total, save = 4, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -366,6 +372,7 @@ def test_a_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(harnes
 # -- 7. SIGTERM -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_daemon_promptly_and_loses_no_job(harness: Harness) -> None:
     total, save = 10, 2
     data, config = job_files(harness.root, steps=total, save_steps=save)

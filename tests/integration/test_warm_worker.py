@@ -8,6 +8,7 @@ import re
 import time
 
 import psutil
+import pytest
 
 from cryptotune_daemon.jobs import worker_process as wp
 from tests.helpers.harness import WAIT_S, Event, Harness, alive, check_runs, progress_max, states
@@ -42,6 +43,7 @@ def wait_gone(pid: int, what: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{what} (pid {pid}) still runs")
 
 
+@pytest.mark.slow
 def test_a_warm_started_job_survives_a_daemon_kill_9_and_is_reattached(harness: Harness) -> None:
     total, save = 6, 3
     data, config = job_files(harness.root, steps=total, save_steps=save)
@@ -81,6 +83,7 @@ def test_a_warm_started_job_survives_a_daemon_kill_9_and_is_reattached(harness: 
     assert not wp.lock_held(job_dir)
 
 
+@pytest.mark.slow
 def test_cancel_of_a_warm_started_job_ends_its_tree(harness: Harness) -> None:
     data, config = job_files(harness.root, steps=500, save_steps=100)
     harness.start(extra=WARM)
