@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 ORIGINAL_PATH := $(PATH)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-slow browser lint format typecheck protos check-protos bench clean
+.PHONY: setup demo test test-slow browser netns-tools lint format typecheck protos check-protos bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@# The bootstrap uses the system's python3 (PATH without .venv/bin: the venv has no pip).
@@ -45,6 +45,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 	@chromium --version
+
+## netns-tools: install what the Ray tests' loopback-only network namespace needs (util-linux's unshare
+## and nsenter, iproute2's ip; apt; root). CI runs it; without them, those tests skip and name the tool.
+netns-tools:
+	@command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq util-linux iproute2; }
+	@echo "netns-tools: $$(command -v unshare) $$(command -v nsenter) $$(command -v ip)"
 
 ## lint: ruff, and the import layers and forbidden imports of docs/architecture.md (import-linter)
 lint: setup

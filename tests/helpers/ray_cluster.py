@@ -37,6 +37,21 @@ NODE_START_S = 180.0
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
 
+def require_network_namespace() -> None:
+    """Skips the calling test when this machine cannot host a Ray cluster in a network namespace,
+    naming what is missing; fails instead where CI says it must run (``CRYPTOTUNE_REQUIRE_NETNS=1``,
+    set by ``.ci/run`` after ``make netns-tools``)."""
+    import pytest
+
+    missing = missing_requirements()
+    if missing is None:
+        return
+    message = f"a Ray cluster in a network namespace needs {missing}"
+    if os.environ.get("CRYPTOTUNE_REQUIRE_NETNS") == "1":
+        pytest.fail(f"{message} (CRYPTOTUNE_REQUIRE_NETNS=1: CI must run this test; see make netns-tools)")
+    pytest.skip(message)
+
+
 def missing_requirements() -> str | None:
     """Why this machine cannot host the test cluster (None when it can)."""
     if os.geteuid() != 0:

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.ray_cluster import require_network_namespace
+
 from tests.integration.conftest import BIN, run_cli, short_tmp_dir, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,24 +32,9 @@ JOB = "job-20261202-200000-0badcafe"
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
-def missing() -> str | None:
-    if os.geteuid() != 0:
-        return "root (unshare --net, nsenter)"
-    for tool in ("unshare", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            return f"the {tool} command"
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return "Ray (pip install 'cryptotune[ray]')"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    reason = missing()
-    if reason:
-        pytest.skip(f"needs {reason}")
+    require_network_namespace()
     log = (tmp_path_factory.mktemp("ray") / "ray.log").open("ab")
     env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO)}
     host = subprocess.Popen(

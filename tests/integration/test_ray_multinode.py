@@ -27,7 +27,7 @@ from cryptotune import Client
 from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.worker.ray_placement import placement_group_name
 from tests.helpers.pipeline import REPO, write_records
-from tests.helpers.ray_cluster import ClusterHost, missing_requirements
+from tests.helpers.ray_cluster import ClusterHost, require_network_namespace
 from tests.integration.conftest import BIN, RunningDaemon, short_tmp_dir, stop_daemon, wait_serving
 
 pytestmark = pytest.mark.slow
@@ -112,9 +112,7 @@ def _start_daemon(host: ClusterHost, state_dir: Path) -> RunningDaemon:
 
 @pytest.fixture(scope="module")
 def ray_env() -> Iterator[RayEnv]:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip(f"a Ray cluster in a network namespace needs {missing}")
+    require_network_namespace()
     root = short_tmp_dir()
     host = ClusterHost(REPO, root / "cluster.log")
     env: RayEnv | None = None
