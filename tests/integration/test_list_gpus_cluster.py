@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from typing import Any
 import pytest
 
 from tests.helpers.ray_cluster import require_network_namespace
-
 from tests.integration.conftest import BIN, run_cli, short_tmp_dir, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
