@@ -166,6 +166,7 @@ def test_compare_answers_with_both_models(trained: tuple[RunningDaemon, Path]) -
     assert "fine-tuned" in shown.stdout and "base model" in shown.stdout
 
 
+@pytest.mark.slow
 def test_cancelled_stream_frees_the_model_and_idle_models_are_freed(
     trained: tuple[RunningDaemon, Path],
 ) -> None:

@@ -266,6 +266,7 @@ def test_two_process_ddp_job_on_cpu(daemon: RunningDaemon, tmp_path: Path) -> No
         assert report["steps"] == 4
 
 
+@pytest.mark.slow
 def test_dry_run_plan_table_and_resume_output_dir_warning(daemon: RunningDaemon, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", count=12)
     config = write_config(tmp_path / "config.yaml")

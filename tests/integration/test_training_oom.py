@@ -83,6 +83,7 @@ def test_recovery_from_a_checkpoint_ends_like_an_uninterrupted_run(tmp_path: Pat
     assert (state["micro_batch_size"], state["gradient_accumulation_steps"]) == (2, 2)
 
 
+@pytest.mark.slow
 def test_recovery_without_a_checkpoint_starts_over_and_halves_repeatedly(tmp_path: Path) -> None:
     config = settings(
         total_steps=2, micro_batch_size=8, lora_dropout=0.0, save_strategy="no", eval_strategy="no"

@@ -23,6 +23,7 @@ from tests.helpers.trainer import (
 )
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_repeated_dataset(tmp_path: Path) -> None:
     examples = make_examples(4, seed=1) * 2
     recorder = Recorder()
@@ -74,6 +75,7 @@ def test_checkpoints_events_and_eval(tmp_path: Path) -> None:
     assert state["step"] == 6 and len(state["loss_history"]) == 6
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_next_step_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     examples = make_examples(12, seed=3)
     config = settings(total_steps=7, save_steps=3)

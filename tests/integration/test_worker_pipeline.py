@@ -279,6 +279,7 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_continues_at_the_next_step(tmp_path: Path, full_run: dict[str, Any]) -> None:
     """Cancel a worker process mid-training, then resume: steps k+1..N, same final adapter."""
     spec = make_spec(tmp_path, data=full_run["data"], config=config_text())
