@@ -192,3 +192,20 @@ def by_name_state(saved: Mapping[str, Any], trainable_names: list[str]) -> dict[
         for group in saved.get("param_groups", [])
     ]
     return {"format": OPTIMIZER_FORMAT, "state": state, "param_groups": groups}
+
+
+class SameSamplesOnEveryRank(Strategy):
+    """The layout of a strategy whose ranks split one model and see the same samples (tensor and
+    pipeline parallelism): one data-parallel group, and whole weights only on a single rank."""
+
+    @property
+    def data_parallel_rank(self) -> int:
+        return 0
+
+    @property
+    def data_parallel_size(self) -> int:
+        return 1
+
+    @property
+    def keeps_whole_model(self) -> bool:
+        return not self.dist.distributed

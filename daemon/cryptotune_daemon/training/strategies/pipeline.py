@@ -45,7 +45,7 @@ from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 from cryptotune_daemon.training.distributed import DistContext
 from cryptotune_daemon.training.loss import DEFAULT_CHUNK_TOKENS, label_loss_sums
 from cryptotune_daemon.training.strategies.base import (
-    Strategy,
+    SameSamplesOnEveryRank,
     by_name_state,
     trainable_parameters,
 )
@@ -207,7 +207,7 @@ def pad_micro_batches(batches: Sequence[Batch | None], pad_token_id: int) -> lis
     return padded
 
 
-class PipelineParallel(Strategy):
+class PipelineParallel(SameSamplesOnEveryRank):
     """Pipeline parallelism: one stage of consecutive decoder layers per rank (a 1-D ``pp`` mesh).
 
     Every rank sees the same samples (data-parallel degree 1). A pipeline step takes the
@@ -241,18 +241,6 @@ class PipelineParallel(Strategy):
         self._loss_sum = torch.zeros(())
 
     # -- layout ------------------------------------------------------------------------------------------
-
-    @property
-    def data_parallel_rank(self) -> int:
-        return 0
-
-    @property
-    def data_parallel_size(self) -> int:
-        return 1
-
-    @property
-    def keeps_whole_model(self) -> bool:
-        return not self.dist.distributed
 
     @property
     def pipelined(self) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cryptotune_daemon.training.distributed import DistContext
-from cryptotune_daemon.training.strategies.base import Strategy
+from cryptotune_daemon.training.strategies.base import SameSamplesOnEveryRank
 from cryptotune_daemon.training.strategies.sharded import decoder_layers
 
 # Projections of a decoder layer, by their path inside it: split by output features (colwise: each
@@ -130,7 +130,7 @@ def scale_gradients(params: Iterable[nn.Parameter], norm: float, max_norm: float
         (grad.to_local() if isinstance(grad, DTensor) else grad).mul_(coefficient)
 
 
-class TensorParallel(Strategy):
+class TensorParallel(SameSamplesOnEveryRank):
     """Tensor parallelism over every rank (one 1-D ``tp`` mesh).
 
     q/k/v, gate and up are split colwise and o and down rowwise (DTensor ``parallelize_module``), so
@@ -149,18 +149,6 @@ class TensorParallel(Strategy):
     def __init__(self, dist: DistContext) -> None:
         super().__init__(dist)
         self._mesh: Any = None
-
-    @property
-    def data_parallel_rank(self) -> int:
-        return 0
-
-    @property
-    def data_parallel_size(self) -> int:
-        return 1
-
-    @property
-    def keeps_whole_model(self) -> bool:
-        return not self.dist.distributed
 
     def mesh(self) -> dict[str, int]:
         return {"tp": self.dist.world_size}
