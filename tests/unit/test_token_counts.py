@@ -8,7 +8,8 @@ from typing import Any
 
 from cryptotune_daemon.data.records import Record
 from cryptotune_daemon.data.template import render_record
-from cryptotune_daemon.data.tokenizer import count_tokens, tokenize_samples
+from cryptotune_daemon.data.token_counts import count_tokens
+from cryptotune_daemon.data.tokenizer import tokenize_samples
 
 # Edges that move where the split regex starts a piece: punctuation that takes the newline along,
 # whitespace and line breaks, digits, contractions, combining marks, added tokens, emoji.

@@ -19,7 +19,7 @@ from cryptotune_daemon.data.readers import (
 )
 from cryptotune_daemon.data.records import Record, RecordProblem
 from cryptotune_daemon.data.template import render_record
-from cryptotune_daemon.data.tokenizer import TokenCounter
+from cryptotune_daemon.data.token_counts import TokenCounter
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 if TYPE_CHECKING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from cryptotune_daemon.data.readers.record_checks import (
@@ -35,10 +36,9 @@ _MEDIA_KEY_SET = frozenset(_MEDIA_KEYS)
 
 
 def _from_alpaca(obj: dict[str, Any], index: int, line: int) -> Record:
-    try:
+    with contextlib.suppress(_Invalid):
         return _from_valid_alpaca(obj, index, line)
-    except _Invalid:
-        pass  # check every field again, listing each one's problem
+    # Something is wrong: check every field again, listing each one's problem.
     checks = _Checks()
     _check_media(obj, checks)
     instruction = checks.run(lambda: _checked_text(obj, "instruction", required=True), "")
