@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cryptotune import Client
 from cryptotune.errors import NotFound
+from cryptotune.types import Job
 from tests.helpers.jobs import wait_terminal, write_config, write_data
 from tests.integration.conftest import BIN, RunningDaemon, run_cli
 
@@ -55,16 +56,44 @@ def _start_cli(address: str, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_training(client: Client, pipeline: str, timeout: float = 300) -> None:
+def _wait_training(
+    client: Client, daemon: RunningDaemon, pipeline: str, cli: subprocess.Popen[bytes], timeout: float = 300
+) -> None:
+    """Waits for the job's first step; fails at once, saying why, when the job or the CLI ends first."""
     deadline = time.monotonic() + timeout
+    job = None
     while time.monotonic() < deadline:
         try:
-            if client.get_job(pipeline).progress.step >= 1:
-                return
+            job = client.get_job(pipeline)
         except NotFound:  # not submitted yet
-            pass
+            job = None
+        if job is not None and job.progress.step >= 1:
+            return
+        if (job is not None and job.terminal) or cli.poll() is not None:
+            break
         time.sleep(0.3)
-    raise TimeoutError(f"{pipeline} did not start training")
+    raise AssertionError(_why_not_training(daemon, pipeline, job, cli))
+
+
+def _why_not_training(
+    daemon: RunningDaemon, pipeline: str, job: Job | None, cli: subprocess.Popen[bytes]
+) -> str:
+    """What a failed wait shows: the job's state, the CLI's exit, the daemon's and the worker's logs."""
+    lines = [f"{pipeline} did not reach step 1"]
+    if job is None:
+        lines.append("the job was never submitted")
+    else:
+        lines.append(f"job {job.job_id}: {job.state.value}, stage {job.stage}, reason {job.failure_reason!r}")
+        worker_log = daemon.state_dir / "jobs" / job.job_id / "worker.log"
+        if worker_log.exists():
+            lines.append("worker log (tail):\n" + worker_log.read_text(errors="replace")[-4000:])
+    if cli.poll() is not None:
+        out, err = cli.communicate()
+        lines.append(
+            f"the CLI exited {cli.returncode}: {out.decode(errors='replace')}{err.decode(errors='replace')}"
+        )
+    lines.append("daemon log (tail):\n" + daemon.log_path.read_text(errors="replace")[-4000:])
+    return "\n".join(lines)
 
 
 def test_ctrl_c_detaches_json_train_and_watch(daemon: RunningDaemon, tmp_path: Path) -> None:
@@ -83,7 +112,7 @@ def test_ctrl_c_detaches_json_train_and_watch(daemon: RunningDaemon, tmp_path: P
             "ctrlc",
         )
         try:
-            _wait_training(client, "ctrlc")
+            _wait_training(client, daemon, "ctrlc", train)
             train.send_signal(signal.SIGINT)
             stdout, stderr = (b.decode() for b in train.communicate(timeout=60))
         finally:
