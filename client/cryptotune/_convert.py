@@ -161,6 +161,7 @@ def job(msg: job_pb2.Job) -> t.Job:
         resumed_from=msg.resumed_from,
         plan=_json_object(msg.plan_json) if msg.plan_json else None,
         device=msg.device,
+        waiting_for=msg.waiting_for,
     )
 
 

@@ -277,6 +277,7 @@ class Job(_Serializable):
     resumed_from: str = ""
     plan: dict[str, Any] | None = None
     device: str = ""
+    waiting_for: str = ""  # what a queued job waits for (a Ray job: nodes and GPUs), "" otherwise
 
     @property
     def terminal(self) -> bool:
@@ -302,6 +303,7 @@ class Job(_Serializable):
             },
             "output_dir": self.output_dir,
             "failure_reason": self.failure_reason,
+            "waiting_for": self.waiting_for,
             "dry_run": self.dry_run,
             "plan": self.plan,
             "resumed_from": self.resumed_from,

@@ -456,6 +456,45 @@ def test_jobs_and_events_survive_reopen(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_queued_job_says_what_it_waits_for_until_it_leaves_the_queue(store: JobStore) -> None:
+    jid = new_job(store, "ray-1").job_id
+    assert store.get(jid).waiting_for == ""
+    append(store, jid, "waiting", {"message": "waiting for 2 nodes × 1 GPU; the cluster has 1 node free"})
+    append(store, jid, "waiting", {"message": "waiting for 2 nodes × 1 GPU; the cluster has no node free"})
+    assert store.get(jid).waiting_for == "waiting for 2 nodes × 1 GPU; the cluster has no node free"
+    assert store.transition(jid, R) is not None
+    assert store.get(jid).waiting_for == "", "a running job waits for nothing"
+    append(store, jid, "waiting", {"message": "late"})
+    assert store.get(jid).waiting_for == "", "only a queued job waits"
+    assert store.transition(jid, REC) is not None and store.transition(jid, Q) is not None
+    assert store.get(jid).waiting_for == ""
+    append(store, jid, "waiting", {"message": "waiting for 2 nodes × 1 GPU; the cluster has 1 node free"})
+    assert store.list_jobs(limit=5)[0].waiting_for.startswith("waiting for 2 nodes")
+
+
+def test_a_version_1_database_gains_waiting_for_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from cryptotune_daemon.jobs.store import _MIGRATIONS
+
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_MIGRATIONS[0])
+        conn.execute(
+            "INSERT INTO jobs (job_id, pipeline_id, request_id, state, stages_json, progress_json, "
+            "output_dir, created_at, updated_at, dry_run, spec_json) VALUES ('job-1', 'old', 'req-old', "
+            "'queued', '[]', '{}', '/out/old', 1.0, 1.0, 0, '{}')"
+        )
+        conn.execute("PRAGMA user_version = 1")
+    with JobStore(path) as store:
+        job = store.get("old")
+        assert (job.job_id, job.state, job.waiting_for) == ("job-1", Q, "")
+        append(
+            store, "job-1", "waiting", {"message": "waiting for 2 nodes × 1 CPU; the cluster has 1 node free"}
+        )
+        assert store.get("job-1").waiting_for.endswith("1 node free")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_connection_is_durable_wal(store: JobStore) -> None:
     conn = store._conn  # pragmas are per connection: inspect the store's own one
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

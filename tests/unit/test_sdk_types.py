@@ -79,6 +79,20 @@ def test_a_failed_job_renders_its_reason_and_where_its_logs_are() -> None:
     assert "aes-v1" in table and "failed" in table
 
 
+def test_a_queued_job_shows_what_it_waits_for() -> None:
+    message = "waiting for 2 nodes × 4 GPUs; the cluster has 1 node free"
+    job = _convert.job(_job(job_pb2.JOB_STATE_QUEUED, waiting_for=message))
+    assert job.waiting_for == message and job.status_dict()["waiting_for"] == message
+    detail = _rendered(lambda console: render.job_detail(console, job))
+    rows = [
+        [cell.strip() for cell in line.strip("│").split("│")] for line in detail.splitlines() if "│" in line
+    ]
+    assert ["waiting", message] in rows
+    running = _convert.job(_job(job_pb2.JOB_STATE_RUNNING))
+    assert running.status_dict()["waiting_for"] == ""
+    assert "waiting" not in _rendered(lambda console: render.job_detail(console, running))
+
+
 def test_a_succeeded_job_renders_its_outputs_or_its_plan() -> None:
     job = _convert.job(_job(job_pb2.JOB_STATE_SUCCEEDED))
     text = _rendered(lambda console: render.outcome(console, job))

@@ -241,6 +241,8 @@ def job_detail(console: Console, job: t.Job) -> None:
             f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss "
             f"{p.loss if p.loss is not None else '—'}",
         )
+    if job.waiting_for and job.state is t.JobState.QUEUED:
+        table.add_row("waiting", Text(job.waiting_for, style="yellow"))
     table.add_row("output dir", job.output_dir)
     if job.resumed_from:
         table.add_row("resumed from", job.resumed_from)

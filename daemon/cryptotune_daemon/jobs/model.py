@@ -210,6 +210,8 @@ class Job:
         events_offset: bytes of the worker's event file already ingested.
         retries: how many times the job was restarted after losing its worker.
         gpu_uuids: the GPUs allotted to the job (empty on CPU or before scheduling).
+        waiting_for: what the job, while QUEUED, waits for (a Ray job's "waiting for 2 nodes × 4 GPUs;
+            the cluster has 1 node free"); "" otherwise.
     """
 
     job_id: str
@@ -233,6 +235,7 @@ class Job:
     events_offset: int = 0
     retries: int = 0
     gpu_uuids: tuple[str, ...] = ()
+    waiting_for: str = ""
 
     @property
     def is_terminal(self) -> bool:

@@ -27,8 +27,9 @@ from cryptotune_daemon.jobs.model import (
     sources_of,
     validate_pipeline_id,
 )
+from cryptotune_daemon.worker.ray_placement import WAITING_EVENT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Index i holds the script that upgrades a database from user_version i to i + 1.
 _MIGRATIONS: tuple[str, ...] = (
@@ -68,13 +69,17 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     """,
+    # v2: what a queued job waits for (the newest ``waiting`` event of a Ray job's driver).
+    """
+    ALTER TABLE jobs ADD COLUMN waiting_for TEXT NOT NULL DEFAULT '';
+    """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _JOB_COLUMNS = (
     "job_id, pipeline_id, request_id, state, stage, stages_json, progress_json, output_dir, "
     "failure_reason, created_at, updated_at, dry_run, resumed_from, plan_json, device, spec_json, "
-    "worker_pid, worker_started_at, events_offset, retries, gpu_uuids_json"
+    "worker_pid, worker_started_at, events_offset, retries, gpu_uuids_json, waiting_for"
 )
 
 _BUSY_TIMEOUT_MS = 10_000
@@ -141,6 +146,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         events_offset=row["events_offset"],
         retries=row["retries"],
         gpu_uuids=tuple(json.loads(row["gpu_uuids_json"])),
+        waiting_for=row["waiting_for"],
     )
 
 
@@ -174,6 +180,7 @@ def fold_event(job: Job, event_type: str, data: dict[str, Any]) -> Job:
     - ``failed`` ``{"stage": X?}``: X (default: the current stage) becomes failed.
     - ``progress`` ``{step, total_steps, epoch, loss, ...}``: the numeric fields present are updated.
     - ``plan`` ``{...}``: the event's data is the plan.
+    - ``waiting`` ``{"message": M}``: the job (queued) waits for M; leaving QUEUED clears it.
 
     Args:
         job: the summary before the event.
@@ -200,6 +207,8 @@ def fold_event(job: Job, event_type: str, data: dict[str, Any]) -> Job:
         return replace(job, progress=job.progress.merged(data))
     if event_type == "plan":
         return replace(job, plan=dict(data))
+    if event_type == WAITING_EVENT and job.state is JobState.QUEUED:
+        return replace(job, waiting_for=str(data.get("message", "")))
     return job
 
 
@@ -342,13 +351,14 @@ class JobStore:
 
     def _save_summary(self, conn: sqlite3.Connection, job: Job, now: float) -> None:
         conn.execute(
-            "UPDATE jobs SET stage = ?, stages_json = ?, progress_json = ?, plan_json = ?, updated_at = ? "
-            "WHERE job_id = ?",
+            "UPDATE jobs SET stage = ?, stages_json = ?, progress_json = ?, plan_json = ?, waiting_for = ?, "
+            "updated_at = ? WHERE job_id = ?",
             (
                 job.stage,
                 _stages_to_json(job.stages),
                 _dumps(job.progress.to_dict(), "progress"),
                 None if job.plan is None else _dumps(job.plan, "plan"),
+                job.waiting_for,
                 now,
                 job.job_id,
             ),
@@ -465,7 +475,7 @@ class JobStore:
             while conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone():
                 job = replace(job, job_id=generate_job_id())
             conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 22)})",
                 (
                     job.job_id,
                     job.pipeline_id,
@@ -488,6 +498,7 @@ class JobStore:
                     0,
                     0,
                     "[]",
+                    job.waiting_for,
                 ),
             )
             self._insert_events(conn, job.job_id, [("state", {"state": JobState.QUEUED.value}, created)])
@@ -617,7 +628,8 @@ class JobStore:
             if not sources:
                 return None
             values = tuple(sorted(s.value for s in sources))
-            sets = "state = ?, updated_at = ?"
+            # What a queued job waited for is over once it leaves QUEUED (or is queued again).
+            sets = "state = ?, updated_at = ?, waiting_for = ''"
             params: list[Any] = [to.value, now]
             if to in {JobState.FAILED, JobState.CANCELLED} and reason:
                 sets += ", failure_reason = ?"

@@ -194,6 +194,7 @@ def job(value: Job) -> job_pb2.Job:
         resumed_from=value.resumed_from,
         plan_json=json.dumps(value.plan, ensure_ascii=False) if value.plan else "",
         device=value.device,
+        waiting_for=value.waiting_for,
     )
 
 

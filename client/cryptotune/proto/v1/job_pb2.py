@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/job.proto\x12\x13\x63ryptotune.proto.v1\"\xd6\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t\x12\x11\n\tdata_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x05 \x01(\t\x12\x12\n\noutput_dir\x18\x06 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x07 \x01(\t\x12\x0e\n\x06resume\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x12\x12\n\nclient_cwd\x18\n \x01(\t\"L\n\x11SubmitJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.cryptotune.proto.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Job\"\x1f\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\";\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xa4\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12\x11\n\tgrad_norm\x18\x08 \x01(\x01\"\xe8\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cryptotune.proto.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x30\n\x06stages\x18\x05 \x03(\x0b\x32 .cryptotune.proto.v1.StageStatus\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x1d.cryptotune.proto.v1.Progress\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x0b \x01(\x08\x12\x14\n\x0cresumed_from\x18\x0c \x01(\t\x12\x11\n\tplan_json\x18\r \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\"1\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"T\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\x11\n\tdata_json\x18\x05 \x01(\t\"D\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\nskip_lines\x18\x03 \x01(\x04\"\x17\n\x07LogLine\x12\x0c\n\x04line\x18\x01 \x01(\t\"/\n\x10\x45xportJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x08\"\xb0\x01\n\x0b\x45xportChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x35\n\x08progress\x18\x05 \x01(\x0b\x32#.cryptotune.proto.v1.ExportProgress\x12\x32\n\x07serving\x18\x06 \x01(\x0b\x32!.cryptotune.proto.v1.ServingCheck\"<\n\x0e\x45xportProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"y\n\x0cServingCheck\x12\x10\n\x08loadable\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xfd\x01\n\x0fGenerateRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x32\n\x08messages\x18\x02 \x03(\x0b\x32 .cryptotune.proto.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x0f\n\x07\x63ompare\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"@\n\x0eGenerateStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"{\n\rGeneratePiece\x12-\n\x05model\x18\x01 \x01(\x0e\x32\x1e.cryptotune.proto.v1.ChatModel\x12-\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1c.cryptotune.proto.v1.Channel\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xa8\x01\n\x0cGenerateDone\x12-\n\x05model\x18\x01 \x01(\x0e\x32\x1e.cryptotune.proto.v1.ChatModel\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x03\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\"\xb6\x01\n\rGenerateChunk\x12\x35\n\x06status\x18\x01 \x01(\x0b\x32#.cryptotune.proto.v1.GenerateStatusH\x00\x12\x33\n\x05piece\x18\x02 \x01(\x0b\x32\".cryptotune.proto.v1.GeneratePieceH\x00\x12\x31\n\x04\x64one\x18\x03 \x01(\x0b\x32!.cryptotune.proto.v1.GenerateDoneH\x00\x42\x06\n\x04kind*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x07*R\n\tChatModel\x12\x1a\n\x16\x43HAT_MODEL_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_MODEL_TUNED\x10\x01\x12\x13\n\x0f\x43HAT_MODEL_BASE\x10\x02*M\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_REASONING\x10\x01\x12\x12\n\x0e\x43HANNEL_ANSWER\x10\x02\x32\xb0\x05\n\nJobService\x12Z\n\tSubmitJob\x12%.cryptotune.proto.v1.SubmitJobRequest\x1a&.cryptotune.proto.v1.SubmitJobResponse\x12\x46\n\x06GetJob\x12\".cryptotune.proto.v1.GetJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12W\n\x08ListJobs\x12$.cryptotune.proto.v1.ListJobsRequest\x1a%.cryptotune.proto.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.cryptotune.proto.v1.CancelJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12Q\n\x08WatchJob\x12$.cryptotune.proto.v1.WatchJobRequest\x1a\x1d.cryptotune.proto.v1.JobEvent0\x01\x12T\n\nStreamLogs\x12&.cryptotune.proto.v1.StreamLogsRequest\x1a\x1c.cryptotune.proto.v1.LogLine0\x01\x12V\n\tExportJob\x12%.cryptotune.proto.v1.ExportJobRequest\x1a .cryptotune.proto.v1.ExportChunk0\x01\x12V\n\x08Generate\x12$.cryptotune.proto.v1.GenerateRequest\x1a\".cryptotune.proto.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ryptotune/proto/v1/job.proto\x12\x13\x63ryptotune.proto.v1\"\xd6\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t\x12\x11\n\tdata_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x05 \x01(\t\x12\x12\n\noutput_dir\x18\x06 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x07 \x01(\t\x12\x0e\n\x06resume\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x12\x12\n\nclient_cwd\x18\n \x01(\t\"L\n\x11SubmitJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.cryptotune.proto.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.cryptotune.proto.v1.Job\"\x1f\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\";\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xa4\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12\x11\n\tgrad_norm\x18\x08 \x01(\x01\"\xfd\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cryptotune.proto.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x30\n\x06stages\x18\x05 \x03(\x0b\x32 .cryptotune.proto.v1.StageStatus\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x1d.cryptotune.proto.v1.Progress\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x0b \x01(\x08\x12\x14\n\x0cresumed_from\x18\x0c \x01(\t\x12\x11\n\tplan_json\x18\r \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x13\n\x0bwaiting_for\x18\x0f \x01(\t\"1\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"T\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\x11\n\tdata_json\x18\x05 \x01(\t\"D\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\nskip_lines\x18\x03 \x01(\x04\"\x17\n\x07LogLine\x12\x0c\n\x04line\x18\x01 \x01(\t\"/\n\x10\x45xportJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x08\"\xb0\x01\n\x0b\x45xportChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x35\n\x08progress\x18\x05 \x01(\x0b\x32#.cryptotune.proto.v1.ExportProgress\x12\x32\n\x07serving\x18\x06 \x01(\x0b\x32!.cryptotune.proto.v1.ServingCheck\"<\n\x0e\x45xportProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"y\n\x0cServingCheck\x12\x10\n\x08loadable\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xfd\x01\n\x0fGenerateRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x32\n\x08messages\x18\x02 \x03(\x0b\x32 .cryptotune.proto.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x0f\n\x07\x63ompare\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"@\n\x0eGenerateStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"{\n\rGeneratePiece\x12-\n\x05model\x18\x01 \x01(\x0e\x32\x1e.cryptotune.proto.v1.ChatModel\x12-\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1c.cryptotune.proto.v1.Channel\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xa8\x01\n\x0cGenerateDone\x12-\n\x05model\x18\x01 \x01(\x0e\x32\x1e.cryptotune.proto.v1.ChatModel\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x03\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\"\xb6\x01\n\rGenerateChunk\x12\x35\n\x06status\x18\x01 \x01(\x0b\x32#.cryptotune.proto.v1.GenerateStatusH\x00\x12\x33\n\x05piece\x18\x02 \x01(\x0b\x32\".cryptotune.proto.v1.GeneratePieceH\x00\x12\x31\n\x04\x64one\x18\x03 \x01(\x0b\x32!.cryptotune.proto.v1.GenerateDoneH\x00\x42\x06\n\x04kind*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x07*R\n\tChatModel\x12\x1a\n\x16\x43HAT_MODEL_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_MODEL_TUNED\x10\x01\x12\x13\n\x0f\x43HAT_MODEL_BASE\x10\x02*M\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_REASONING\x10\x01\x12\x12\n\x0e\x43HANNEL_ANSWER\x10\x02\x32\xb0\x05\n\nJobService\x12Z\n\tSubmitJob\x12%.cryptotune.proto.v1.SubmitJobRequest\x1a&.cryptotune.proto.v1.SubmitJobResponse\x12\x46\n\x06GetJob\x12\".cryptotune.proto.v1.GetJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12W\n\x08ListJobs\x12$.cryptotune.proto.v1.ListJobsRequest\x1a%.cryptotune.proto.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.cryptotune.proto.v1.CancelJobRequest\x1a\x18.cryptotune.proto.v1.Job\x12Q\n\x08WatchJob\x12$.cryptotune.proto.v1.WatchJobRequest\x1a\x1d.cryptotune.proto.v1.JobEvent0\x01\x12T\n\nStreamLogs\x12&.cryptotune.proto.v1.StreamLogsRequest\x1a\x1c.cryptotune.proto.v1.LogLine0\x01\x12V\n\tExportJob\x12%.cryptotune.proto.v1.ExportJobRequest\x1a .cryptotune.proto.v1.ExportChunk0\x01\x12V\n\x08Generate\x12$.cryptotune.proto.v1.GenerateRequest\x1a\".cryptotune.proto.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cryptotune.proto.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2592
-  _globals['_JOBSTATE']._serialized_end=2798
-  _globals['_CHATMODEL']._serialized_start=2800
-  _globals['_CHATMODEL']._serialized_end=2882
-  _globals['_CHANNEL']._serialized_start=2884
-  _globals['_CHANNEL']._serialized_end=2961
+  _globals['_JOBSTATE']._serialized_start=2613
+  _globals['_JOBSTATE']._serialized_end=2819
+  _globals['_CHATMODEL']._serialized_start=2821
+  _globals['_CHATMODEL']._serialized_end=2903
+  _globals['_CHANNEL']._serialized_start=2905
+  _globals['_CHANNEL']._serialized_end=2982
   _globals['_SUBMITJOBREQUEST']._serialized_start=55
   _globals['_SUBMITJOBREQUEST']._serialized_end=269
   _globals['_SUBMITJOBRESPONSE']._serialized_start=271
@@ -54,35 +54,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_start=568
   _globals['_PROGRESS']._serialized_end=732
   _globals['_JOB']._serialized_start=735
-  _globals['_JOB']._serialized_end=1095
-  _globals['_WATCHJOBREQUEST']._serialized_start=1097
-  _globals['_WATCHJOBREQUEST']._serialized_end=1146
-  _globals['_JOBEVENT']._serialized_start=1148
-  _globals['_JOBEVENT']._serialized_end=1232
-  _globals['_STREAMLOGSREQUEST']._serialized_start=1234
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1302
-  _globals['_LOGLINE']._serialized_start=1304
-  _globals['_LOGLINE']._serialized_end=1327
-  _globals['_EXPORTJOBREQUEST']._serialized_start=1329
-  _globals['_EXPORTJOBREQUEST']._serialized_end=1376
-  _globals['_EXPORTCHUNK']._serialized_start=1379
-  _globals['_EXPORTCHUNK']._serialized_end=1555
-  _globals['_EXPORTPROGRESS']._serialized_start=1557
-  _globals['_EXPORTPROGRESS']._serialized_end=1617
-  _globals['_SERVINGCHECK']._serialized_start=1619
-  _globals['_SERVINGCHECK']._serialized_end=1740
-  _globals['_CHATMESSAGE']._serialized_start=1742
-  _globals['_CHATMESSAGE']._serialized_end=1786
-  _globals['_GENERATEREQUEST']._serialized_start=1789
-  _globals['_GENERATEREQUEST']._serialized_end=2042
-  _globals['_GENERATESTATUS']._serialized_start=2044
-  _globals['_GENERATESTATUS']._serialized_end=2108
-  _globals['_GENERATEPIECE']._serialized_start=2110
-  _globals['_GENERATEPIECE']._serialized_end=2233
-  _globals['_GENERATEDONE']._serialized_start=2236
-  _globals['_GENERATEDONE']._serialized_end=2404
-  _globals['_GENERATECHUNK']._serialized_start=2407
-  _globals['_GENERATECHUNK']._serialized_end=2589
-  _globals['_JOBSERVICE']._serialized_start=2964
-  _globals['_JOBSERVICE']._serialized_end=3652
+  _globals['_JOB']._serialized_end=1116
+  _globals['_WATCHJOBREQUEST']._serialized_start=1118
+  _globals['_WATCHJOBREQUEST']._serialized_end=1167
+  _globals['_JOBEVENT']._serialized_start=1169
+  _globals['_JOBEVENT']._serialized_end=1253
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1255
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1323
+  _globals['_LOGLINE']._serialized_start=1325
+  _globals['_LOGLINE']._serialized_end=1348
+  _globals['_EXPORTJOBREQUEST']._serialized_start=1350
+  _globals['_EXPORTJOBREQUEST']._serialized_end=1397
+  _globals['_EXPORTCHUNK']._serialized_start=1400
+  _globals['_EXPORTCHUNK']._serialized_end=1576
+  _globals['_EXPORTPROGRESS']._serialized_start=1578
+  _globals['_EXPORTPROGRESS']._serialized_end=1638
+  _globals['_SERVINGCHECK']._serialized_start=1640
+  _globals['_SERVINGCHECK']._serialized_end=1761
+  _globals['_CHATMESSAGE']._serialized_start=1763
+  _globals['_CHATMESSAGE']._serialized_end=1807
+  _globals['_GENERATEREQUEST']._serialized_start=1810
+  _globals['_GENERATEREQUEST']._serialized_end=2063
+  _globals['_GENERATESTATUS']._serialized_start=2065
+  _globals['_GENERATESTATUS']._serialized_end=2129
+  _globals['_GENERATEPIECE']._serialized_start=2131
+  _globals['_GENERATEPIECE']._serialized_end=2254
+  _globals['_GENERATEDONE']._serialized_start=2257
+  _globals['_GENERATEDONE']._serialized_end=2425
+  _globals['_GENERATECHUNK']._serialized_start=2428
+  _globals['_GENERATECHUNK']._serialized_end=2610
+  _globals['_JOBSERVICE']._serialized_start=2985
+  _globals['_JOBSERVICE']._serialized_end=3673
 # @@protoc_insertion_point(module_scope)

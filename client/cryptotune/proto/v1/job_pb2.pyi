@@ -322,6 +322,7 @@ class Job(_message.Message):
     RESUMED_FROM_FIELD_NUMBER: _builtins.int
     PLAN_JSON_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     pipeline_id: _builtins.str
     state: Global___JobState.ValueType
@@ -336,6 +337,8 @@ class Job(_message.Message):
     """dry-run plan, when present"""
     device: _builtins.str
     """"cpu" or the GPU uuids"""
+    waiting_for: _builtins.str
+    """what a QUEUED job waits for ("waiting for 2 nodes × 4 GPUs; …"), else "" """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageStatus]: ...
     @_builtins.property
@@ -357,10 +360,11 @@ class Job(_message.Message):
         resumed_from: _builtins.str = ...,
         plan_json: _builtins.str = ...,
         device: _builtins.str = ...,
+        waiting_for: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "device", b"device", "dry_run", b"dry_run", "failure_reason", b"failure_reason", "job_id", b"job_id", "output_dir", b"output_dir", "pipeline_id", b"pipeline_id", "plan_json", b"plan_json", "progress", b"progress", "resumed_from", b"resumed_from", "stage", b"stage", "stages", b"stages", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "device", b"device", "dry_run", b"dry_run", "failure_reason", b"failure_reason", "job_id", b"job_id", "output_dir", b"output_dir", "pipeline_id", b"pipeline_id", "plan_json", b"plan_json", "progress", b"progress", "resumed_from", b"resumed_from", "stage", b"stage", "stages", b"stages", "state", b"state", "updated_at", b"updated_at", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

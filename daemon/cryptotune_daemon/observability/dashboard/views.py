@@ -34,6 +34,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "updated_at": job.updated_at,
             "dry_run": job.dry_run,
             "failure_reason": job.failure_reason,
+            "waiting_for": job.waiting_for,
         }
     )
     return summary

@@ -269,6 +269,9 @@
         for (const stage of job.stages) if (!stages.has(stage.name) || stage.state !== "pending") setStage(stage.name, stage.state, stage.seconds);
         renderPlan(job.plan);
         renderReport(job.report);
+        // A queued job on Ray says what it waits for ("waiting for 2 nodes × 4 GPUs; …").
+        $("job-waiting").textContent = job.waiting_for || "";
+        $("job-waiting").hidden = !(job.state === "queued" && job.waiting_for);
         if (job.failure_reason) { $("job-failure").textContent = job.failure_reason; $("job-failure").hidden = false; }
         if (Array.isArray(job.log_tail) && job.log_tail.length) {
           // The worker's log (warnings included), refreshed with the rest of the page.
