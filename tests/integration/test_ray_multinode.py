@@ -28,7 +28,7 @@ from cryptotune_daemon.training.checkpoints import newest_verified
 from cryptotune_daemon.worker.ray_placement import placement_group_name
 from tests.helpers.pipeline import REPO, write_records
 from tests.helpers.ray_cluster import ClusterHost, require_network_namespace
-from tests.integration.conftest import BIN, RunningDaemon, short_tmp_dir, stop_daemon, wait_serving
+from tests.integration.conftest import BIN, RunningDaemon, run_cli, short_tmp_dir, stop_daemon, wait_serving
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ model:
   model_name: builtin:tiny-qwen3
 training:
   max_steps: {steps}
-  per_device_train_batch_size: 2
+  per_device_train_batch_size: {micro}
   gradient_accumulation_steps: 1
   learning_rate: 0.01
   lr_scheduler_type: constant
@@ -60,7 +60,7 @@ data:
   train_split_ratio: 0.75
   eval_split_ratio: 0.25
 parallel:
-  strategy: data_parallel
+  strategy: {strategy}
   world_size: {world}
   enable_distributed: true
   nodes: {nodes}
@@ -73,6 +73,7 @@ class RayEnv:
     root: Path
     data: Path
     daemon: RunningDaemon
+    local_ddp_losses: list[tuple[int, float]] | None = None
 
     def client(self) -> Client:
         return Client(self.daemon.address)
@@ -80,9 +81,22 @@ class RayEnv:
     def start_daemon(self) -> None:
         self.daemon = _start_daemon(self.host, self.root / "state")
 
-    def submit(self, name: str, *, steps: int, save_steps: int, nodes: int = 2, world: int = 2) -> Any:
+    def submit(
+        self,
+        name: str,
+        *,
+        steps: int,
+        save_steps: int,
+        nodes: int = 2,
+        world: int = 2,
+        strategy: str = "data_parallel",
+        micro: int = 2,
+    ) -> Any:
         config = self.root / f"{name}.yaml"
-        config.write_text(CONFIG.format(steps=steps, save_steps=save_steps, world=world, nodes=nodes))
+        text = CONFIG.format(
+            steps=steps, save_steps=save_steps, world=world, nodes=nodes, strategy=strategy, micro=micro
+        )
+        config.write_text(text)
         with self.client() as client:
             return client.submit(self.data, config, output_dir=self.root / "out" / name, pipeline_id=name)
 
@@ -201,14 +215,58 @@ def test_a_two_node_job_trains_like_local_ddp(ray_env: RayEnv) -> None:
     model = PeftModel.from_pretrained(build_tiny_qwen3(), str(out / "adapter"))
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
-    # The same job under local 2-process DDP (torchrun on the daemon's machine).
-    local = ray_env.submit("local-ddp", steps=4, save_steps=2, nodes=1)
-    assert wait_terminal(ray_env, local.job_id).state.value == "succeeded"
+    assert_same_losses(ray_losses, local_ddp_losses(ray_env), "Ray")
+
+
+def local_ddp_losses(env: RayEnv) -> list[tuple[int, float]]:
+    """The reference: the same job under local 2-process DDP (torchrun on the daemon's machine), once."""
+    if env.local_ddp_losses is None:
+        local = env.submit("local-ddp", steps=4, save_steps=2, nodes=1)
+        assert wait_terminal(env, local.job_id).state.value == "succeeded"
+        with env.client() as client:
+            env.local_ddp_losses = losses(list(client.watch(local.job_id)))
+    assert [s for s, _ in env.local_ddp_losses] == [1, 2, 3, 4]
+    return env.local_ddp_losses
+
+
+def assert_same_losses(
+    got: list[tuple[int, float]], expected: list[tuple[int, float]], what: str, *, relative: bool = False
+) -> None:
+    """Every step's loss within 1e-4 of local DDP's (absolute; relative for the split strategies, whose
+    reductions run in another order, as in test_parallel_strategies.py)."""
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    for (step, loss), (_, reference) in zip(got, expected, strict=True):
+        bound = 1e-4 * abs(reference) if relative else 1e-4
+        assert abs(loss - reference) <= bound, (
+            f"step {step}: loss {loss} with {what}, {reference} under local DDP"
+        )
+
+
+# Strategy, per-device micro-batch for DDP's effective batch of 4 (tensor- and pipeline-parallel ranks
+# see the same samples), the mesh the report gives across 2 nodes of one rank each.
+ACROSS_NODES = [
+    ("sharded_data_parallel", 2, {"dp_replicate": 2, "dp_shard": 1}),
+    ("model_parallel", 4, {"tp": 2}),
+    ("pipeline_parallel", 4, {"pp": 2}),
+]
+
+
+@pytest.mark.parametrize(("strategy", "micro", "mesh"), ACROSS_NODES)
+def test_every_split_strategy_trains_across_two_nodes_like_local_ddp(
+    ray_env: RayEnv, strategy: str, micro: int, mesh: dict[str, int]
+) -> None:
+    # Cluster: node-a, node-b. (hybrid_parallel needs 4 ranks, tp × dp_shard: it is run on 4 local
+    # processes in test_parallel_strategies.py and goes through the same rank runner here.)
+    job = ray_env.submit(f"across-{strategy}", steps=4, save_steps=4, strategy=strategy, micro=micro)
+    finished = wait_terminal(ray_env, job.job_id)
+    assert finished.state.value == "succeeded", finished.failure_reason
+    ranks = ranks_of(ray_env.events_file(job.job_id))
+    assert {r["node_id"] for r in ranks} == set(ray_env.host.nodes().values()), "one rank per node"
     with ray_env.client() as client:
-        local_losses = losses(list(client.watch(local.job_id)))
-    assert [s for s, _ in local_losses] == [1, 2, 3, 4]
-    for (step, got), (_, expected) in zip(ray_losses, local_losses, strict=True):
-        assert abs(got - expected) <= 1e-4, f"step {step}: loss {got} on Ray, {expected} locally"
+        events = list(client.watch(job.job_id))
+    assert_same_losses(losses(events), local_ddp_losses(ray_env), f"{strategy} on Ray", relative=True)
+    report = json.loads((Path(finished.output_dir) / "report.json").read_text())
+    assert (report["strategy"], report["world_size"], report["mesh"]) == (strategy, 2, mesh)
 
 
 def test_cancel_ends_every_rank_and_removes_the_placement_group(ray_env: RayEnv) -> None:
@@ -285,9 +343,13 @@ def test_a_job_larger_than_the_cluster_waits_queued_and_starts_when_a_node_joins
         "the waiting message",
     )
     with ray_env.client() as client:
-        assert client.get_job(job.job_id).state.value == "queued"
+        queued = client.get_job(job.job_id)
+        assert (queued.state.value, queued.waiting_for) == ("queued", message)
+    shown = run_cli("status", "waits", address=ray_env.daemon.address)
+    assert shown.exit_code == 0 and message in " ".join(shown.stdout.split()), shown.stdout + shown.stderr
     ray_env.host.add("node-c")
     finished = wait_terminal(ray_env, job.job_id)
     assert finished.state.value == "succeeded", finished.failure_reason
+    assert finished.waiting_for == "", "a job that left the queue waits for nothing"
     with contextlib.suppress(Exception):
         ray_env.host.remove("node-c")

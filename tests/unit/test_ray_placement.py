@@ -17,6 +17,7 @@ from cryptotune_daemon.settings import DaemonSettings
 from cryptotune_daemon.storage.blobs import BlobStore
 from cryptotune_daemon.worker.ray_placement import (
     actor_name,
+    bundles_in_rank_order,
     free_nodes,
     lost_node_message,
     namespace_for,
@@ -35,6 +36,13 @@ def test_one_bundle_per_rank_strictly_spread_with_one_rank_per_node() -> None:
     gpus = placement_request(8, 2, gpus=True)
     assert gpus.bundles == ({"GPU": 1.0},) * 8 and gpus.strategy == "PACK" and gpus.per_node == 4
     assert gpus.device == "cuda"
+
+
+def test_ranks_are_numbered_node_by_node_whatever_order_ray_placed_the_bundles() -> None:
+    # Ray's PACK put bundles 0 and 2 on node a, 1 and 3 on node b: ranks 0-1 go to a, 2-3 to b.
+    assert bundles_in_rank_order({0: "a", 1: "b", 2: "a", 3: "b"}) == [0, 2, 1, 3]
+    assert bundles_in_rank_order({0: "b", 1: "b", 2: "a", 3: "a"}) == [0, 1, 2, 3]
+    assert bundles_in_rank_order({1: "x", 0: "y"}) == [0, 1]
 
 
 def test_the_waiting_message_says_what_is_missing() -> None:

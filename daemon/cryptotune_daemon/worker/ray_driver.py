@@ -44,6 +44,7 @@ from cryptotune_daemon.worker.ray_placement import (
     WAITING_EVENT,
     PlacementRequest,
     actor_name,
+    bundles_in_rank_order,
     free_nodes,
     lost_node_message,
     placement_group_name,
@@ -118,6 +119,8 @@ class _Driver:
         self.namespace = namespace
         self.node_wait_s = node_wait_s
         self.pg: Any = None
+        # The placement group's bundle each rank runs in: ranks numbered node by node (see _reserve).
+        self.bundle_of_rank: list[int] = list(range(spec.world_size))
         self.actors: list[Any] = []
         self.infos: list[dict[str, Any]] = []
         self.held_failures: list[bytes] = []
@@ -194,7 +197,10 @@ class _Driver:
                     f"the Ray cluster and resume with 'cryptotune train --resume {self.spec.pipeline_id}'"
                 )
         table = ray.util.placement_group_table(self.pg)
-        nodes = sorted(set((table.get("bundles_to_node_id") or {}).values()))
+        bundle_nodes = {int(i): str(n) for i, n in (table.get("bundles_to_node_id") or {}).items()}
+        if sorted(bundle_nodes) == list(range(request.ranks)):
+            self.bundle_of_rank = bundles_in_rank_order(bundle_nodes)
+        nodes = sorted(set(bundle_nodes.values()))
         self.events.emit(
             PLACED_EVENT,
             {
@@ -216,7 +222,7 @@ class _Driver:
                 name=actor_name(self.spec.job_id, rank),
                 max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=rank
+                    placement_group=self.pg, placement_group_bundle_index=self.bundle_of_rank[rank]
                 ),
                 **resources,
             ).remote(self.spec.job_id, rank)

@@ -100,3 +100,17 @@ def waiting_message(request: PlacementRequest, free: int) -> str:
 def lost_node_message(node: str, address: str, rank: int) -> str:
     """Why a job stopped when a rank's node went away."""
     return f"node {node} ({address}) running rank {rank} was lost"
+
+
+def bundles_in_rank_order(bundle_nodes: Mapping[int, str]) -> list[int]:
+    """The bundle each rank takes so that ranks are numbered node by node (ranks 0…k−1 on one node).
+
+    ``bundle_nodes`` maps each bundle index to the node Ray placed it on (the placement group table's
+    ``bundles_to_node_id``). PACK usually fills nodes in bundle order, but Ray does not promise it; HSDP's
+    ``(dp_replicate, dp_shard)`` mesh takes consecutive ranks as one machine's shard group, so the order
+    is made here: nodes in the order of their first bundle, bundles of a node in index order.
+    """
+    first: dict[str, int] = {}
+    for index in sorted(bundle_nodes):
+        first.setdefault(bundle_nodes[index], index)
+    return sorted(bundle_nodes, key=lambda index: (first[bundle_nodes[index]], index))
