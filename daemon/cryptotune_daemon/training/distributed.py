@@ -56,6 +56,14 @@ class DistContext:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (what the other ranks pass is ignored)."""
+        if not self.distributed:
+            return value
+        holder = [value if self.is_main else None]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def barrier(self) -> None:
         """Waits for every rank."""
         if self.distributed:

@@ -314,11 +314,33 @@ class _Driver:
                     code = update["exit"]
             self._append_events(b"".join(self.held_failures))
             self.held_failures.clear()
+            self._log_failed_ranks(ray, others)
             if code is None:
                 assert failed is not None
                 self._fail("training", f"rank {failed[0]} exited with code {failed[1]}")
                 return EXIT_FAILED
             return int(code) if code >= 0 else EXIT_FAILED
+
+    def _log_failed_ranks(self, ray: Any, ranks: list[tuple[int, Any]]) -> None:
+        """Copies the end of each failed rank's own log into the job's log: rank 0 usually fails only
+        as a consequence ("Connection closed by peer"), the cause is in the rank that went first."""
+        try:
+            statuses = self._get(ray, [a.status.remote() for _, a in ranks], "poll", [r for r, _ in ranks])
+            for (rank, actor), status in zip(ranks, statuses, strict=True):
+                if status in (None, 0):
+                    continue
+                tail = self._get(ray, [actor.log_tail.remote()], "poll", [rank])[0]
+                info = self.infos[rank] if rank < len(self.infos) else {}
+                log.error(
+                    "rank %d on node %s (%s) exited with code %s; the end of its log:\n%s",
+                    rank,
+                    info.get("node_id", "?"),
+                    info.get("address", "?"),
+                    status,
+                    tail.rstrip() or "(empty)",
+                )
+        except _NodeLost:
+            pass  # its node is gone, and its log with it: the lost node is reported instead
 
     def _check_alive(self, ray: Any, ranks: list[tuple[int, Any]], wait_s: float = 0.0) -> None:
         """Raises _NodeLost when a rank's actor is gone; gives Ray ``wait_s`` to notice."""

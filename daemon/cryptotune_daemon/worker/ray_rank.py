@@ -34,6 +34,7 @@ from cryptotune_daemon.layout import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, EVENT
 
 _PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 5.0  # within the daemon's 10 s before it SIGKILLs the driver
+LOG_TAIL_BYTES = 8000  # of a failed rank's own log, copied into the job's log
 DATA_DIR = "data"
 OUTPUT_DIR = "output"
 STATE_DIR = "state"
@@ -124,6 +125,19 @@ class RankProcess:
     def status(self) -> int | None:
         """The worker's exit code (negative: killed by that signal); None while it runs."""
         return None if self.process is None else self.process.poll()
+
+    def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
+        """The end of this rank's worker log: how a rank other than 0 failed (only rank 0's log is
+        mirrored into the job's)."""
+        path = self.scratch / WORKER_LOG
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                handle.seek(max(size - limit, 0))
+                tail = handle.read()
+        except OSError:
+            return ""
+        return tail.replace(self._local, self._origin).decode("utf-8", errors="replace")
 
     def poll(self) -> dict[str, Any]:
         """What the worker wrote since the last call (rank 0): the driver mirrors it.

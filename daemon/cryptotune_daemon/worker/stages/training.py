@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
@@ -171,15 +175,46 @@ class TrainingStage(StageBase):
         from cryptotune_daemon.training.models import load_base_model
         from cryptotune_daemon.training.trainer import precision_dtype
 
-        if checkpoint is None:
-            raise CryptotuneError(ErrorCode.INTERNAL, "training ended without a verified final checkpoint")
         dist = self.ctx.dist
         dtype = precision_dtype(self.ctx.plan.precision if dist.device.type == "cuda" else "fp32")
-        base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
-        with warnings.catch_warnings():
-            # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return peft.PeftModel.from_pretrained(base, str(checkpoint.path / ADAPTER_DIR))
+        with self._final_adapter_on_every_rank(checkpoint) as adapter:
+            base = load_base_model(self.ctx.source, dtype=dtype, device=dist.device)
+            with warnings.catch_warnings():
+                # peft probes the deprecated `is_gradient_checkpointing` attribute; nothing to act on.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                return peft.PeftModel.from_pretrained(base, str(adapter))
+
+    @contextlib.contextmanager
+    def _final_adapter_on_every_rank(self, checkpoint: CheckpointInfo | None) -> Iterator[Path]:
+        """The adapter directory of rank 0's final checkpoint, on this rank.
+
+        Ranks that share the output dir (one machine) read it in place. Where a rank lacks that
+        checkpoint — no shared file system, as with ranks on Ray, where only rank 0's files reach the
+        output dir — rank 0 sends the adapter's files and the rank reads them from a temporary dir.
+        """
+        dist = self.ctx.dist
+        steps = dist.all_gather_object(None if checkpoint is None else checkpoint.step)
+        if steps[0] is None:
+            raise CryptotuneError(ErrorCode.INTERNAL, "training ended without a verified final checkpoint")
+        if checkpoint is not None and all(step == steps[0] for step in steps):
+            yield checkpoint.path / ADAPTER_DIR
+            return
+        sent: dict[str, bytes] | None = None
+        if dist.is_main and checkpoint is not None:
+            source = checkpoint.path / ADAPTER_DIR
+            sent = {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*") if p.is_file()}
+        files: dict[str, bytes] = dist.broadcast_object(sent)
+        if checkpoint is not None and checkpoint.step == steps[0]:
+            yield checkpoint.path / ADAPTER_DIR
+            return
+        with tempfile.TemporaryDirectory(prefix="cryptotune-final-adapter-") as temp:
+            for relative, content in files.items():
+                target = Path(temp) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            yield Path(temp)
 
     def _restore_training(self) -> bool:
         import json
