@@ -44,6 +44,32 @@ class RunningDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def logs_tail(self, limit: int = 3000) -> str:
+        """The ends of the daemon's log and of each job's worker log: what a failed test shows."""
+        parts = [f"daemon log ({self.log_path}):\n{_tail(self.log_path, limit)}"]
+        jobs = sorted((self.state_dir / "jobs").glob("*/worker.log"))
+        for worker_log in jobs[-3:]:
+            parts.append(f"worker log of {worker_log.parent.name}:\n{_tail(worker_log, limit)}")
+        return "\n\n".join(parts)
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError as error:
+        return f"(unreadable: {error})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used the ``daemon`` fixture shows the daemon's and its workers' logs (CI keeps
+    nothing else: the fixture removes the state dir)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    running = getattr(item, "funcargs", {}).get("daemon")
+    if report.when == "call" and report.failed and isinstance(running, RunningDaemon):
+        report.sections.append(("daemon and worker logs", running.logs_tail()))
+
 
 def short_tmp_dir() -> Path:
     # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be too deep.
