@@ -14,7 +14,7 @@ from cryptotune import _convert
 from cryptotune import types as t
 from cryptotune._lazy import LazyModule
 from cryptotune.errors import CryptotuneError, DaemonUnavailable, InvalidArgument, from_rpc_error
-from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir
+from cryptotune.paths import TOKEN_ENV, default_address, default_state_dir, expand_home
 
 if TYPE_CHECKING:
     from cryptotune.proto.v1 import (
@@ -368,7 +368,7 @@ class Client:
             data_name=Path(data).name,
             config_yaml=text,
             config_name=config_name,
-            output_dir=str(Path(output_dir).expanduser().resolve()) if output_dir is not None else "",
+            output_dir=str(expand_home(output_dir).resolve()) if output_dir is not None else "",
             client_cwd=os.getcwd(),
             pipeline_id=pipeline_id or "",
             resume=resume or "",
@@ -528,7 +528,7 @@ class Client:
         Raises:
             InvalidArgument: ``destination`` exists and is not an empty directory.
         """
-        root = Path(destination).expanduser().resolve()
+        root = expand_home(destination).resolve()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             what = "is not a directory" if not root.is_dir() else "exists and is not empty"
             raise InvalidArgument(f"export directory {root} {what}: give a new or empty directory")

@@ -37,3 +37,23 @@ def default_address() -> str:
 def is_default_address(address: str) -> bool:
     """Whether ``address`` is the local default one that the CLI may auto-start."""
     return address == f"unix://{default_socket_path()}"
+
+
+def expand_home(value: str | os.PathLike[str]) -> Path:
+    """``value`` with a leading ``~`` or ``~user`` expanded, as a shell would.
+
+    Raises:
+        InvalidArgument: ``~user`` names a user this machine does not have (``Path.expanduser`` would
+            raise a bare RuntimeError).
+    """
+    path = Path(value)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        from cryptotune.errors import InvalidArgument
+
+        head = path.parts[0] if path.parts else str(value)
+        raise InvalidArgument(
+            f"{value}: there is no user {head[1:]!r} on this machine to expand {head!r}; "
+            "give the full path instead"
+        ) from None

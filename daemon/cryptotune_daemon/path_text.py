@@ -6,6 +6,8 @@ servicers' field checks (``services/validation.py``) and the submission's ``outp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
 
 # Linux PATH_MAX and NAME_MAX: no job reference, directory or model name is longer.
@@ -39,3 +41,17 @@ def path_text(value: str, field: str, hint: str) -> str:
             f"({shown(long_part, 40)}); {hint}",
         )
     return value
+
+
+def expand_home(value: str) -> Path:
+    """``value`` as a path with a leading ``~`` or ``~user`` expanded.
+
+    ``Path.expanduser`` raises RuntimeError for ``~user`` when this machine has no such user (e.g. a
+    model name ``~0``); the path is then left as written: it names nothing here, and the caller's
+    "not found" message says so.
+    """
+    path = Path(value)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path

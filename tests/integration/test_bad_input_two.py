@@ -146,3 +146,30 @@ def test_a_remote_client_must_not_use_a_relative_system_output_dir(
         client.submit(data, config, dry_run=True)
     assert "system.output_dir './relative' is relative" in str(caught.value)
     assert "-o/--output-dir" in str(caught.value)
+
+
+def test_a_home_of_a_user_that_does_not_exist_is_a_clear_error(
+    served: tuple[RunningDaemon, str], tmp_path: Path
+) -> None:
+    """``~nosuchuser`` (left as written by the shell) in an option or a config: never a traceback."""
+    daemon, _ = served
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(GOOD, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(extra=""))
+    missing_user = "~cryptotune-no-such-user-0"
+    trained = run_cli("train", str(data), str(config), "-o", f"{missing_user}/out", address=daemon.address)
+    assert trained.exit_code == 1 and "Traceback" not in trained.stderr
+    assert f"no user 'cryptotune-no-such-user-0' on this machine to expand '{missing_user}'" in trained.stderr
+    exported = run_cli("export", "some-job", f"{missing_user}/adapter", address=daemon.address)
+    assert exported.exit_code == 1 and "Traceback" not in exported.stderr and "full path" in exported.stderr
+
+    # As the model: validation names the key, and the job fails saying the directory does not exist.
+    config.write_text(CONFIG.format(extra="").replace("builtin:tiny-qwen3", "~0"))
+    checked = run_cli("validate-config", "--json", str(config), address=daemon.address)
+    assert checked.exit_code in (0, 1) and "Traceback" not in checked.stderr, checked.stderr
+    assert isinstance(checked.json(), dict)
+    with Client(daemon.address) as client:
+        job = client.submit(data, config, output_dir=tmp_path / "out", dry_run=True)
+        assert wait_terminal(client, job.job_id) == "failed"
+        assert "model directory ~0 does not exist" in client.get_job(job.job_id).failure_reason

@@ -12,6 +12,7 @@ import click
 
 from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
+from cryptotune.paths import expand_home
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -85,7 +86,7 @@ def export(cli_ctx: CliContext, job: str, destination: Path, merged: bool, gguf:
         written = cli_ctx.client().export(
             job, destination, merged=merged, on_progress=progress, on_serving_check=checks.append
         )
-    adapter_dir = destination.expanduser().resolve() / "adapter"
+    adapter_dir = expand_home(destination).resolve() / "adapter"
     if cli_ctx.json_output:
         found: dict[str, object] = {"files": [str(p) for p in written], "merged": merged}
         if checks:

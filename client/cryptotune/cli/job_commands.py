@@ -19,6 +19,7 @@ from cryptotune._lazy import LazyModule
 from cryptotune.cli.comparison import print_comparison
 from cryptotune.cli.completion import complete_job
 from cryptotune.cli.context import CliContext, pass_cli
+from cryptotune.paths import expand_home
 from cryptotune.types import JobState
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def output_dir_source(used: str, option: Path | None) -> str:
 
 def _warn_output_dir_on_resume(cli_ctx: CliContext, job: Job, requested: Path) -> None:
     """A resumed pipeline keeps writing where it started; says so when --output-dir asked otherwise."""
-    if requested.expanduser().resolve() == Path(job.output_dir):
+    if expand_home(requested).resolve() == Path(job.output_dir):
         return
     from rich.text import Text
 
@@ -386,7 +387,7 @@ def demo(cli_ctx: CliContext, output_dir: Path) -> None:
         resources.as_file(examples / "demo_config.yaml") as config,
     ):
         pipeline_id = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        target = output_dir.expanduser() / pipeline_id
+        target = expand_home(output_dir) / pipeline_id
         if not cli_ctx.json_output:
             cli_ctx.out.print(
                 Text.assemble(

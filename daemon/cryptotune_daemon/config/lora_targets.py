@@ -11,7 +11,8 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+
+from cryptotune_daemon.path_text import expand_home
 
 # The linear layers of every Qwen3 dense decoder layer (attention, then MLP).
 QWEN3_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -50,7 +51,7 @@ def _local_config(model_name: str) -> dict[str, object]:
     if model_name.startswith("builtin:") or "\x00" in model_name or len(model_name.encode()) > 4096:
         return {}
     try:
-        config = Path(model_name).expanduser() / "config.json"
+        config = expand_home(model_name) / "config.json"
         if not config.is_file() or config.stat().st_size > _MAX_CONFIG_BYTES:
             return {}
         value = json.loads(config.read_text(encoding="utf-8"))

@@ -21,6 +21,7 @@ from cryptotune_daemon.constants import BUILTIN_PREFIX, BUILTIN_TINY_QWEN3, IGNO
 from cryptotune_daemon.data.records import Record
 from cryptotune_daemon.data.template import RenderedSample
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.path_text import expand_home
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -107,7 +108,7 @@ def load_tokenizer(model: str, cache_dir: Path) -> PreTrainedTokenizerBase:
             REMOTE_CODE_REFUSED when the tokenizer needs the model repository's code.
     """
     model = model.strip()
-    local = Path(model).expanduser() if model else None
+    local = expand_home(model) if model else None
     if local is not None and local.is_dir():
         key = ("dir", str(local.resolve()))
     elif is_qwen3_tokenizer_model(model):

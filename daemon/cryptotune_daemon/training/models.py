@@ -14,6 +14,7 @@ import torch
 
 from cryptotune_daemon.constants import BUILTIN_PREFIX, BUILTIN_TINY_QWEN3
 from cryptotune_daemon.errors import CryptotuneError, ErrorCode
+from cryptotune_daemon.path_text import expand_home
 
 # Fixed so every process (and every rank) builds bit-identical tiny weights.
 TINY_QWEN3_SEED = 20250731
@@ -214,7 +215,7 @@ def resolve_model(
                 f"unknown builtin model '{name}'; the builtin model is {BUILTIN_TINY_QWEN3}",
             )
         return ModelSource(name=name, kind="builtin")
-    path = Path(name).expanduser()
+    path = expand_home(name)
     looks_like_path = name.startswith(("/", ".", "~")) or path.exists()
     if looks_like_path:
         if not path.is_dir():
