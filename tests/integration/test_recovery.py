@@ -122,7 +122,9 @@ def test_repeated_kill_9_of_the_daemon_loses_and_repeats_nothing(harness: Harnes
         inits = [e for e in run if e.type in ("stage_started", "stage_skipped") and e.data["stage"] == "init"]
         assert run[0] in inits and len(inits) == 1, describe(events)
     # Daemon restarts do not use up the retry budget; the one crash that took the worker does.
-    assert harness.job_row(job.job_id)["retries"] == (1 if killed_workers else 0)
+    assert harness.job_row(job.job_id)["retries"] == (1 if killed_workers else 0), (
+        f"{killed_workers} worker process(es) killed\n{describe(events)}\n{harness.log()[-6000:]}"
+    )
 
 
 # -- 2 and 5. workers outlive a daemon crash and are reattached; watchers resume with after_seq --------
