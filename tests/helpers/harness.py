@@ -20,6 +20,7 @@ from cryptotune import Client
 from cryptotune.errors import DaemonUnavailable
 from cryptotune_daemon.faults import ENABLE_FLAG, INJECT_FLAG
 from cryptotune_daemon.jobs import worker_process as wp
+from tests.helpers.tokenizer_cache import seed_tokenizer_cache
 from tests.integration.conftest import (
     BIN,
     RunningDaemon,
@@ -66,6 +67,8 @@ class Harness:
         """Starts the daemon and returns every health status it answered until SERVING."""
         assert self.daemon is None or self.daemon.process.poll() is not None, "a daemon still runs"
         log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        seed_tokenizer_cache(self.state_dir)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [

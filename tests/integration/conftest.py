@@ -21,6 +21,7 @@ import pytest
 
 from cryptotune import Client
 from cryptotune.errors import DaemonUnavailable
+from tests.helpers.tokenizer_cache import seed_tokenizer_cache
 
 if TYPE_CHECKING:
     from tests.helpers.harness import Harness
@@ -62,13 +63,23 @@ def _tail(path: Path, limit: int) -> str:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A failed test that used the ``daemon`` fixture shows the daemon's and its workers' logs (CI keeps
+    """A failed test that used a daemon fixture shows the daemon's and its workers' logs (CI keeps
     nothing else: the fixture removes the state dir)."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    running = getattr(item, "funcargs", {}).get("daemon")
-    if report.when == "call" and report.failed and isinstance(running, RunningDaemon):
-        report.sections.append(("daemon and worker logs", running.logs_tail()))
+    if report.when == "call" and report.failed:
+        for running in _daemons_of(getattr(item, "funcargs", {})):
+            report.sections.append(("daemon and worker logs", running.logs_tail()))
+
+
+def _daemons_of(funcargs: dict[str, object]) -> list[RunningDaemon]:
+    """The daemons among a test's fixtures (a fixture may hand one over inside a tuple)."""
+    found: list[RunningDaemon] = []
+    for value in funcargs.values():
+        for part in value if isinstance(value, tuple) else (value,):
+            if isinstance(part, RunningDaemon) and part not in found:
+                found.append(part)
+    return found
 
 
 def short_tmp_dir() -> Path:
@@ -89,8 +100,17 @@ def wait_serving(address: str, process: subprocess.Popen[bytes] | None = None) -
     raise TimeoutError(f"daemon at {address} did not become SERVING")
 
 
-def start_daemon(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> RunningDaemon:
+def start_daemon(
+    state_dir: Path, *extra: str, env: dict[str, str] | None = None, seed_tokenizer: bool = True
+) -> RunningDaemon:
+    """Starts ``cryptotuned`` on a unix socket in ``state_dir`` and waits until it serves.
+
+    ``seed_tokenizer`` copies the session's built Qwen3 tokenizer into the daemon's cache first
+    (tests/helpers/tokenizer_cache.py); pass False for a daemon that must build its own.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
+    if seed_tokenizer:
+        seed_tokenizer_cache(state_dir)
     address = f"unix://{state_dir}/d.sock"
     log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
     # Warm workers import torch at start-up: only the tests of the warm path ask for them.
@@ -136,6 +156,19 @@ def stop_daemon(daemon: RunningDaemon) -> None:
 def daemon() -> Iterator[RunningDaemon]:
     root = short_tmp_dir()
     running = start_daemon(root / "state")
+    try:
+        yield running
+    finally:
+        stop_daemon(running)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def warm_daemon() -> Iterator[RunningDaemon]:
+    """One daemon shared by a module's job tests, with one warm worker as users run it
+    (``--warm-workers 1``): while one test's job trains, the next job's worker imports torch."""
+    root = short_tmp_dir()
+    running = start_daemon(root / "state", "--warm-workers", "1")
     try:
         yield running
     finally:

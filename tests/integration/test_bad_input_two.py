@@ -36,7 +36,7 @@ def free_port() -> int:
 def served() -> Iterator[tuple[RunningDaemon, str]]:
     root = short_tmp_dir()
     port = free_port()
-    running = start_daemon(root / "state", "--listen", f"127.0.0.1:{port}")
+    running = start_daemon(root / "state", "--listen", f"127.0.0.1:{port}", "--warm-workers", "1")
     try:
         yield running, f"127.0.0.1:{port}"
     finally:

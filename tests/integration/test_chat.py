@@ -39,7 +39,9 @@ WAIT_S = 300.0
 def trained() -> Iterator[tuple[RunningDaemon, Path]]:
     """A daemon (short chat idle timeout) and one succeeded job, ``chat-1``, on builtin:tiny-qwen3."""
     root = short_tmp_dir()
-    daemon = start_daemon(root / "state", "--chat-idle-timeout", str(IDLE_TIMEOUT_S), "--max-chats", "2")
+    daemon = start_daemon(
+        root / "state", "--chat-idle-timeout", str(IDLE_TIMEOUT_S), "--max-chats", "2", "--warm-workers", "1"
+    )
     try:
         with daemon.client() as client:
             job = client.submit(

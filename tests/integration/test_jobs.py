@@ -21,7 +21,8 @@ def steps_of(events: list[dict[str, object]]) -> list[int]:
     return [int(e["data"]["step"]) for e in events if e["type"] == "progress"]  # type: ignore[index,call-overload]
 
 
-def test_full_job_through_the_cli(daemon: RunningDaemon, tmp_path: Path) -> None:
+def test_full_job_through_the_cli(warm_daemon: RunningDaemon, tmp_path: Path) -> None:
+    daemon = warm_daemon
     data = write_data(tmp_path / "data.jsonl")
     config = write_config(tmp_path / "config.yaml", epochs=2)
     out = tmp_path / "out"
@@ -116,7 +117,8 @@ def test_full_job_through_the_cli(daemon: RunningDaemon, tmp_path: Path) -> None
     assert again.exit_code == 1 and "already used" in again.stderr
 
 
-def test_dry_run_plans_and_trains_nothing(daemon: RunningDaemon, tmp_path: Path) -> None:
+def test_dry_run_plans_and_trains_nothing(warm_daemon: RunningDaemon, tmp_path: Path) -> None:
+    daemon = warm_daemon
     data = write_data(tmp_path / "data.jsonl", count=12)
     config = write_config(tmp_path / "config.yaml")
     out = tmp_path / "out"
@@ -149,7 +151,8 @@ def test_dry_run_plans_and_trains_nothing(daemon: RunningDaemon, tmp_path: Path)
     assert not (out / "adapter").exists()
 
 
-def test_overlong_samples_are_refused_with_the_records(daemon: RunningDaemon, tmp_path: Path) -> None:
+def test_overlong_samples_are_refused_with_the_records(warm_daemon: RunningDaemon, tmp_path: Path) -> None:
+    daemon = warm_daemon
     data = write_data(tmp_path / "data.jsonl", count=8)
     config = write_config(tmp_path / "config.yaml", max_seq_length=64)
     result = run_cli(
@@ -169,7 +172,8 @@ def test_overlong_samples_are_refused_with_the_records(daemon: RunningDaemon, tm
     assert "line" in status["failure_reason"]
 
 
-def test_submit_errors_map_to_typed_exceptions(daemon: RunningDaemon, tmp_path: Path) -> None:
+def test_submit_errors_map_to_typed_exceptions(warm_daemon: RunningDaemon, tmp_path: Path) -> None:
+    daemon = warm_daemon
     data = write_data(tmp_path / "data.jsonl", count=4)
     config = write_config(tmp_path / "config.yaml")
     with daemon.client() as client:
