@@ -1,10 +1,12 @@
 """A real multi-node Ray cluster on this machine, inside a loopback-only network namespace, for tests.
 
-Run as ``unshare --net python -m tests.helpers.ray_cluster`` (root): the host process brings ``lo``
-up, starts ``ray.cluster_utils.Cluster`` (a head without CPUs, so no rank runs on the "daemon's
-machine", and worker nodes with one CPU and a custom resource of their own name each), prints one
-JSON line ``{"address", "pid", "nodes"}`` and then obeys JSON commands on stdin, one per line,
-answering each with one JSON line (replies start with ``REPLY_PREFIX``: Ray prints lines of its own):
+Run as ``unshare --net python -m tests.helpers.ray_cluster --reply-fd FD [NODE …]`` (root): the host
+process brings ``lo`` up, starts ``ray.cluster_utils.Cluster`` (a head without CPUs, so no rank runs
+on the "daemon's machine", and worker nodes with one CPU and a custom resource of their own name
+each), writes one JSON line ``{"address", "pid", "nodes"}`` to FD and then obeys JSON commands on
+stdin, one per line, answering each with one JSON line on FD. Replies have a pipe of their own:
+Ray prints messages of its own (e.g. "Raylet is terminated" when a node is removed) on stdout at
+any moment, even in the middle of a line of ours, so stdout goes to the log.
 
 - ``{"cmd": "add", "name": "node-b"}`` → ``{"node_id": …}``: a worker node joins;
 - ``{"cmd": "remove", "name": "node-b"}`` → ``{"node_id": …}``: the node's processes are killed;
@@ -31,7 +33,6 @@ from typing import Any
 
 NODE_CPUS = 1
 START_ATTEMPTS = 3
-REPLY_PREFIX = "@ray-cluster "
 NODE_START_S = 180.0
 # Faster failure detection than Ray's defaults (a lost node is noticed in seconds, not ~30 s).
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
@@ -86,6 +87,14 @@ def _patient_node_start() -> None:  # pragma: no cover - runs in the namespace
 
 
 def _serve() -> None:  # pragma: no cover - runs in the namespace
+    if sys.argv[1:2] != ["--reply-fd"]:
+        sys.exit("usage: python -m tests.helpers.ray_cluster --reply-fd FD [NODE …]")
+    replies = os.fdopen(int(sys.argv[2]), "w", encoding="utf-8")
+
+    def answer(reply: dict[str, Any]) -> None:
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import ray
     from ray.cluster_utils import Cluster
@@ -110,20 +119,16 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
         nodes[name] = node
         return str(node.node_id)
 
-    for name in sys.argv[1:] or ["node-a", "node-b"]:
+    for name in sys.argv[3:] or ["node-a", "node-b"]:
         add(name)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    print(
-        REPLY_PREFIX
-        + json.dumps(
-            {
-                "address": cluster.address,
-                "pid": os.getpid(),
-                "nodes": {n: str(v.node_id) for n, v in nodes.items()},
-            }
-        ),
-        flush=True,
+    answer(
+        {
+            "address": cluster.address,
+            "pid": os.getpid(),
+            "nodes": {n: str(v.node_id) for n, v in nodes.items()},
+        }
     )
     for line in sys.stdin:
         try:
@@ -150,11 +155,11 @@ def _serve() -> None:  # pragma: no cover - runs in the namespace
                 reply = {"error": f"unknown command {kind}"}
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
-        print(REPLY_PREFIX + json.dumps(reply), flush=True)
+        answer(reply)
     with contextlib.suppress(Exception):
         ray.shutdown()
     cluster.shutdown()
-    print(REPLY_PREFIX + json.dumps({"stopped": True}), flush=True)
+    answer({"stopped": True})
 
 
 class ClusterHost:
@@ -168,20 +173,33 @@ class ClusterHost:
         self._log = log_path.open("ab")
         for attempt in range(START_ATTEMPTS):
             # Ray gives a starting node 30 s to register (hard-coded): a busy machine can miss it.
-            self.process = subprocess.Popen(
-                ["unshare", "--net", sys.executable, "-m", "tests.helpers.ray_cluster", *nodes],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                cwd=repo,
-                env=env,
-                text=True,
-            )
+            reply_read, reply_write = os.pipe()
+            try:
+                self.process = subprocess.Popen(
+                    [
+                        *("unshare", "--net", sys.executable, "-m", "tests.helpers.ray_cluster"),
+                        *("--reply-fd", str(reply_write), *nodes),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=self._log,
+                    stderr=self._log,
+                    pass_fds=(reply_write,),
+                    cwd=repo,
+                    env=env,
+                    text=True,
+                )
+            except BaseException:
+                os.close(reply_read)
+                raise
+            finally:
+                os.close(reply_write)  # the host holds its own copy: its exit is our end of file
+            self._replies = os.fdopen(reply_read, "r", encoding="utf-8")
             try:
                 first = self._read()
                 break
             except RuntimeError:
                 self.process.wait()
+                self._replies.close()
                 if attempt == START_ATTEMPTS - 1:
                     raise
         self.address: str = first["address"]
@@ -189,17 +207,10 @@ class ClusterHost:
         self.node_ids: dict[str, str] = first["nodes"]
 
     def _read(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(
-                    f"the Ray cluster host exited ({self.process.poll()}); see {self._log.name}"
-                )
-            if line.startswith(REPLY_PREFIX):
-                break
-            self._log.write(line.encode())  # Ray's own messages (e.g. a removed node's raylet)
-        reply: dict[str, Any] = json.loads(line[len(REPLY_PREFIX) :])
+        line = self._replies.readline()
+        if not line:
+            raise RuntimeError(f"the Ray cluster host exited ({self.process.poll()}); see {self._log.name}")
+        reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
             raise RuntimeError(reply["error"])
         return reply
@@ -239,6 +250,7 @@ class ClusterHost:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._replies.close()
         self._log.close()
 
 
