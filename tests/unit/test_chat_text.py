@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cryptotune_daemon.data.template import render_prompt
-from cryptotune_daemon.data.tokenizer import load_tokenizer
 from cryptotune_daemon.errors import CryptotuneError
 from cryptotune_daemon.training.chat import ChannelSplitter, render_chat
 
@@ -45,8 +44,8 @@ def test_a_cut_character_waits_for_its_other_half() -> None:
     assert splitter.feed(8) == [("reasoning", "字")]
 
 
-def test_the_prompt_is_the_official_templates_and_drops_earlier_reasoning(tmp_path: Path) -> None:
-    tokenizer = load_tokenizer("builtin:tiny-qwen3", tmp_path)
+def test_the_prompt_is_the_official_templates_and_drops_earlier_reasoning(qwen3_tokenizer: Any) -> None:
+    tokenizer = qwen3_tokenizer
     assert render_chat(tokenizer, (("user", "什么是SM4？"),)) == render_prompt("什么是SM4？")
     history = (("user", "q1"), ("assistant", "<think>\nold thoughts\n</think>\n\na1"), ("user", "q2"))
     text = render_chat(tokenizer, history)
