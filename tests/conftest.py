@@ -9,9 +9,12 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tokenizer_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache directory holding the built Qwen3 tokenizer for the whole session."""
-    return tmp_path_factory.mktemp("cryptotune-cache")
+def tokenizer_cache_dir() -> Path:
+    """A cache directory holding the built Qwen3 tokenizer for the whole session (the one the test
+    daemons' caches are seeded from: tests/helpers/tokenizer_cache.py)."""
+    from tests.helpers.tokenizer_cache import session_tokenizer_cache
+
+    return session_tokenizer_cache()
 
 
 @pytest.fixture(scope="session")

@@ -100,17 +100,11 @@ def wait_serving(address: str, process: subprocess.Popen[bytes] | None = None) -
     raise TimeoutError(f"daemon at {address} did not become SERVING")
 
 
-def start_daemon(
-    state_dir: Path, *extra: str, env: dict[str, str] | None = None, seed_tokenizer: bool = True
-) -> RunningDaemon:
-    """Starts ``cryptotuned`` on a unix socket in ``state_dir`` and waits until it serves.
-
-    ``seed_tokenizer`` copies the session's built Qwen3 tokenizer into the daemon's cache first
-    (tests/helpers/tokenizer_cache.py); pass False for a daemon that must build its own.
-    """
+def start_daemon(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> RunningDaemon:
+    """Starts ``cryptotuned`` on a unix socket in ``state_dir`` and waits until it serves; its cache
+    starts with the session's built Qwen3 tokenizer (tests/helpers/tokenizer_cache.py)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    if seed_tokenizer:
-        seed_tokenizer_cache(state_dir)
+    seed_tokenizer_cache(state_dir)
     address = f"unix://{state_dir}/d.sock"
     log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
     # Warm workers import torch at start-up: only the tests of the warm path ask for them.
@@ -152,28 +146,30 @@ def stop_daemon(daemon: RunningDaemon) -> None:
     kill_job_workers(daemon.state_dir)
 
 
-@pytest.fixture
-def daemon() -> Iterator[RunningDaemon]:
+@contextlib.contextmanager
+def daemon_in_tmp(*extra: str) -> Iterator[RunningDaemon]:
+    """A daemon in a fresh temporary state dir, stopped and removed afterwards."""
     root = short_tmp_dir()
-    running = start_daemon(root / "state")
+    running = start_daemon(root / "state", *extra)
     try:
         yield running
     finally:
         stop_daemon(running)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon() -> Iterator[RunningDaemon]:
+    with daemon_in_tmp() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def warm_daemon() -> Iterator[RunningDaemon]:
     """One daemon shared by a module's job tests, with one warm worker as users run it
     (``--warm-workers 1``): while one test's job trains, the next job's worker imports torch."""
-    root = short_tmp_dir()
-    running = start_daemon(root / "state", "--warm-workers", "1")
-    try:
+    with daemon_in_tmp("--warm-workers", "1") as running:
         yield running
-    finally:
-        stop_daemon(running)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
